@@ -1,0 +1,29 @@
+"""`noderouter`: the daemon and the operator CLI (one click group).
+
+Exit codes: 0 ok, 1 failure, 2 usage error (click's default for bad usage).
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="noderouter")
+def main() -> None:
+    """noderouter: BGP-routed layer-3 networking for container clusters."""
+
+
+def _register() -> None:
+    # Each command family lives in its own module; registration is explicit so
+    # a broken module fails loudly at start instead of silently vanishing.
+    from bgpd import cli_config
+
+    main.add_command(cli_config.check_config)
+    main.add_command(cli_config.config_reference)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""config/: the example passes; each bad config gets its own precise error."""
+
+import ipaddress
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config import ConfigError, load_file, load_text, reference
+from config.schema import Secret
+
+EXAMPLE = "config/examples/node.yaml"
+
+BASE = """\
+node:
+  name: node-a1
+underlay:
+  interface: eth0
+  address: 198.18.1.11
+  subnet: 198.18.1.0/24
+etcd:
+  endpoints: [198.18.0.10:2379]
+"""
+
+
+def problems_of(text: str, environ=None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_text(text, source="node.yaml", environ=environ or {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_example_config_is_valid():
+    cfg = load_file(EXAMPLE, environ={})
+    assert cfg.node.name == "node-a1"
+    assert cfg.underlay.address == ipaddress.IPv4Address("198.18.1.11")
+    assert cfg.pools[0].cidr == ipaddress.IPv4Network("198.19.0.0/16")
+    assert cfg.bgp.peers[0].import_allow == (ipaddress.IPv4Network("0.0.0.0/0"),)
+    assert cfg.status.socket_mode == 0o660
+    assert cfg.router_id == cfg.underlay.address
+
+
+def test_minimal_config_gets_documented_defaults():
+    cfg = load_text(BASE, environ={})
+    assert cfg.dataplane.route_protocol == 73
+    assert cfg.bgp.mesh is True and cfg.bgp.hold_time == 90
+    assert cfg.ipam.max_blocks_per_node == 20
+    assert cfg.pools == ()
+
+
+def test_config_objects_are_frozen():
+    cfg = load_text(BASE, environ={})
+    with pytest.raises(AttributeError):
+        cfg.node.name = "other"  # type: ignore[misc]
+
+
+def test_password_is_a_secret_that_never_prints():
+    cfg = load_file(EXAMPLE, environ={})
+    pw = cfg.bgp.peers[0].password
+    assert isinstance(pw, Secret) and pw == "change-me"
+    assert "change-me" not in repr(cfg)
+
+
+# (name, extra YAML appended or replacement, expected line, expected fragment)
+BAD = [
+    ("unknown top-level key", BASE + "colour: blue\n", 9, "colour: unknown key"),
+    ("unknown nested key", BASE.replace("  name: node-a1", "  name: node-a1\n  asn: 1"), 3,
+     "node.asn: unknown key; known keys: as_number, name, router_id"),
+    ("missing underlay", "etcd:\n  endpoints: [a:1]\n", 1, "underlay: is required"),
+    ("missing etcd endpoints", BASE.replace("  endpoints: [198.18.0.10:2379]\n", "  timeout: 2\n"),
+     7, "etcd.endpoints: is required"),
+    ("bad address", BASE.replace("address: 198.18.1.11", "address: 198.18.1.300"), 5,
+     "underlay.address: '198.18.1.300' is not an IPv4 address"),
+    ("host bits in subnet", BASE.replace("subnet: 198.18.1.0/24", "subnet: 198.18.1.5/24"), 6,
+     "has host bits set"),
+    ("address outside subnet", BASE.replace("address: 198.18.1.11", "address: 198.18.2.11"), 5,
+     "198.18.2.11 is not inside underlay.subnet 198.18.1.0/24"),
+    ("AS out of range", BASE.replace("name: node-a1", "name: node-a1\n  as_number: 0"), 3,
+     "node.as_number: 0 is wrong; expected a number from 1 to 4294967295"),
+    ("AS is a string", BASE.replace("name: node-a1", "name: node-a1\n  as_number: abc"), 3,
+     "node.as_number: expected an integer, got 'abc'"),
+    ("bad node name", BASE.replace("name: node-a1", "name: Node_A1"), 2,
+     "node.name: 'Node_A1' is wrong; expected a DNS-1123 name"),
+    ("bad encap mode", BASE + "pools:\n  - cidr: 198.19.0.0/16\n    ipip_mode: Sometimes\n", 11,
+     "pools[0].ipip_mode: 'Sometimes' is not allowed; expected one of 'Never', 'CrossSubnet', 'Always'"),
+    ("both encaps", BASE + "pools:\n  - cidr: 198.19.0.0/16\n    ipip_mode: Always\n"
+                           "    vxlan_mode: Always\n", 10, "choose one encapsulation per pool"),
+    ("overlapping pools", BASE + "pools:\n  - cidr: 198.19.0.0/16\n  - cidr: 198.19.4.0/24\n",
+     11, "pools[1].cidr: 198.19.4.0/24 overlaps pools[0] 198.19.0.0/16"),
+    ("block bigger than pool", BASE + "pools:\n  - cidr: 198.19.0.0/24\n    block_size: 22\n",
+     11, "/22 blocks are larger than the pool 198.19.0.0/24"),
+    ("block size out of range", BASE + "pools:\n  - cidr: 198.19.0.0/16\n    block_size: 33\n",
+     11, "pools[0].block_size: 33 is wrong; expected a number from 20 to 32"),
+    ("pool overlaps underlay", BASE + "pools:\n  - cidr: 198.18.0.0/16\n", 10,
+     "198.18.0.0/16 overlaps the underlay 198.18.1.0/24"),
+    ("route protocol owned by calico", BASE + "dataplane:\n  route_protocol: 80\n", 10,
+     "(80 belongs to calico)"),
+    ("hold time 2", BASE + "bgp:\n  hold_time: 2\n", 10,
+     "bgp.hold_time: 2 is wrong; expected 0 (no keepalives) or 3..65535 seconds"),
+    ("peer missing AS", BASE + "bgp:\n  peers:\n    - address: 198.18.1.1\n", 11,
+     "bgp.peers[0].as_number: is required"),
+    ("duplicate peer", BASE + "bgp:\n  peers:\n    - {address: 198.18.1.1, as_number: 1}\n"
+                              "    - {address: 198.18.1.1, as_number: 2}\n", 12,
+     "bgp.peers[1].address: 198.18.1.1 is listed twice"),
+    ("peer is self", BASE + "bgp:\n  peers:\n    - {address: 198.18.1.11, as_number: 1}\n", 11,
+     "198.18.1.11 is this node's own address"),
+    ("cert without key", BASE + "  cert_file: /etc/hostname\n", 9,
+     "cert_file and key_file go together"),
+    ("missing CA file", BASE + "  ca_file: /nonexistent/ca.pem\n", 9,
+     "etcd.ca_file: file '/nonexistent/ca.pem' does not exist"),
+    ("interface name too long", BASE.replace("interface: eth0", "interface: averyveryverylongname"),
+     4, "an interface name of 1..15 characters"),
+    ("bad etcd endpoint", BASE.replace("[198.18.0.10:2379]", "[198.18.0.10]"), 8,
+     "etcd.endpoints[0]: '198.18.0.10' is wrong; expected host:port"),
+    ("duplicate key", BASE + "node:\n  name: x\n", 9, "duplicate key 'node' (first at line 1)"),
+    ("YAML syntax", BASE + "bgp: [unclosed\n", 10, "invalid YAML"),
+    ("bool as string", BASE + "bgp:\n  mesh: 'yes please'\n", 10,
+     "bgp.mesh: expected true or false, got 'yes please'"),
+    ("top level not a mapping", "- a\n- b\n", 1, "the top level must be a mapping"),
+    ("peers not a list", BASE + "bgp:\n  peers: 198.18.1.1\n", 10,
+     "bgp.peers: expected a list of a mapping"),
+]
+
+
+@pytest.mark.parametrize("name,text,line,fragment", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_names_file_line_key_and_expectation(name, text, line, fragment):
+    problems = problems_of(text)
+    matching = [p for p in problems if fragment in p]
+    assert matching, f"{name}: expected {fragment!r} in {problems}"
+    assert matching[0].startswith(f"node.yaml:{line}:"), matching[0]
+
+
+def test_bad_configs_give_distinct_errors():
+    messages = {problems_of(text)[0] for _, text, _, _ in BAD}
+    assert len(messages) == len(BAD) >= 15
+
+
+def test_every_problem_is_reported_at_once():
+    text = BASE.replace("address: 198.18.1.11", "address: nope") + "bgp:\n  hold_time: 1\n"
+    problems = problems_of(text)
+    assert any("underlay.address" in p for p in problems)
+    assert any("bgp.hold_time" in p for p in problems)
+
+
+def test_environment_overrides_win_and_are_named_in_errors():
+    cfg = load_text(BASE, environ={"NODEROUTER_NODE_NAME": "node-b7",
+                                   "NODEROUTER_ETCD_ENDPOINTS": "198.18.0.10:2379,198.18.0.11:2379",
+                                   "NODEROUTER_BGP_MESH": "false",
+                                   "NODEROUTER_DATAPLANE_RESYNC_INTERVAL": "30"})
+    assert cfg.node.name == "node-b7"
+    assert cfg.etcd.endpoints == ("198.18.0.10:2379", "198.18.0.11:2379")
+    assert cfg.bgp.mesh is False
+    assert cfg.dataplane.resync_interval == 30.0
+    problems = problems_of(BASE, environ={"NODEROUTER_BGP_HOLD_TIME": "1"})
+    assert problems[0].startswith("environment NODEROUTER_BGP_HOLD_TIME: bgp.hold_time: 1 is wrong")
+
+
+def test_every_parameter_has_help_text():
+    rows = reference()
+    assert len(rows) > 50
+    assert all(r["help"] for r in rows), [r["key"] for r in rows if not r["help"]]
+
+
+def test_check_config_cli_exit_codes(tmp_path):
+    good = subprocess.run([sys.executable, "-m", "bgpd.cli", "check-config", EXAMPLE],
+                          capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert "ok" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE + "bgp:\n  hold_time: 2\n")
+    res = subprocess.run([sys.executable, "-m", "bgpd.cli", "check-config", str(bad)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert f"{bad}:10: bgp.hold_time: 2 is wrong" in res.stderr
+    usage = subprocess.run([sys.executable, "-m", "bgpd.cli", "check-config"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2
+
+
+yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=12),
+                         st.sampled_from(["198.18.1.1", "198.19.0.0/16", "Always", "0.0.0.0/0"]))
+yaml_values = st.recursive(yaml_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4),
+    st.dictionaries(st.sampled_from(["node", "name", "underlay", "address", "subnet", "etcd",
+                                     "endpoints", "bgp", "peers", "pools", "cidr", "as_number",
+                                     "interface", "mesh", "x"]), inner, max_size=5)),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=200), yaml_values.map(repr)))
+def test_fuzzed_input_gives_a_clean_error_or_a_valid_config(text):
+    try:
+        cfg = load_text(text, environ={})
+    except ConfigError as exc:
+        assert exc.problems and all(str(p) for p in exc.problems)
+    else:
+        assert cfg.underlay.address in cfg.underlay.subnet
