@@ -1,0 +1,373 @@
+"""The route-table reconciler (Felix routetable style), IPv4.
+
+Review notes / invariants:
+- Ownership is the route protocol number (a constructor parameter). We read back
+  only routes of that protocol, in the tables we manage, and every delete names
+  that protocol, so the kernel itself refuses to delete anyone else's route.
+- A route key nobody else occupies is added with NLM_F_EXCL; NLM_F_REPLACE is used
+  only for a key the last dump/apply showed to be ours. An EEXIST therefore means
+  a foreign route sits on our key: we leave it alone, keep the key dirty, and try
+  again after the next resync.
+- Routes of ours that are no longer desired are deleted only after
+  ``mark_in_sync()``: on restart the datastore may not have told us everything
+  yet, and deleting a route that is about to be re-desired drops traffic
+  (felix#1592, calico#6625).
+- Full resync on start, on ``queue_resync()``, after any failed apply, and every
+  ``resync_interval`` seconds; otherwise only dirty keys are looked at.
+- One failed route stays dirty and does not block the others (errors are per
+  request, matched by netlink sequence number in ``nlwire``).
+- Decisions (``plan``) are pure; the driver does the I/O. Unit tests drive the
+  same class against a fake kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from felix_like.nlwire import (
+    OP_ADD,
+    OP_DELETE,
+    OP_REPLACE,
+    RT_TABLE_MAIN,
+    RTN_BLACKHOLE,
+    RTN_PROHIBIT,
+    RTN_UNICAST,
+    RTN_UNREACHABLE,
+    RouteForm,
+    RouteKey,
+    RouteOp,
+)
+
+log = structlog.get_logger("felix_like.routetable")
+
+ROUTE_TYPES = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE,
+               "unreachable": RTN_UNREACHABLE, "prohibit": RTN_PROHIBIT}
+DEFAULT_RESYNC_INTERVAL = 90.0
+
+
+class RouteTableError(ValueError):
+    """A route target that can never be programmed (bad CIDR, unmanaged table...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One desired IPv4 route.
+
+    ``dst`` is a CIDR with no host bits ("198.19.1.0/26"); ``ifname`` is resolved
+    to an index at apply time so a target may name a device that appears later.
+    """
+
+    dst: str
+    gateway: str | None = None
+    ifname: str | None = None
+    type: str = "unicast"
+    onlink: bool = False
+    table: int = RT_TABLE_MAIN
+    metric: int = 0
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    resynced: bool
+    added: int
+    replaced: int
+    deleted: int
+    failed: dict[RouteKey, int]      # key -> errno
+    waiting_for_interface: int
+    stale_kept: int                  # ours, not desired, kept until mark_in_sync()
+
+    def summary(self) -> dict[str, int | bool]:
+        return {"resynced": self.resynced, "added": self.added, "replaced": self.replaced,
+                "deleted": self.deleted, "failed": len(self.failed),
+                "waiting_for_interface": self.waiting_for_interface,
+                "stale_kept": self.stale_kept}
+
+
+class RouteDriver(Protocol):
+    """The kernel side: real netlink (``KernelRouteDriver``) or a fake in tests."""
+
+    def dump_routes(self, protocol: int, tables: frozenset[int]) -> dict[RouteKey, RouteForm]: ...
+
+    def link_indexes(self) -> dict[str, int]: ...
+
+    def execute(self, ops: Sequence[RouteOp], protocol: int) -> list[int]: ...
+
+
+# A desired route before interface resolution: (rtn_type, gateway bytes, ifname, onlink).
+_Want = tuple[int, bytes, str | None, bool]
+
+
+def parse_target(t: Target) -> tuple[RouteKey, _Want]:
+    """Validate and convert a Target to its key and unresolved form."""
+    try:
+        addr, _, plen_s = t.dst.partition("/")
+        plen = int(plen_s) if plen_s else 32
+        dst = socket.inet_aton(addr)
+        gw = socket.inet_aton(t.gateway) if t.gateway else b""
+        rtype = ROUTE_TYPES[t.type]
+    except (OSError, ValueError, KeyError) as exc:
+        raise RouteTableError(f"route target {t!r} is invalid: {exc}") from exc
+    if not 0 <= plen <= 32 or addr.count(".") != 3:
+        raise RouteTableError(f"route target {t.dst!r}: not an IPv4 CIDR")
+    value = int.from_bytes(dst, "big")
+    if plen < 32 and value & ((1 << (32 - plen)) - 1):
+        raise RouteTableError(f"route target {t.dst!r} has host bits set; use the network address")
+    if rtype != RTN_UNICAST and (gw or t.ifname):
+        raise RouteTableError(f"route target {t.dst!r}: a {t.type} route takes no gateway or device")
+    if rtype == RTN_UNICAST and not (gw or t.ifname):
+        raise RouteTableError(f"route target {t.dst!r}: a unicast route needs a gateway or a device")
+    return (t.table, dst, plen, t.metric), (rtype, gw, t.ifname, t.onlink)
+
+
+def plan(keys: Iterable[RouteKey], winner: Callable[[RouteKey], _Want | None],
+         actual: Mapping[RouteKey, RouteForm], ifindex: Mapping[str, int], in_sync: bool
+         ) -> tuple[list[RouteOp], set[RouteKey], set[RouteKey], set[RouteKey]]:
+    """Pure decision for the given keys.
+
+    Returns (ops, settled, waiting_for_interface, stale_kept): ``settled`` keys
+    need nothing; the others stay dirty.
+    """
+    ops: list[RouteOp] = []
+    settled: set[RouteKey] = set()
+    waiting: set[RouteKey] = set()
+    stale: set[RouteKey] = set()
+    for key in keys:
+        want = winner(key)
+        have = actual.get(key)
+        if want is None:
+            if have is None:
+                settled.add(key)
+            elif in_sync:
+                ops.append((OP_DELETE, key, None))
+            else:
+                stale.add(key)
+            continue
+        rtype, gw, ifname, onlink = want
+        oif = 0
+        if ifname is not None:
+            idx = ifindex.get(ifname)
+            if idx is None:
+                # The device is not there (yet): leave any current route alone
+                # and wait for it rather than error-looping.
+                waiting.add(key)
+                continue
+            oif = idx
+        form = (rtype, gw, oif, onlink)
+        if have == form:
+            settled.add(key)
+        elif have is None:
+            ops.append((OP_ADD, key, form))
+        else:
+            ops.append((OP_REPLACE, key, form))
+    return ops, settled, waiting, stale
+
+
+@dataclass
+class RouteTable:
+    """Desired routes per route class vs the kernel's routes of our protocol.
+
+    ``class_order`` lists route classes highest priority first: when two classes
+    want the same key the earlier one wins (e.g. a local workload /32 beats a
+    borrowed /32 learned over BGP). Unknown classes rank after the listed ones.
+    """
+
+    driver: RouteDriver
+    protocol: int
+    tables: frozenset[int] = frozenset({RT_TABLE_MAIN})
+    class_order: Sequence[str] = ()
+    resync_interval: float = DEFAULT_RESYNC_INTERVAL
+    clock: Callable[[], float] = time.monotonic
+    _desired: dict[str, dict[RouteKey, _Want]] = field(default_factory=dict, init=False)
+    _targets: dict[str, dict[RouteKey, Target]] = field(default_factory=dict, init=False)
+    _actual: dict[RouteKey, RouteForm] = field(default_factory=dict, init=False)
+    _dirty: set[RouteKey] = field(default_factory=set, init=False)
+    _resync_pending: bool = field(default=True, init=False)
+    _in_sync: bool = field(default=False, init=False)
+    _last_resync: float | None = field(default=None, init=False)
+    _ifindex: dict[str, int] = field(default_factory=dict, init=False)
+    _order: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.protocol <= 255:
+            raise RouteTableError(f"route protocol {self.protocol} out of range 1..255")
+        self._log = log.bind(protocol=self.protocol)
+        self._order = list(self.class_order)
+
+    # --- desired state -------------------------------------------------------------
+    def set_routes(self, route_class: str, targets: Iterable[Target]) -> None:
+        """Replace the whole desired set of ``route_class``."""
+        new: dict[RouteKey, _Want] = {}
+        new_t: dict[RouteKey, Target] = {}
+        for t in targets:
+            key, want = parse_target(t)
+            if key[0] not in self.tables:
+                raise RouteTableError(f"route {t.dst}: table {key[0]} is not managed "
+                                      f"(managed: {sorted(self.tables)})")
+            new[key] = want
+            new_t[key] = t
+        old = self._desired.get(route_class, {})
+        if route_class not in self._order:
+            self._order.append(route_class)
+        # Dirty = keys whose want changed in this class (added, removed, altered).
+        dirty = self._dirty
+        for k, w in new.items():
+            if old.get(k) != w:
+                dirty.add(k)
+        if old:
+            dirty.update(old.keys() - new.keys())
+        self._desired[route_class] = new
+        self._targets[route_class] = new_t
+
+    def route_update(self, route_class: str, target: Target) -> None:
+        """Add or change one route of a class (incremental form of set_routes)."""
+        key, want = parse_target(target)
+        if key[0] not in self.tables:
+            raise RouteTableError(f"route {target.dst}: table {key[0]} is not managed")
+        if route_class not in self._order:
+            self._order.append(route_class)
+        cls = self._desired.setdefault(route_class, {})
+        if cls.get(key) != want:
+            cls[key] = want
+            self._targets.setdefault(route_class, {})[key] = target
+            self._dirty.add(key)
+
+    def route_remove(self, route_class: str, dst: str, table: int = RT_TABLE_MAIN,
+                     metric: int = 0) -> None:
+        key, _ = parse_target(Target(dst=dst, type="blackhole", table=table, metric=metric))
+        if self._desired.get(route_class, {}).pop(key, None) is not None:
+            self._targets[route_class].pop(key, None)
+            self._dirty.add(key)
+
+    def desired_targets(self, route_class: str) -> list[Target]:
+        return list(self._targets.get(route_class, {}).values())
+
+    # --- sync control --------------------------------------------------------------
+    def queue_resync(self) -> None:
+        self._resync_pending = True
+
+    def mark_in_sync(self) -> None:
+        """The sources are complete: stale routes of ours may now be deleted."""
+        if not self._in_sync:
+            self._in_sync = True
+            self._log.info("route_sources_in_sync")
+            # Stale keys were left dirty-but-kept; look at them again.
+            self._dirty.update(k for k in self._actual if self._winner(k) is None)
+
+    def on_links_changed(self) -> None:
+        """A device appeared, vanished or was renumbered: re-resolve names."""
+        self._ifindex = {}
+        self._dirty.update(k for cls in self._desired.values()
+                           for k, w in cls.items() if w[2] is not None)
+
+    @property
+    def in_sync(self) -> bool:
+        return self._in_sync
+
+    def pending(self) -> int:
+        return len(self._dirty)
+
+    # --- reconcile -----------------------------------------------------------------
+    def _winner(self, key: RouteKey) -> _Want | None:
+        for cls in self._order:
+            want = self._desired.get(cls, {}).get(key)
+            if want is not None:
+                return want
+        return None
+
+    def _winner_fn(self) -> Callable[[RouteKey], _Want | None]:
+        # Fast path: with a single class a dict lookup is the whole decision.
+        classes = [self._desired[c] for c in self._order if self._desired.get(c)]
+        if len(classes) == 1:
+            return classes[0].get
+        if not classes:
+            return lambda _k: None
+        return self._winner
+
+    def apply(self) -> ApplyResult:
+        """Bring the kernel to the desired state for dirty keys (all keys on resync)."""
+        now = self.clock()
+        resync = self._resync_pending or (
+            self._last_resync is None or now - self._last_resync >= self.resync_interval)
+        if resync:
+            self._actual = self.driver.dump_routes(self.protocol, self.tables)
+            self._ifindex = self.driver.link_indexes()
+            self._last_resync = now
+            self._resync_pending = False
+            keys: Iterable[RouteKey] = set(self._actual).union(
+                *(d.keys() for d in self._desired.values()))
+        else:
+            keys = self._dirty
+            if any(w[2] is not None and w[2] not in self._ifindex
+                   for k in keys if (w := self._winner(k)) is not None):
+                self._ifindex = self.driver.link_indexes()
+        ops, settled, waiting, stale = plan(keys, self._winner_fn(), self._actual,
+                                            self._ifindex, self._in_sync)
+        results = self.driver.execute(ops, self.protocol) if ops else []
+        failed: dict[RouteKey, int] = {}
+        counts = {OP_ADD: 0, OP_REPLACE: 0, OP_DELETE: 0}
+        actual = self._actual
+        for (op, key, form), err in zip(ops, results, strict=True):
+            if op == OP_DELETE and err == errno.ESRCH:
+                err = 0  # already gone (or never ours): nothing of ours remains
+            if err:
+                failed[key] = err
+                continue
+            counts[op] += 1
+            if op == OP_DELETE:
+                actual.pop(key, None)
+            else:
+                actual[key] = form  # type: ignore[assignment]
+            settled.add(key)
+        if resync:
+            self._dirty = set(keys) - settled
+        else:
+            self._dirty -= settled
+        if failed:
+            # After any error the kernel may differ from our picture (a foreign
+            # route on our key, a vanished device): re-read it next time.
+            self._resync_pending = True
+            sample = {f"{socket.inet_ntoa(k[1])}/{k[2]}": errno.errorcode.get(e, str(e))
+                      for k, e in list(failed.items())[:5]}
+            self._log.warning("routes_failed", count=len(failed), sample=sample)
+        result = ApplyResult(resync, counts[OP_ADD], counts[OP_REPLACE], counts[OP_DELETE],
+                             failed, len(waiting), len(stale))
+        if ops or resync:
+            self._log.debug("routes_applied", **result.summary())
+        return result
+
+
+class KernelRouteDriver:
+    """RouteDriver over real netlink: raw bulk socket for routes, pyroute2 for links."""
+
+    def __init__(self, netns: str | None = None, ipr=None, route_socket=None) -> None:
+        from felix_like.nlwire import RouteSocket
+
+        self.netns = netns
+        self._own_ipr = ipr is None
+        if ipr is None:
+            from pyroute2 import IPRoute
+
+            ipr = IPRoute(netns=netns, flags=0, groups=0) if netns else IPRoute(groups=0)
+        self.ipr = ipr
+        self.rsock = route_socket or RouteSocket.open(netns)
+
+    def dump_routes(self, protocol: int, tables: frozenset[int]) -> dict[RouteKey, RouteForm]:
+        return self.rsock.dump(protocol, tables)
+
+    def link_indexes(self) -> dict[str, int]:
+        return {link.get("ifname"): link["index"] for link in self.ipr.get_links()}
+
+    def execute(self, ops: Sequence[RouteOp], protocol: int) -> list[int]:
+        return self.rsock.execute(ops, protocol)
+
+    def close(self) -> None:
+        self.rsock.close()
+        if self._own_ipr:
+            self.ipr.close()

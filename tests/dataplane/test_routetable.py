@@ -1,0 +1,230 @@
+"""The reconciler's decisions against a stateful fake kernel table."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from felix_like.nlwire import OP_ADD, OP_DELETE, OP_REPLACE, DumpInterrupted
+from felix_like.routetable import RouteTable, RouteTableError, Target
+from tests.dataplane.fakenetlink import BLACKHOLE, FakeKernel, dev, key, via
+
+OURS = 73
+BIRD = 12
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(kernel: FakeKernel, **kw) -> RouteTable:
+    kw.setdefault("clock", Clock())
+    return RouteTable(driver=kernel, protocol=OURS, **kw)
+
+
+def test_adds_routes_with_our_protocol_and_is_idempotent():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", gateway="198.18.1.12", ifname="eth0"),
+                          Target("198.19.9.0/26", type="blackhole")])
+    res = rt.apply()
+    assert res.added == 2 and not res.failed
+    assert k.of_protocol(OURS) == {key("198.19.1.0/26"): via("198.18.1.12", 2),
+                                   key("198.19.9.0/26"): BLACKHOLE}
+    k.executed.clear()
+    res = rt.apply()
+    assert k.executed == [] and res.added == res.replaced == res.deleted == 0
+
+
+def test_changed_target_is_replaced_not_deleted_and_added():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", gateway="198.18.1.12", ifname="eth0")])
+    rt.apply()
+    k.executed.clear()
+    rt.set_routes("bgp", [Target("198.19.1.0/26", gateway="198.18.1.13", ifname="eth0")])
+    rt.apply()
+    assert [op[0] for op in k.executed] == [OP_REPLACE]
+    assert k.of_protocol(OURS)[key("198.19.1.0/26")] == via("198.18.1.13", 2)
+
+
+def test_foreign_route_on_our_key_is_never_replaced_and_key_stays_dirty():
+    k = FakeKernel()
+    k.add_foreign("198.19.1.0/26", via("198.18.1.99", 2), protocol=BIRD)
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", gateway="198.18.1.12", ifname="eth0"),
+                          Target("198.19.2.0/26", gateway="198.18.1.12", ifname="eth0")])
+    res = rt.apply()
+    assert res.failed == {key("198.19.1.0/26"): errno.EEXIST}
+    assert res.added == 1  # the other route is not blocked
+    assert k.routes[key("198.19.1.0/26")] == (BIRD, via("198.18.1.99", 2))
+    assert rt.pending() == 1
+    # BIRD withdraws its route: our next apply (a resync, after the error) takes the key.
+    del k.routes[key("198.19.1.0/26")]
+    res = rt.apply()
+    assert res.resynced and res.added == 1 and rt.pending() == 0
+    assert k.routes[key("198.19.1.0/26")] == (OURS, via("198.18.1.12", 2))
+
+
+def test_sweep_never_touches_other_protocols_or_unmanaged_tables():
+    k = FakeKernel()
+    k.add_foreign("198.19.50.0/24", via("198.18.1.1", 2), protocol=BIRD)
+    k.add_foreign("198.19.51.0/24", dev(2), protocol=4)          # static
+    k.add_foreign("198.19.52.0/24", BLACKHOLE, protocol=OURS, table=100)
+    k.add_foreign("198.19.53.0/24", BLACKHOLE, protocol=OURS)    # ours, stale
+    before = dict(k.routes)
+    rt = make(k)
+    rt.set_routes("bgp", [])
+    rt.mark_in_sync()
+    res = rt.apply()
+    assert res.deleted == 1
+    del before[key("198.19.53.0/24")]
+    assert k.routes == before
+
+
+def test_restart_keeps_stale_routes_until_in_sync_then_removes_only_undesired():
+    k = FakeKernel()
+    for i in range(4):
+        k.add_foreign(f"198.19.{i}.0/26", via("198.18.1.12", 2), protocol=OURS)
+    k.add_foreign("198.19.200.0/24", via("198.18.1.1", 2), protocol=BIRD)
+    rt = make(k)
+    # Sources only partly loaded: two routes desired so far.
+    rt.set_routes("bgp", [Target(f"198.19.{i}.0/26", gateway="198.18.1.12", ifname="eth0")
+                          for i in (0, 1)])
+    res = rt.apply()
+    assert k.executed == []  # desired ones unchanged, stale ones kept
+    assert res.stale_kept == 2
+    assert len(k.of_protocol(OURS)) == 4
+    rt.mark_in_sync()
+    res = rt.apply()
+    assert res.deleted == 2 and [op[0] for op in k.executed] == [OP_DELETE, OP_DELETE]
+    assert set(k.of_protocol(OURS)) == {key("198.19.0.0/26"), key("198.19.1.0/26")}
+    assert key("198.19.200.0/24") in k.routes
+
+
+def test_removed_target_deleted_only_after_in_sync():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", type="blackhole")])
+    rt.apply()
+    rt.route_remove("bgp", "198.19.1.0/26")
+    res = rt.apply()
+    assert res.stale_kept == 1 and key("198.19.1.0/26") in k.routes
+    rt.mark_in_sync()
+    assert rt.apply().deleted == 1
+    assert k.routes == {}
+
+
+def test_one_failed_route_stays_dirty_and_does_not_block_others():
+    k = FakeKernel()
+    k.fail_once[key("198.19.3.0/26")] = errno.ENETUNREACH
+    rt = make(k)
+    rt.set_routes("bgp", [Target(f"198.19.{i}.0/26", gateway="198.18.1.12", ifname="eth0")
+                          for i in range(6)])
+    res = rt.apply()
+    assert res.failed == {key("198.19.3.0/26"): errno.ENETUNREACH}
+    assert len(k.of_protocol(OURS)) == 5 and rt.pending() == 1
+    res = rt.apply()
+    assert res.resynced  # an error triggers a full resync
+    assert res.added == 1 and rt.pending() == 0 and len(k.of_protocol(OURS)) == 6
+
+
+def test_route_waits_for_its_interface():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("workload", [Target("198.19.1.5/32", ifname="nrveth1")])
+    res = rt.apply()
+    assert res.waiting_for_interface == 1 and not res.failed and k.routes == {}
+    k.links["nrveth1"] = 7
+    rt.on_links_changed()
+    res = rt.apply()
+    assert res.added == 1 and k.of_protocol(OURS) == {key("198.19.1.5/32"): dev(7)}
+
+
+def test_class_priority_and_fallback():
+    k = FakeKernel()
+    rt = make(k, class_order=("workload", "bgp"))
+    rt.set_routes("bgp", [Target("198.19.1.5/32", gateway="198.18.1.12", ifname="eth0")])
+    rt.set_routes("workload", [Target("198.19.1.5/32", ifname="eth0")])
+    rt.apply()
+    assert k.of_protocol(OURS) == {key("198.19.1.5/32"): dev(2)}
+    rt.set_routes("workload", [])
+    rt.apply()  # not in sync yet, but the key is still desired by bgp: replaced, not deleted
+    assert k.of_protocol(OURS) == {key("198.19.1.5/32"): via("198.18.1.12", 2)}
+
+
+def test_incremental_apply_does_not_repair_drift_until_resync_timer():
+    clock = Clock()
+    k = FakeKernel()
+    rt = make(k, clock=clock, resync_interval=90)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", type="blackhole")])
+    rt.apply()
+    del k.routes[key("198.19.1.0/26")]  # someone deletes our route behind our back
+    clock.now += 10
+    res = rt.apply()
+    assert not res.resynced and k.routes == {}
+    clock.now += 90
+    res = rt.apply()
+    assert res.resynced and res.added == 1 and key("198.19.1.0/26") in k.routes
+
+
+def test_queue_resync_repairs_drift_and_dump_is_retried_when_interrupted():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", type="blackhole")])
+    rt.apply()
+    k.routes[key("198.19.1.0/26")] = (OURS, via("198.18.1.77", 2))  # changed behind our back
+    k.interrupt_dumps = 2
+    dumps = k.dumps
+    rt.queue_resync()
+    res = rt.apply()
+    assert res.replaced == 1 and k.dumps == dumps + 3
+    assert k.routes[key("198.19.1.0/26")] == (OURS, BLACKHOLE)
+
+
+def test_dump_interrupted_forever_raises():
+    k = FakeKernel(interrupt_dumps=10)
+    rt = make(k)
+    with pytest.raises(DumpInterrupted):
+        rt.apply()
+
+
+def test_add_uses_excl_and_replace_only_for_keys_known_ours():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", type="blackhole")])
+    rt.apply()
+    assert [op[0] for op in k.executed] == [OP_ADD]
+
+
+@pytest.mark.parametrize("bad", [
+    Target("198.19.1.1/26", type="blackhole"),            # host bits
+    Target("198.19.1.0/33", type="blackhole"),
+    Target("not-an-ip/24", type="blackhole"),
+    Target("198.19.1.0/26"),                              # unicast needs gw or dev
+    Target("198.19.1.0/26", type="blackhole", ifname="eth0"),
+    Target("198.19.1.0/26", type="teleport"),
+])
+def test_invalid_targets_are_rejected_with_a_clear_error(bad):
+    rt = make(FakeKernel())
+    with pytest.raises(RouteTableError):
+        rt.set_routes("bgp", [bad])
+
+
+def test_unmanaged_table_rejected():
+    rt = make(FakeKernel())
+    with pytest.raises(RouteTableError, match="not managed"):
+        rt.set_routes("bgp", [Target("198.19.1.0/26", type="blackhole", table=100)])
+
+
+def test_protocol_is_a_parameter():
+    k = FakeKernel()
+    rt = RouteTable(driver=k, protocol=201, clock=Clock())
+    rt.set_routes("bgp", [Target("198.19.1.0/26", type="blackhole")])
+    rt.apply()
+    assert k.routes[key("198.19.1.0/26")][0] == 201
