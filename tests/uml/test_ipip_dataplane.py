@@ -1,0 +1,52 @@
+"""IPIP (tunl0) pod-to-pod across two underlay subnets, inside a UML kernel."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from .ipip_lab import NODE_A, NODE_B, IpipLab
+
+pytestmark = [pytest.mark.integration, pytest.mark.uml]
+
+
+def test_guest_kernel_has_ipip(uml_kernel):
+    assert "ipip" in uml_kernel.loaded_modules
+    res = uml_kernel.run("grep -w ipip /proc/modules; ip -d link show tunl0", check=True)
+    assert re.search(r"^ipip\s", res.stdout, re.M), res.stdout
+    assert "link/ipip" in res.stdout
+
+
+def test_every_new_netns_gets_fallback_tunl0(uml_kernel, guest_netns):
+    """The kernel behaviour tunnels/ must cope with: once ipip is loaded each
+    new namespace already has tunl0, and creating one fails with EEXIST."""
+    ns = guest_netns.add("fb")
+    shown = uml_kernel.run(["ip", "-n", ns, "-d", "link", "show", "tunl0"], check=True)
+    assert "ipip any remote any local any" in shown.stdout
+    add = uml_kernel.run(["ip", "-n", ns, "link", "add", "tunl0", "type", "ipip"])
+    assert add.returncode != 0
+    assert "File exists" in add.stderr
+
+
+def test_pod_to_pod_over_ipip_with_plain_ip(uml_kernel, guest_netns):
+    lab = IpipLab(uml_kernel, guest_netns)
+    lab.build_underlay_and_pods()
+    lab.configure_tunl0_with_ip()
+    lab.route_blocks_via_tunl0()
+
+    # The router has no route to the pod pool: only encapsulated traffic can cross.
+    routes = uml_kernel.run(["ip", "-n", lab.router, "route", "get", NODE_B.pod_ip])
+    assert routes.returncode != 0, routes.stdout
+
+    ping, capture = lab.ping_with_capture(NODE_A, NODE_B)
+    assert ping.ok, f"pod-to-pod ping over IPIP failed:\n{ping.stdout}\n{ping.stderr}\n{capture}"
+    assert re.search(r"\b3 received\b", ping.stdout), ping.stdout
+
+    # On the underlay: outer header node-a -> node-b, IP protocol 4, inner pod -> pod.
+    outer_in = rf"{re.escape(NODE_A.underlay_ip)} > {re.escape(NODE_B.underlay_ip)}: "
+    inner = rf"IP {re.escape(NODE_A.pod_ip)} > {re.escape(NODE_B.pod_ip)}: ICMP echo request"
+    assert re.search(outer_in + inner, capture), capture
+    outer_back = rf"{re.escape(NODE_B.underlay_ip)} > {re.escape(NODE_A.underlay_ip)}: "
+    assert re.search(outer_back + rf"IP {re.escape(NODE_B.pod_ip)} > {re.escape(NODE_A.pod_ip)}: "
+                     r"ICMP echo reply", capture), capture
