@@ -21,6 +21,9 @@ def _register() -> None:
 
     main.add_command(cli_config.check_config)
     main.add_command(cli_config.config_reference)
+    from lab import cli as lab_cli
+
+    main.add_command(lab_cli.lab)
 
 
 _register()

@@ -1,0 +1,296 @@
+"""The multi-rack lab: two racks on different subnets joined by a spine, in namespaces.
+
+```
+                 spine (bridge br0, 198.18.0.0/24)
+        ┌──────────────┬──────────────┬──────────────┐
+   tor-a .2 (BIRD)   tor-b .3 (FRR)  etcd .10
+   AS 64701          AS 64702
+   rack0 198.18.1.1  rack0 198.18.2.1
+   │ bridge          │ bridge
+   node-a1 .11       node-b1 .11      (N nodes per rack, AS 64601 / 64602)
+   node-a2 .12       node-b2 .12
+```
+
+The ToRs run eBGP with each other across the spine, announce their rack subnet
+and install what they learn in their kernels, so the underlay is routed by
+real BIRD and FRR. In the ``tor`` peering design each ToR also has a BGP
+neighbour per node of its rack (the nodes' noderouter dials it): the fabric
+learns pod blocks and routes them with no encapsulation. In the ``mesh`` design
+the ToRs know only the underlay and nodes full-mesh among themselves.
+
+Everything is created inside namespaces named ``<prefix>-<role>``; the prefix is
+unique per run. ``Lab.down()`` stops every daemon by PID and deletes every
+namespace by name, and is safe to call at any point of a failed ``up()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import Literal
+
+from config.logs import get_logger
+from lab.addressing import ETCD_ADDRESS, SPINE_SUBNET, RackPlan, assert_lab_address
+from lab.etcd import EtcdServer
+from lab.netns import NetnsSet, netns_exists, run_prefix, sh, sysctl, veth_pair
+from lab.procs import LabError, wait_for
+from lab.routers import BgpNeighbor, BirdRouter, FrrRouter
+
+STATE_DIR = "/run/noderouter-lab"
+Design = Literal["tor", "mesh"]
+
+
+@dataclass
+class LabNode:
+    name: str
+    netns: str
+    rack: RackPlan
+    address: str
+    subnet: str
+    gateway: str
+    as_number: int
+
+
+@dataclass
+class Lab:
+    racks: int = 2
+    nodes_per_rack: int = 2
+    design: Design = "tor"
+    prefix: str = field(default_factory=run_prefix)
+    workdir: str = ""
+    bgp_password: str | None = None
+    netns_set: NetnsSet = field(default_factory=NetnsSet, repr=False)
+    nodes: list[LabNode] = field(default_factory=list)
+    tors: dict[str, BirdRouter | FrrRouter] = field(default_factory=dict, repr=False)
+    etcd: EtcdServer | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.racks <= 2:
+            raise LabError("the lab has one or two racks (rack A: BIRD ToR, rack B: FRR ToR)")
+        if not 1 <= self.nodes_per_rack <= 50:
+            raise LabError("nodes_per_rack must be 1..50")
+        self.log = get_logger("lab", lab=self.prefix)
+        self.rack_plans = [RackPlan(i + 1, "ab"[i]) for i in range(self.racks)]
+
+    # ------------------------------------------------------------------ names
+
+    def ns(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"{ETCD_ADDRESS}:2379"
+
+    def node(self, name: str) -> LabNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise LabError(f"no lab node named {name!r}; nodes: {[n.name for n in self.nodes]}")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def up(self) -> Lab:
+        wanted = [self.ns(r) for r in ["spine", "etcd"] + [f"tor{r.letter}" for r in self.rack_plans]]
+        clash = [n for n in wanted if netns_exists(n)]
+        if clash:
+            raise LabError(f"namespaces {clash} already exist: another lab run uses prefix "
+                           f"{self.prefix!r}; choose another prefix or tear that one down")
+        self.workdir = self.workdir or tempfile.mkdtemp(prefix=f"noderouter-lab-{self.prefix}-")
+        self.log.info("lab_up_start", workdir=self.workdir, design=self.design,
+                      racks=self.racks, nodes_per_rack=self.nodes_per_rack)
+        try:
+            self._build_spine()
+            for rack in self.rack_plans:
+                self._build_rack(rack)
+            self._start_etcd()
+            self._start_tors()
+            self._wait_underlay()
+        except BaseException:
+            self.down()
+            raise
+        self.save_state()
+        self.log.info("lab_up_done", nodes=[n.name for n in self.nodes])
+        return self
+
+    def down(self) -> list[str]:
+        """Stop daemons by PID, delete namespaces by name, remove files; return errors."""
+        errors: list[str] = []
+        for tor in self.tors.values():
+            try:
+                tor.stop()
+            except Exception as exc:  # noqa: BLE001 - keep tearing down
+                errors.append(f"stop {tor.netns}: {exc}")
+        self.tors.clear()
+        if self.etcd is not None:
+            try:
+                self.etcd.stop()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"stop etcd: {exc}")
+            self.etcd = None
+        errors += self.netns_set.delete_all()
+        if self.workdir and os.path.isdir(self.workdir):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        state = self.state_path()
+        if os.path.exists(state):
+            os.unlink(state)
+        self.log.info("lab_down", errors=errors)
+        return errors
+
+    def __enter__(self) -> Lab:
+        return self.up()
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    # ------------------------------------------------------------------ building
+
+    def _build_spine(self) -> None:
+        spine = self.netns_set.add(self.ns("spine"))
+        sh(["ip", "link", "add", "br0", "type", "bridge"], netns=spine)
+        sh(["ip", "link", "set", "br0", "up"], netns=spine)
+        etcd_ns = self.netns_set.add(self.ns("etcd"))
+        self._attach(spine, "br0", "sp-etcd", etcd_ns, "eth0", f"{ETCD_ADDRESS}/24")
+        for rack in self.rack_plans:
+            sh(["ip", "route", "add", str(rack.subnet), "via", str(rack.tor_spine_address)],
+               netns=etcd_ns)
+
+    def _attach(self, bridge_ns: str, bridge: str, port: str, ns: str, ifname: str,
+                cidr: str) -> None:
+        assert_lab_address(cidr)
+        veth_pair(port, bridge_ns, ifname, ns)
+        sh(["ip", "link", "set", port, "master", bridge], netns=bridge_ns)
+        sh(["ip", "addr", "add", cidr, "dev", ifname], netns=ns)
+
+    def _build_rack(self, rack: RackPlan) -> None:
+        tor = self.netns_set.add(self.ns(f"tor{rack.letter}"))
+        sysctl(tor, "net.ipv4.ip_forward", "1")
+        self._attach(self.ns("spine"), "br0", f"sp-tor{rack.letter}", tor, "spine0",
+                     f"{rack.tor_spine_address}/{SPINE_SUBNET.prefixlen}")
+        sh(["ip", "link", "add", "rack0", "type", "bridge"], netns=tor)
+        sh(["ip", "link", "set", "rack0", "up"], netns=tor)
+        sh(["ip", "addr", "add", f"{rack.tor_address}/{rack.subnet.prefixlen}", "dev", "rack0"],
+           netns=tor)
+        for n in range(1, self.nodes_per_rack + 1):
+            name = rack.node_name(n)
+            node_ns = self.netns_set.add(self.ns(name.removeprefix("node-")))
+            addr = rack.node_address(n)
+            self._attach(tor, "rack0", f"p-{rack.letter}{n}", node_ns, "eth0",
+                         f"{addr}/{rack.subnet.prefixlen}")
+            sh(["ip", "route", "add", "default", "via", str(rack.tor_address)], netns=node_ns)
+            sysctl(node_ns, "net.ipv4.ip_forward", "1")
+            self.nodes.append(LabNode(name, node_ns, rack, str(addr), str(rack.subnet),
+                                      str(rack.tor_address), rack.node_as))
+
+    def _start_etcd(self) -> None:
+        os.makedirs(os.path.join(self.workdir, "etcd"), exist_ok=True)
+        self.etcd = EtcdServer(host=str(ETCD_ADDRESS), netns=self.ns("etcd"),
+                               data_dir=os.path.join(self.workdir, "etcd"), name="lab-etcd")
+        self.etcd.start()
+
+    def _start_tors(self) -> None:
+        for rack in self.rack_plans:
+            neighbors = [BgpNeighbor(str(other.tor_spine_address), other.tor_as,
+                                     password=self.bgp_password)
+                         for other in self.rack_plans if other != rack]
+            if self.design == "tor":
+                neighbors += [BgpNeighbor(n.address, n.as_number, password=self.bgp_password,
+                                          passive=True)
+                              for n in self.nodes if n.rack == rack]
+            cls = BirdRouter if rack.letter == "a" else FrrRouter
+            workdir = os.path.join(self.workdir, f"tor{rack.letter}")
+            os.makedirs(workdir, exist_ok=True)
+            router = cls(netns=self.ns(f"tor{rack.letter}"), workdir=workdir,
+                         router_id=str(rack.tor_spine_address), asn=rack.tor_as,
+                         neighbors=neighbors, static_routes=[str(rack.subnet)],
+                         export_static=True, export_learned=True, kernel_export=True)
+            self.tors[rack.letter] = router.start()
+
+    def _wait_underlay(self, timeout: float = 60) -> None:
+        if len(self.rack_plans) < 2:
+            return
+        a, b = self.rack_plans
+        self.tors["a"].wait_established(str(b.tor_spine_address), timeout)
+        self.tors["b"].wait_established(str(a.tor_spine_address), timeout)
+        # The underlay is routed once each ToR's kernel has the other rack's subnet.
+        for rack, other in ((a, b), (b, a)):
+            tor_ns = self.ns(f"tor{rack.letter}")
+            wait_for(lambda ns=tor_ns, o=other: str(o.subnet) in sh(
+                ["ip", "route", "show", str(o.subnet)], netns=ns).stdout,
+                timeout, what=f"route {other.subnet} in {tor_ns}")
+
+    # ------------------------------------------------------------------ helpers
+
+    def exec(self, node: str, argv: list[str], check: bool = True, timeout: float = 30):
+        return sh(argv, netns=self.node(node).netns, check=check, timeout=timeout)
+
+    def ping(self, src_ns: str, dst: str, count: int = 1, timeout: float = 2) -> bool:
+        res = sh(["ping", "-c", str(count), "-W", str(timeout), "-q", dst], netns=src_ns,
+                 check=False, timeout=timeout * count + 5)
+        return res.returncode == 0
+
+    def state_path(self) -> str:
+        return os.path.join(STATE_DIR, f"{self.prefix}.json")
+
+    def save_state(self) -> None:
+        """What `noderouter lab down` needs to tear this lab down from another process."""
+        os.makedirs(STATE_DIR, exist_ok=True)
+        daemons = []
+        for role, tor in self.tors.items():
+            daemons += [{"role": f"tor{role}", "pid": pid, "start": proc_start_time(pid)}
+                        for pid in tor.pids()]
+        if self.etcd and self.etcd.daemon and self.etcd.daemon.pid:
+            pid = self.etcd.daemon.pid
+            daemons.append({"role": "etcd", "pid": pid, "start": proc_start_time(pid)})
+        state = {"prefix": self.prefix, "design": self.design, "workdir": self.workdir,
+                 "namespaces": list(self.netns_set.names), "daemons": daemons,
+                 "nodes": [n.__dict__ | {"rack": n.rack.letter} for n in self.nodes],
+                 "etcd": self.etcd_endpoint,
+                 "extra_dirs": [getattr(t, "rundir", None) for t in self.tors.values()
+                                if getattr(t, "rundir", None)]}
+        with open(self.state_path(), "w") as f:
+            json.dump(state, f, indent=2)
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: tells a live PID from a reused one."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def down_from_state(path: str) -> list[str]:
+    """Tear down a lab recorded by ``save_state`` (used by `noderouter lab down`)."""
+    import signal
+    import time
+
+    with open(path) as f:
+        state = json.load(f)
+    errors = []
+    pids = [d for d in state.get("daemons", []) if d.get("pid")]
+    for d in pids:
+        if proc_start_time(d["pid"]) == d.get("start"):  # still the process we started
+            try:
+                os.kill(d["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5
+    for d in pids:
+        while proc_start_time(d["pid"]) == d.get("start") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if proc_start_time(d["pid"]) == d.get("start"):
+            os.kill(d["pid"], signal.SIGKILL)
+    for name in reversed(state.get("namespaces", [])):
+        if netns_exists(name):
+            res = sh(["ip", "netns", "delete", name], check=False)
+            if res.returncode:
+                errors.append(f"{name}: {res.stderr.strip()}")
+    for d in [state.get("workdir"), *state.get("extra_dirs", [])]:
+        if d and os.path.isdir(d):
+            shutil.rmtree(d, ignore_errors=True)
+    os.unlink(path)
+    return errors
