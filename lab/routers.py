@@ -186,7 +186,9 @@ class BirdRouter(_RouterBase):
         out.append("protocol kernel { scan time 5; merge paths on; learn off; "
                    f"ipv4 {{ import none; export {kexport}; }}; }}")
         if self.static_routes:
-            out.append("protocol static s_announce {\n  ipv4;")
+            # Preference above direct (240): a ToR announces its own connected rack
+            # subnet, and BIRD exports only the best route of a prefix.
+            out.append("protocol static s_announce {\n  ipv4 { preference 250; };")
             out += [f"  route {p} blackhole;" for p in self.static_routes]
             out.append("}")
         sources = []
