@@ -12,11 +12,12 @@ pod packet can only cross it encapsulated: that is what the tests prove.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.uml import VENV_PYTHON, UmlKernel, UmlResult
+from lab.uml import REPO_ROOT, VENV_PYTHON, UmlKernel, UmlResult
 
 from .conftest import GuestNetns
 
@@ -34,6 +35,8 @@ class Node:
 NODE_A = Node("a", "198.18.1.10", "198.18.1.1", "198.19.0.0/26", "198.19.0.1", "198.19.0.5")
 NODE_B = Node("b", "198.18.2.10", "198.18.2.1", "198.19.0.64/26", "198.19.0.65", "198.19.0.70")
 GUEST_PING = Path(__file__).with_name("guest_ping.py")
+GUEST_ROUTES = Path(__file__).with_name("guest_ipip_routes.py")
+TEST_ROUTE_PROTOCOL = 201  # any number no other route source in the guest uses
 IPIP_MTU = 1480  # veth 1500 - 20 bytes of outer IPv4 header
 
 
@@ -102,6 +105,21 @@ class IpipLab:
                 f"via {peer.underlay_ip} dev tunl0 onlink"
             )
         self.kernel.run(sh(script), check=True)
+
+    def route_blocks_with_felix_like(self, protocol: int = TEST_ROUTE_PROTOCOL) -> dict:
+        """The same routes as route_blocks_via_tunl0, programmed by our
+        felix_like RouteTable (struct-packed netlink) inside each node."""
+        results = {}
+        for local, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
+            res = self.kernel.run(
+                f"ip netns exec {shlex.quote(self.node(local))} {VENV_PYTHON} {GUEST_ROUTES} "
+                f"{protocol} {peer.block}={peer.underlay_ip}",
+                env={"PYTHONPATH": str(REPO_ROOT)},
+                cwd=REPO_ROOT,
+                check=True,
+            )
+            results[local.key] = json.loads(res.stdout.strip().splitlines()[-1])
+        return results
 
     def node(self, n: Node) -> str:
         assert self.nodes is not None

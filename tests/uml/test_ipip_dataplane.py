@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from .ipip_lab import NODE_A, NODE_B, IpipLab
+from .ipip_lab import NODE_A, NODE_B, TEST_ROUTE_PROTOCOL, IpipLab
 
 pytestmark = [pytest.mark.integration, pytest.mark.uml]
 
@@ -44,9 +44,39 @@ def test_pod_to_pod_over_ipip_with_plain_ip(uml_kernel, guest_netns):
     assert re.search(r"\b3 received\b", ping.stdout), ping.stdout
 
     # On the underlay: outer header node-a -> node-b, IP protocol 4, inner pod -> pod.
-    outer_in = rf"{re.escape(NODE_A.underlay_ip)} > {re.escape(NODE_B.underlay_ip)}: "
-    inner = rf"IP {re.escape(NODE_A.pod_ip)} > {re.escape(NODE_B.pod_ip)}: ICMP echo request"
-    assert re.search(outer_in + inner, capture), capture
-    outer_back = rf"{re.escape(NODE_B.underlay_ip)} > {re.escape(NODE_A.underlay_ip)}: "
-    assert re.search(outer_back + rf"IP {re.escape(NODE_B.pod_ip)} > {re.escape(NODE_A.pod_ip)}: "
-                     r"ICMP echo reply", capture), capture
+    assert_ipip_on_underlay(capture)
+
+
+def assert_ipip_on_underlay(capture: str) -> None:
+    outer_in = rf"IP {re.escape(NODE_A.underlay_ip)} > {re.escape(NODE_B.underlay_ip)}: "
+    inner_in = rf"IP {re.escape(NODE_A.pod_ip)} > {re.escape(NODE_B.pod_ip)}: ICMP echo request"
+    assert re.search(outer_in + inner_in, capture), capture
+    outer_back = rf"IP {re.escape(NODE_B.underlay_ip)} > {re.escape(NODE_A.underlay_ip)}: "
+    inner_back = rf"IP {re.escape(NODE_B.pod_ip)} > {re.escape(NODE_A.pod_ip)}: ICMP echo reply"
+    assert re.search(outer_back + inner_back, capture), capture
+
+
+def test_pod_to_pod_over_ipip_routes_from_felix_like(uml_kernel, guest_netns):
+    """Our route reconciler programs `via <peer> dev tunl0 onlink` in a kernel
+    that really has ipip, and pods ping across through it."""
+    lab = IpipLab(uml_kernel, guest_netns)
+    lab.build_underlay_and_pods()
+    lab.configure_tunl0_with_ip()
+    results = lab.route_blocks_with_felix_like(TEST_ROUTE_PROTOCOL)
+    for key, res in results.items():
+        assert res["first"]["added"] == 1 and res["first"]["failed"] == 0, (key, res)
+        # A full resync reads the onlink route back as identical: no churn.
+        second = res["second"]
+        assert second["resynced"] and second["added"] == second["replaced"] == 0, (key, res)
+
+    shown = uml_kernel.run(
+        ["ip", "-n", lab.node(NODE_A), "route", "show", "proto", str(TEST_ROUTE_PROTOCOL)],
+        check=True,
+    )
+    assert re.search(
+        rf"^{re.escape(NODE_B.block)} via {re.escape(NODE_B.underlay_ip)} dev tunl0 .*\bonlink\b",
+        shown.stdout, re.M), shown.stdout
+
+    ping, capture = lab.ping_with_capture(NODE_A, NODE_B)
+    assert ping.ok, f"pod-to-pod ping over IPIP failed:\n{ping.stdout}\n{ping.stderr}\n{capture}"
+    assert_ipip_on_underlay(capture)
