@@ -126,47 +126,51 @@ def parse_target(t: Target) -> tuple[RouteKey, _Want]:
     return (t.table, dst, plen, t.metric), (rtype, gw, t.ifname, t.onlink)
 
 
-def plan(keys: Iterable[RouteKey], winner: Callable[[RouteKey], _Want | None],
-         actual: Mapping[RouteKey, RouteForm], ifindex: Mapping[str, int], in_sync: bool
-         ) -> tuple[list[RouteOp], set[RouteKey], set[RouteKey], set[RouteKey]]:
-    """Pure decision for the given keys.
+def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, RouteForm],
+         ifindex: Mapping[str, int], in_sync: bool, full: bool
+         ) -> tuple[list[RouteOp], set[RouteKey], set[RouteKey]]:
+    """Pure decision.
 
-    Returns (ops, settled, waiting_for_interface, stale_kept): ``settled`` keys
-    need nothing; the others stay dirty.
+    ``wants`` maps each key to look at to its winning desired route (None: not
+    desired). With ``full`` every key of ``actual`` is looked at too (a resync).
+    Returns (ops, waiting_for_interface, stale_kept); keys in neither and not in
+    ops need nothing. Only ops, waiting and stale keys stay dirty.
     """
     ops: list[RouteOp] = []
-    settled: set[RouteKey] = set()
     waiting: set[RouteKey] = set()
     stale: set[RouteKey] = set()
-    for key in keys:
-        want = winner(key)
-        have = actual.get(key)
+    get_actual = actual.get
+    get_index = ifindex.get
+    append = ops.append
+    for key, want in wants.items():
+        have = get_actual(key)
         if want is None:
-            if have is None:
-                settled.add(key)
-            elif in_sync:
-                ops.append((OP_DELETE, key, None))
-            else:
-                stale.add(key)
+            if have is not None:
+                if in_sync:
+                    append((OP_DELETE, key, None))
+                else:
+                    stale.add(key)
             continue
         rtype, gw, ifname, onlink = want
-        oif = 0
-        if ifname is not None:
-            idx = ifindex.get(ifname)
+        if ifname is None:
+            form = (rtype, gw, 0, onlink)
+        else:
+            idx = get_index(ifname)
             if idx is None:
                 # The device is not there (yet): leave any current route alone
                 # and wait for it rather than error-looping.
                 waiting.add(key)
                 continue
-            oif = idx
-        form = (rtype, gw, oif, onlink)
-        if have == form:
-            settled.add(key)
-        elif have is None:
-            ops.append((OP_ADD, key, form))
-        else:
-            ops.append((OP_REPLACE, key, form))
-    return ops, settled, waiting, stale
+            form = (rtype, gw, idx, onlink)
+        if have != form:
+            append((OP_ADD if have is None else OP_REPLACE, key, form))
+    if full:
+        for key in actual.keys() - wants.keys():
+            if in_sync:
+                append((OP_DELETE, key, None))
+            else:
+                stale.add(key)
+    return ops, waiting, stale
 
 
 @dataclass
@@ -281,34 +285,33 @@ class RouteTable:
                 return want
         return None
 
-    def _winner_fn(self) -> Callable[[RouteKey], _Want | None]:
-        # Fast path: with a single class a dict lookup is the whole decision.
+    def _all_wants(self) -> Mapping[RouteKey, _Want]:
         classes = [self._desired[c] for c in self._order if self._desired.get(c)]
         if len(classes) == 1:
-            return classes[0].get
-        if not classes:
-            return lambda _k: None
-        return self._winner
+            return classes[0]  # the common case: no merge at all
+        merged: dict[RouteKey, _Want] = {}
+        for cls in reversed(classes):  # higher priority classes overwrite
+            merged.update(cls)
+        return merged
 
     def apply(self) -> ApplyResult:
         """Bring the kernel to the desired state for dirty keys (all keys on resync)."""
         now = self.clock()
         resync = self._resync_pending or (
             self._last_resync is None or now - self._last_resync >= self.resync_interval)
+        wants: Mapping[RouteKey, _Want | None]
         if resync:
             self._actual = self.driver.dump_routes(self.protocol, self.tables)
             self._ifindex = self.driver.link_indexes()
             self._last_resync = now
             self._resync_pending = False
-            keys: Iterable[RouteKey] = set(self._actual).union(
-                *(d.keys() for d in self._desired.values()))
+            wants = self._all_wants()
         else:
-            keys = self._dirty
-            if any(w[2] is not None and w[2] not in self._ifindex
-                   for k in keys if (w := self._winner(k)) is not None):
+            wants = {k: self._winner(k) for k in self._dirty}
+            if any(w is not None and w[2] is not None and w[2] not in self._ifindex
+                   for w in wants.values()):
                 self._ifindex = self.driver.link_indexes()
-        ops, settled, waiting, stale = plan(keys, self._winner_fn(), self._actual,
-                                            self._ifindex, self._in_sync)
+        ops, waiting, stale = plan(wants, self._actual, self._ifindex, self._in_sync, resync)
         results = self.driver.execute(ops, self.protocol) if ops else []
         failed: dict[RouteKey, int] = {}
         counts = {OP_ADD: 0, OP_REPLACE: 0, OP_DELETE: 0}
@@ -324,11 +327,9 @@ class RouteTable:
                 actual.pop(key, None)
             else:
                 actual[key] = form  # type: ignore[assignment]
-            settled.add(key)
-        if resync:
-            self._dirty = set(keys) - settled
-        else:
-            self._dirty -= settled
+        # Every examined key is settled except these; a resync examined all keys
+        # and an incremental apply examined exactly the dirty ones.
+        self._dirty = set(failed) | waiting | stale
         if failed:
             # After any error the kernel may differ from our picture (a foreign
             # route on our key, a vanished device): re-read it next time.
