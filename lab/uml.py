@@ -28,6 +28,10 @@ How commands get in and results get out:
   session, so the group id is the PID we hold) gets SIGKILL. UML forks one host
   process per guest address space; all of them stay in that group.
 
+If the Python process that booted UML dies without shutting it down, UML's
+stdin pipe closes, the guest init reads end-of-file and powers the kernel off:
+no orphan kernel keeps running.
+
 Failure is loud: if the binary is missing, UML exits early, or the ready marker
 does not appear in time, ``boot()`` raises ``UmlError`` with the console tail.
 """
@@ -202,7 +206,10 @@ class UmlKernel:
         return self.scratch / "console.log"
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        # Not Popen.poll(): that would reap the leader, and once it is reaped
+        # the group id may be reused, so stragglers could no longer be killed.
+        return (self._proc is not None and self._proc.returncode is None
+                and not self._exited_unreaped(0))
 
     def boot(self) -> UmlKernel:
         kernel = self.kernel or find_kernel()
@@ -255,9 +262,10 @@ class UmlKernel:
         try:
             info = self._wait_ready(started)
         except BaseException as exc:
-            self._kill()
+            rc = self._kill()
             if isinstance(exc, UmlError):
-                raise UmlError(f"{exc}\n(full console log kept in {self.console_log})") from None
+                raise UmlError(f"{exc}\n(UML process exit status {rc}; full console log kept "
+                               f"in {self.console_log})") from None
             raise
         self.boot_seconds = time.monotonic() - started
         fields = dict(kv.split("=", 1) for kv in info.split() if "=" in kv)
@@ -272,22 +280,14 @@ class UmlKernel:
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
+        if self.alive():
             try:
                 self._send("@poweroff")
             except UmlError:
                 pass
             if not self._exited_unreaped(timeout):
                 log.warning("uml.shutdown_timeout", pid=proc.pid)
-        # UML's helper processes (one per guest address space) may outlive the
-        # main one for a moment. The leader is still an unreaped zombie here,
-        # so its PID, our group id, cannot have been reused: SIGKILL to the
-        # group reaches only what we started.
-        self._killpg(signal.SIGKILL)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            log.error("uml.kill_failed", pid=proc.pid)
+        self._kill()
         if proc.stdin:
             try:
                 proc.stdin.close()
@@ -424,7 +424,7 @@ class UmlKernel:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise UmlError(
-                        f"UML kernel did not become ready within {self.boot_timeout:.0f}s\n"
+                        f"UML kernel did not become ready within {self.boot_timeout:g}s\n"
                         f"{self.console_tail()}"
                     )
                 self._cond.wait(left)
@@ -475,14 +475,49 @@ class UmlKernel:
                 return False
             time.sleep(0.05)
 
-    def _kill(self) -> None:
-        # Never signal the group once the leader is reaped: its PID could be
-        # someone else's by then.
-        if self._proc is None or self._proc.returncode is not None:
-            return
-        self._killpg(signal.SIGKILL)
-        if self._proc is not None:
+    def _group_members(self) -> list[int]:
+        """PIDs in our process group other than the leader (from /proc)."""
+        assert self._proc is not None
+        leader = self._proc.pid
+        members = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == leader:
+                continue
             try:
-                self._proc.wait(10)
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # Fields after the ")" closing comm: state ppid pgrp ...
+            fields = stat.rsplit(")", 1)[-1].split()
+            if len(fields) > 2 and int(fields[2]) == leader:
+                members.append(int(entry))
+        return members
+
+    def _kill(self, timeout: float = 10.0) -> int | None:
+        """SIGKILL our whole process group, wait until it is gone, reap the leader.
+
+        UML's helper processes (one per guest address space) are ptraced by the
+        main process and die a moment after it, not at once. Until the leader
+        is reaped its PID -- our group id -- cannot be reused, so every
+        SIGKILL to the group reaches only processes we started; hence the
+        leader is reaped last. Returns the leader's exit status.
+        """
+        if self._proc is None:
+            return None
+        if self._proc.returncode is None:
+            deadline = time.monotonic() + timeout
+            while True:
+                self._killpg(signal.SIGKILL)
+                if self._exited_unreaped(0) and not self._group_members():
+                    break
+                if time.monotonic() >= deadline:
+                    log.error("uml.kill_incomplete", pid=self._proc.pid,
+                              left=self._group_members())
+                    break
+                time.sleep(0.05)
+            try:
+                self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.error("uml.kill_failed", pid=self._proc.pid)
+        return self._proc.returncode
