@@ -1,0 +1,174 @@
+"""Pure block arithmetic, allocation order, selectors and (de)serialisation."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ipam.errors import IpamInvalid
+from ipam.model import (
+    CONFIRMED,
+    PENDING,
+    AffinityIndex,
+    Block,
+    HandleRecord,
+    Pool,
+    cidr_key,
+    claim_order,
+    key_cidr,
+    overlapping,
+    pod_handle,
+    reserved_ordinals,
+    selector_matches,
+    tunnel_handle,
+)
+
+net = ipaddress.ip_network
+ip = ipaddress.ip_address
+
+
+def test_pool_defaults_and_block_math():
+    p = Pool.new("198.19.0.0/16")
+    assert p.block_size == 26
+    assert p.n_blocks == 1024 and p.block_len == 64
+    assert p.block_at(0) == net("198.19.0.0/26")
+    assert p.block_at(5) == net("198.19.1.64/26")
+    assert p.block_index(net("198.19.1.64/26")) == 5
+    assert p.block_for(ip("198.19.1.100")) == net("198.19.1.64/26")
+    assert p.block_at(p.n_blocks - 1) == net("198.19.255.192/26")
+
+
+def test_pool_v6_default_block_size():
+    p = Pool.new("fd00:10::/116")
+    assert p.block_size == 122 and p.n_blocks == 64
+    assert p.block_for(ip("fd00:10::105")) == net("fd00:10::100/122")
+
+
+@pytest.mark.parametrize("cidr,size,msg", [
+    ("198.19.0.0/16", 15, "block size"),
+    ("198.19.0.0/16", 33, "block size"),
+    ("198.19.0.1/16", None, "host bits"),
+    ("nonsense", None, "not a valid network"),
+])
+def test_pool_validation_names_the_fix(cidr, size, msg):
+    with pytest.raises(IpamInvalid) as e:
+        Pool.new(cidr, size)
+    assert cidr.split("/")[0] in str(e.value) or msg in str(e.value)
+
+
+def test_pool_refuses_both_encaps():
+    with pytest.raises(IpamInvalid, match="IPIP or VXLAN"):
+        Pool.new("198.19.0.0/16", ipip_mode="Always", vxlan_mode="Always")
+
+
+def test_pool_roundtrip():
+    p = Pool.new("198.19.0.0/16", 28, ipip_mode="CrossSubnet", nat_outgoing=True,
+                 node_selector='rack == "a"', strict_affinity=True)
+    assert Pool.from_dict(p.to_dict()) == p
+
+
+def test_overlap():
+    existing = [net("198.19.0.0/16"), net("fd00::/64")]
+    assert overlapping(net("198.19.4.0/24"), existing) == [net("198.19.0.0/16")]
+    assert overlapping(net("198.18.0.0/16"), existing) == []
+    assert overlapping(net("fd00::/48"), existing) == [net("fd00::/64")]
+
+
+def test_claim_order_is_seeded_by_name_and_covers_every_block():
+    p = Pool.new("198.19.0.0/20")   # 64 blocks
+    a, b = claim_order(p, "node-a"), claim_order(p, "node-b")
+    assert sorted(a) == list(range(64)) and sorted(b) == list(range(64))
+    assert claim_order(p, "node-a") == a      # stable across calls and processes
+    assert a[0] != b[0]                       # these two names start apart
+    assert all((a[i] + 1) % 64 == a[i + 1] for i in range(63))  # walks forward, wraps
+    starts = {claim_order(p, f"n{i}")[0] for i in range(32)}
+    assert len(starts) > 16                   # spread out
+
+
+def test_allocation_order_lowest_free_skipping_reserved_and_cooldown():
+    b = Block(net("198.19.0.0/29"), net("198.19.0.0/16"), "n1", CONFIRMED)
+    assert b.pick() == 0
+    b = b.allocate(0, "h0", "n1", {}, now=10)
+    b = b.allocate(1, "h1", "n1", {}, now=10)
+    assert b.pick() == 2
+    assert b.pick(reserved=frozenset({2, 3})) == 4
+    b = b.release(0, now=20, cooldown=30)
+    assert b.in_cooldown(0, now=49) and not b.in_cooldown(0, now=50)
+    assert b.pick(now=25) == 2                # 0 is cooling
+    assert b.pick(now=50) == 0                # cooldown over: lowest again
+    assert b.cooling(now=25) == 1
+    assert b.free_ordinals(frozenset({7}), now=25) == [2, 3, 4, 5, 6]
+
+
+def test_sequence_numbers_distinguish_leases_of_one_address():
+    b = Block(net("198.19.0.0/30"), net("198.19.0.0/16"), "n1", CONFIRMED)
+    b1 = b.allocate(0, "old", "n1", {}, now=1)
+    first = b1.allocations[0].seq
+    b2 = b1.release(0, now=2, cooldown=0).allocate(0, "new", "n1", {}, now=3)
+    assert b2.allocations[0].seq != first and b2.allocations[0].seq > first
+    assert b2.seq == 2
+
+
+def test_full_block_and_double_allocate():
+    b = Block(net("198.19.0.0/31"), net("198.19.0.0/16"), "n1", CONFIRMED)
+    b = b.allocate(0, "a", "n1", {}, 0).allocate(1, "b", "n1", {}, 0)
+    assert b.pick() is None
+    with pytest.raises(IpamInvalid):
+        b.allocate(1, "c", "n1", {}, 0)
+
+
+def test_block_roundtrip_and_expired_cooldown_pruned():
+    b = Block(net("198.19.0.0/28"), net("198.19.0.0/16"), "n1", PENDING, claimed_at=5)
+    b = b.allocate(3, "h", "n1", {"namespace": "ns", "pod": "p"}, now=7).release(3, 8, 10)
+    b = b.allocate(4, "h2", "n1", {}, now=9)
+    assert Block.from_json(b.to_json()) == b
+    b2 = b.allocate(5, "h3", "n1", {}, now=100)   # cooldown of 3 ended at 18: pruned
+    assert 3 not in b2.cooldown
+
+
+def test_reserved_ordinals():
+    blk = net("198.19.0.0/26")
+    assert reserved_ordinals(blk, [net("198.19.0.0/30"), net("198.19.0.63/32")]) == {0, 1, 2, 3, 63}
+    assert reserved_ordinals(blk, [net("198.18.0.0/16"), net("fd00::/64")]) == frozenset()
+    assert reserved_ordinals(blk, [net("198.19.0.0/16")]) == frozenset(range(64))
+
+
+def test_handles_and_names():
+    assert pod_handle("abc123") == "k8s-pod-network.abc123"
+    assert tunnel_handle("node-1") == "ipip-tunnel-addr-node-1"
+    with pytest.raises(IpamInvalid, match="handle"):
+        pod_handle("bad/id")
+    with pytest.raises(IpamInvalid, match="node name"):
+        tunnel_handle("bad node")
+    r = HandleRecord("h").with_ip("198.19.0.1", "198.19.0.0/26", 3, {"pod": "p"})
+    assert HandleRecord.from_json(r.to_json()) == r
+    assert r.without_ip("198.19.0.1").ips == {}
+
+
+def test_affinity_index_and_keys():
+    a = AffinityIndex("n1").with_block("198.19.0.0/26", PENDING).with_block("198.19.0.0/26", CONFIRMED)
+    assert AffinityIndex.from_json(a.to_json()) == a
+    assert a.without_block("198.19.0.0/26").blocks == {}
+    assert cidr_key(net("198.19.0.0/26")) == "198.19.0.0-26"
+    assert key_cidr("fd00::-122") == net("fd00::/122")
+
+
+@pytest.mark.parametrize("sel,labels,want", [
+    ("all()", {}, True),
+    ("", {}, True),
+    ('rack == "a"', {"rack": "a"}, True),
+    ('rack == "a"', {"rack": "b"}, False),
+    ('rack != "a"', {}, True),
+    ("has(rack)", {}, False),
+    ("!has(edge)", {"rack": "a"}, True),
+    ('has(rack) && name == "n1"', {"rack": "x"}, True),
+    ('has(rack) && name == "n2"', {"rack": "x"}, False),
+])
+def test_selector(sel, labels, want):
+    assert selector_matches(sel, "n1", labels) is want
+
+
+def test_selector_parse_error_names_syntax():
+    with pytest.raises(IpamInvalid, match="all\\(\\)"):
+        selector_matches("rack ~ a", "n1")
