@@ -1,0 +1,124 @@
+"""Prometheus metrics and the /livez and /readyz health endpoints.
+
+Metrics live in the daemon's own registry (not the process-global one), so
+tests can run several daemons' worth of metrics in one process. Label values
+never carry secrets: peers are labelled by address only.
+
+Readiness follows Calico's rule: the datastore is in sync, the dataplane has
+been applied, and at least one BGP peer has been established since start.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from config.logs import get_logger
+
+log = get_logger("bgpd.metrics")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.peers = Gauge("noderouter_bgp_peers", "BGP peers by session state",
+                           ["state"], registry=r)
+        self.prefixes_received = Counter("noderouter_bgp_prefixes_received_total",
+                                         "Prefixes received from a peer", ["peer"], registry=r)
+        self.prefixes_accepted = Gauge("noderouter_bgp_prefixes_accepted",
+                                       "Prefixes currently accepted from a peer", ["peer"],
+                                       registry=r)
+        self.prefixes_rejected = Counter("noderouter_bgp_prefixes_rejected_total",
+                                         "Prefixes rejected by the import policy",
+                                         ["peer", "reason"], registry=r)
+        self.prefixes_announced = Gauge("noderouter_bgp_prefixes_announced",
+                                        "Prefixes we announce", registry=r)
+        self.kernel_routes = Gauge("noderouter_kernel_routes", "Our kernel routes by class",
+                                   ["route_class"], registry=r)
+        self.reconcile_seconds = Histogram("noderouter_reconcile_seconds",
+                                           "Duration of a dataplane apply", ["kind"],
+                                           buckets=(.001, .005, .01, .05, .1, .5, 1, 5, 30),
+                                           registry=r)
+        self.reconcile_errors = Counter("noderouter_reconcile_errors_total",
+                                        "Kernel operations that failed", registry=r)
+        self.ipam_blocks = Gauge("noderouter_ipam_blocks", "IPAM blocks affine to this node",
+                                 registry=r)
+        self.ipam_addresses = Gauge("noderouter_ipam_addresses_in_use",
+                                    "Addresses allocated in this node's blocks", registry=r)
+        self.exabgp_restarts = Counter("noderouter_exabgp_restarts_total",
+                                       "Times the ExaBGP child was (re)started after a crash",
+                                       registry=r)
+        self.loop_iterations = Counter("noderouter_loop_iterations_total",
+                                       "Main loop iterations", registry=r)
+
+    def serve(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        start_http_server(int(port), addr=host, registry=self.registry)
+        log.info("metrics_listening", listen=listen)
+
+
+@dataclass
+class Health:
+    """What /livez and /readyz report; the main loop updates it."""
+
+    loop_heartbeat: float = 0.0          # monotonic time of the last loop iteration
+    datastore_in_sync: bool = False
+    dataplane_applied: bool = False
+    peer_established_once: bool = False
+    peers_configured: bool = True
+    live_timeout: float = 30.0
+
+    def live(self, now: float) -> tuple[bool, dict]:
+        age = now - self.loop_heartbeat if self.loop_heartbeat else None
+        ok = age is not None and age < self.live_timeout
+        return ok, {"loop_age_seconds": None if age is None else round(age, 3)}
+
+    def ready(self) -> tuple[bool, dict]:
+        detail = {"datastore_in_sync": self.datastore_in_sync,
+                  "dataplane_applied": self.dataplane_applied,
+                  "peer_established_once": self.peer_established_once or
+                  not self.peers_configured}
+        return all(detail.values()), detail
+
+
+class HealthServer:
+    def __init__(self, health: Health, listen: str) -> None:
+        self.health = health
+        host, _, port = listen.rpartition(":")
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path == "/livez":
+                    ok, detail = outer.health.live(time.monotonic())
+                elif self.path == "/readyz":
+                    ok, detail = outer.health.ready()
+                else:
+                    self.send_error(404, "try /livez or /readyz")
+                    return
+                body = json.dumps({"ok": ok, **detail}).encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # keep stderr for structlog
+                pass
+
+        self._server = ThreadingHTTPServer((host, int(port)), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health",
+                                        daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
