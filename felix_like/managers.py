@@ -1,0 +1,287 @@
+"""Dataplane managers (Felix pattern) and the loop step that drives them.
+
+Each manager's ``on_*`` methods only record desired state and mark it dirty;
+``complete_deferred_work()`` does the kernel work. ``Dataplane.apply()`` calls
+them in dependency order - tunnel devices before routes (a route through a
+device needs the device), routes last - and returns a one-line summary.
+
+Route classes (highest priority first): workload /32s beat everything (a local
+pod wins over a stale borrowed /32 from BGP), then remote blocks (calculated
+from the node registry + encap), then BGP-learned routes, then blackholes for
+owned blocks (least specific anyway).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from felix_like.nat import NatOutgoing
+from felix_like.routetable import ApplyResult, RouteTable, Target
+from felix_like.sysctls import SysctlError, Sysctls, conf_key, node_sysctls
+from tunnels.devices import VxlanParams, ensure_ipip, ensure_vxlan, probe_kind, sync_vxlan_peers
+from tunnels.encap import Encap, LocalUnderlay, PoolEncap, Vtep, route_for_block
+from tunnels.errors import TunnelError
+
+log = structlog.get_logger("felix_like.managers")
+
+CLASS_WORKLOAD = "workload"
+CLASS_REMOTE_BLOCKS = "remote-blocks"
+CLASS_BGP = "bgp"
+CLASS_BLACKHOLE = "blackhole"
+CLASS_ORDER = (CLASS_WORKLOAD, CLASS_REMOTE_BLOCKS, CLASS_BGP, CLASS_BLACKHOLE)
+
+
+# --- values ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkloadEndpoint:
+    """A local pod: its host-side veth and its addresses (each gets a /32 route)."""
+
+    name: str
+    host_ifname: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RemoteNode:
+    name: str
+    address: str                 # underlay address
+    vtep: Vtep | None = None     # from the node registry, when the node runs VXLAN
+
+
+@dataclass(frozen=True)
+class RemoteBlock:
+    cidr: str
+    node: str
+
+
+# --- pure calculation ------------------------------------------------------------------
+@dataclass(frozen=True)
+class RemoteRoutes:
+    targets: tuple[Target, ...]
+    vteps: tuple[Vtep, ...]
+    pending: tuple[str, ...]     # blocks we cannot route yet, with the reason
+
+
+def compute_remote_routes(pools: Mapping[str, PoolEncap], blocks: Iterable[RemoteBlock],
+                          nodes: Mapping[str, RemoteNode], local: LocalUnderlay,
+                          vxlan_device: str, ipip_device: str) -> RemoteRoutes:
+    """Route + VTEP set for remote blocks (pure)."""
+    nets = [(ipaddress.IPv4Network(c), enc) for c, enc in pools.items()]
+    targets: list[Target] = []
+    vteps: dict[str, Vtep] = {}
+    pending: list[str] = []
+    for b in sorted(blocks, key=lambda b: b.cidr):
+        node = nodes.get(b.node)
+        if node is None:
+            pending.append(f"{b.cidr}: node {b.node} unknown")
+            continue
+        net = ipaddress.IPv4Network(b.cidr)
+        enc = next((e for n, e in nets if net.subnet_of(n)), PoolEncap())
+        try:
+            spec = route_for_block(b.cidr, enc, local, node.address, node.vtep,
+                                   ipip_device=ipip_device, vxlan_device=vxlan_device)
+        except TunnelError as exc:
+            pending.append(str(exc))
+            continue
+        targets.append(Target(spec.dst, gateway=spec.gateway, ifname=spec.ifname,
+                              onlink=spec.onlink))
+        if spec.encap == Encap.VXLAN and spec.vtep is not None:
+            vteps[spec.vtep.mac] = spec.vtep
+    return RemoteRoutes(tuple(targets), tuple(vteps.values()), tuple(pending))
+
+
+# --- managers --------------------------------------------------------------------------
+@dataclass
+class RemoteBlockManager:
+    routes: RouteTable
+    local: LocalUnderlay
+    vxlan_device: str = "vxlan.nr"
+    ipip_device: str = "tunl0"
+    pools: dict[str, PoolEncap] = field(default_factory=dict)
+    blocks: dict[str, RemoteBlock] = field(default_factory=dict)
+    nodes: dict[str, RemoteNode] = field(default_factory=dict)
+    vteps: tuple[Vtep, ...] = ()
+    _dirty: bool = True
+
+    def on_pool_update(self, cidr: str, encap: PoolEncap) -> None:
+        self.pools[cidr] = encap
+        self._dirty = True
+
+    def on_pool_remove(self, cidr: str) -> None:
+        self._dirty |= self.pools.pop(cidr, None) is not None
+
+    def on_block_update(self, block: RemoteBlock) -> None:
+        self.blocks[block.cidr] = block
+        self._dirty = True
+
+    def on_block_remove(self, cidr: str) -> None:
+        self._dirty |= self.blocks.pop(cidr, None) is not None
+
+    def on_node_update(self, node: RemoteNode) -> None:
+        self.nodes[node.name] = node
+        self._dirty = True
+
+    def on_node_remove(self, name: str) -> None:
+        self._dirty |= self.nodes.pop(name, None) is not None
+
+    def complete_deferred_work(self) -> None:
+        if not self._dirty:
+            return
+        rr = compute_remote_routes(self.pools, self.blocks.values(), self.nodes, self.local,
+                                   self.vxlan_device, self.ipip_device)
+        self.routes.set_routes(CLASS_REMOTE_BLOCKS, rr.targets)
+        self.vteps = rr.vteps
+        for reason in rr.pending:
+            log.info("remote_block_pending", reason=reason)
+        self._dirty = False
+
+
+@dataclass
+class TunnelDeviceManager:
+    """Ensures tunl0 / the vxlan device and the VTEP peers on it."""
+
+    ipr: object
+    routes: RouteTable
+    vxlan: VxlanParams | None = None
+    ipip_mtu: int | None = None
+    ipip_address: str | None = None
+    ipip_enabled: bool = False
+    _dirty: bool = True
+    _vteps: tuple[Vtep, ...] | None = None
+    _vteps_applied: tuple[Vtep, ...] | None = None
+
+    def on_vxlan_update(self, params: VxlanParams | None) -> None:
+        self.vxlan = params
+        self._dirty = True
+
+    def on_ipip_update(self, enabled: bool, mtu: int | None, address: str | None) -> None:
+        self.ipip_enabled, self.ipip_mtu, self.ipip_address = enabled, mtu, address
+        self._dirty = True
+
+    def on_vteps(self, vteps: tuple[Vtep, ...]) -> None:
+        self._vteps = vteps
+
+    def queue_resync(self) -> None:
+        self._dirty = True
+        self._vteps_applied = None
+
+    def complete_deferred_work(self) -> None:
+        if self._dirty:
+            changed = False
+            if self.ipip_enabled:
+                probe_kind(self.ipr, "ipip")  # TunnelUnsupported names mode + module
+                r = ensure_ipip(self.ipr, self.ipip_mtu or 1480, self.ipip_address)
+                changed |= r.created or r.recreated
+            if self.vxlan is not None:
+                probe_kind(self.ipr, "vxlan")
+                r = ensure_vxlan(self.ipr, self.vxlan)
+                changed |= r.created or r.recreated
+                self._vteps_applied = None
+            if changed:
+                self.routes.on_links_changed()  # indexes changed: re-resolve route devices
+            self._dirty = False
+        if self.vxlan is not None and self._vteps is not None \
+                and self._vteps != self._vteps_applied:
+            sync_vxlan_peers(self.ipr, self._vteps, self.vxlan.name)
+            self._vteps_applied = self._vteps
+
+
+@dataclass
+class WorkloadManager:
+    """Host side of pod veths: proxy ARP on the veth and a /32 route to each address."""
+
+    routes: RouteTable
+    sysctls: Sysctls
+    endpoints: dict[str, WorkloadEndpoint] = field(default_factory=dict)
+    _configured: dict[str, WorkloadEndpoint] = field(default_factory=dict)
+    _dirty: bool = True
+
+    def on_update(self, ep: WorkloadEndpoint) -> None:
+        self.endpoints[ep.name] = ep
+        self._dirty = True
+
+    def on_remove(self, name: str) -> None:
+        self._dirty |= self.endpoints.pop(name, None) is not None
+        self._configured.pop(name, None)
+
+    def complete_deferred_work(self) -> None:
+        if not self._dirty:
+            return
+        for ep in self.endpoints.values():
+            if self._configured.get(ep.name) == ep:
+                continue
+            try:
+                # proxy_arp: the pod's default route points at the host veth;
+                # the host answers ARP for any address it routes elsewhere.
+                self.sysctls.set(conf_key(ep.host_ifname, "proxy_arp"), "1")
+            except SysctlError as exc:
+                log.info("workload_interface_missing", endpoint=ep.name, error=str(exc))
+                continue  # stays unconfigured; retried next time
+            self._configured[ep.name] = ep
+        self.routes.set_routes(CLASS_WORKLOAD, [
+            Target(f"{a}/32", ifname=ep.host_ifname)
+            for ep in self.endpoints.values() for a in ep.addresses])
+        self.routes.on_links_changed()  # a new veth has a new index
+        self._dirty = len(self._configured) != len(self.endpoints)
+
+
+@dataclass
+class BlackholeManager:
+    """A blackhole route for every block this node owns (so the whole block is ours)."""
+
+    routes: RouteTable
+
+    def on_update(self, owned_blocks: Iterable[str]) -> None:
+        self.routes.set_routes(CLASS_BLACKHOLE,
+                               [Target(b, type="blackhole") for b in sorted(set(owned_blocks))])
+
+    def complete_deferred_work(self) -> None:
+        pass  # the route table does the work
+
+
+@dataclass
+class Dataplane:
+    """All managers of one node plus the route table; ``apply()`` is one loop step."""
+
+    routes: RouteTable
+    sysctls: Sysctls
+    tunnels: TunnelDeviceManager
+    remote: RemoteBlockManager
+    workloads: WorkloadManager
+    blackholes: BlackholeManager
+    nat: NatOutgoing
+    rp_filter: str | None = None
+    _sysctls_done: bool = False
+
+    @classmethod
+    def create(cls, ipr, routes: RouteTable, local: LocalUnderlay, netns: str | None = None,
+               vxlan_device: str = "vxlan.nr", rp_filter: str | None = None) -> Dataplane:
+        sysctls = Sysctls(netns)
+        return cls(routes=routes, sysctls=sysctls,
+                   tunnels=TunnelDeviceManager(ipr, routes),
+                   remote=RemoteBlockManager(routes, local, vxlan_device=vxlan_device),
+                   workloads=WorkloadManager(routes, sysctls),
+                   blackholes=BlackholeManager(routes),
+                   nat=NatOutgoing(netns), rp_filter=rp_filter)
+
+    def queue_resync(self) -> None:
+        self._sysctls_done = False
+        self.tunnels.queue_resync()
+        self.nat.queue_resync()
+        self.routes.queue_resync()
+
+    def apply(self) -> ApplyResult:
+        if not self._sysctls_done:
+            self.sysctls.ensure(node_sysctls(self.rp_filter))
+            self._sysctls_done = True
+        self.remote.complete_deferred_work()
+        self.tunnels.on_vteps(self.remote.vteps)
+        self.tunnels.complete_deferred_work()
+        self.workloads.complete_deferred_work()
+        self.blackholes.complete_deferred_work()
+        self.nat.complete_deferred_work()
+        return self.routes.apply()
