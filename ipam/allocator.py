@@ -117,6 +117,18 @@ class Dump:
     reservations: list[IPNetwork]
 
 
+@dataclass(frozen=True)
+class Lease:
+    """One address held under a handle. ``seq`` makes a later release exact
+    (``release_ip(ip, seq=...)`` cannot free a reused address)."""
+
+    ip: str
+    seq: int
+    block: str
+    handle: str
+    new: bool       # False when an existing lease of the handle was returned
+
+
 @dataclass
 class GcReport:
     released: list[dict]
@@ -446,7 +458,13 @@ class Ipam:
 
     def allocate(self, handle: str, attrs: Mapping[str, str] | None = None,
                  pool: str | None = None, now: float | None = None) -> str:
-        """Allocate one address for ``handle`` and return it (a string).
+        """Allocate one address for ``handle`` and return it (a string); see
+        :meth:`allocate_lease`."""
+        return self.allocate_lease(handle, attrs, pool, now).ip
+
+    def allocate_lease(self, handle: str, attrs: Mapping[str, str] | None = None,
+                       pool: str | None = None, now: float | None = None) -> Lease:
+        """Allocate one address for ``handle``; returns the lease (ip, seq, block).
 
         Idempotent per handle: if ``handle`` already holds an address in an
         eligible pool (e.g. a retried CNI ADD), that address is returned.
@@ -466,10 +484,10 @@ class Ipam:
         for attempt in range(self.max_retries):
             pools, reasons = self._eligible(pool)
             if hrec is not None:
-                for ip, (_cidr, _seq) in hrec.ips.items():
+                for ip, (cidr, seq) in hrec.ips.items():
                     if any(parse_ip(ip) in p.cidr for p, _ in pools):
                         self.log.debug("allocate_existing", handle=handle, ip=ip)
-                        return ip
+                        return Lease(ip, seq, cidr, handle, False)
             choice, why = self._choose(pool, now) if pools else (None, [])
             if choice is None:
                 if not refreshed:
@@ -496,7 +514,7 @@ class Ipam:
                 self._set_handle(hkey, new_rec, res.revision)
                 self.log.debug("allocated", handle=handle, ip=ip, seq=seq, block=str(block.cidr),
                                borrowed=block.affinity != self.node, attempt=attempt)
-                return ip
+                return Lease(ip, seq, str(block.cidr), handle, True)
             self._refresh_from(res)
             hkv = res.current.get(hkey)
             hrec = HandleRecord.from_json(hkv.value) if hkv else None
