@@ -1,0 +1,300 @@
+"""The speaker's pure state machine: ExaBGP events in, RIB changes and ExaBGP commands out.
+
+``SpeakerCore`` owns the RIB, the import policy, peer records, counters and the desired set
+of announcements. It does no I/O and never reads the clock: every input carries ``now``.
+The I/O side (``bgpd/speaker.py``) feeds it parsed events and sends the commands it queues.
+
+Rules it implements:
+- Peer up -> announce the whole desired set to that peer, then End-of-RIB (``manual-eor``:
+  ExaBGP must not send an empty EoR before our routes after a restart, exabgp #328).
+- Peer down -> its routes go now, or -- if the peer advertised graceful restart for
+  ipv4/unicast in its OPEN -- are kept as stale until its End-of-RIB after it comes back or
+  until its restart time runs out (``tick(now)``). ExaBGP sends no withdraws on session loss.
+- ExaBGP (re)started -> ``session_reset(now)``: every peer is treated as down (same GR rule).
+- Updates -> import policy per path and prefix; rejected routes are kept aside with their
+  reason (so a policy change -- e.g. we claim or release a block -- re-evaluates them) and
+  counted by reason, globally and per peer.
+- Max-prefix: a peer whose accepted count would exceed its limit has all its routes dropped
+  (counted as ``max-prefix``), is flagged until its session restarts, and is torn down when
+  the config says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import structlog
+
+from bgpd import exabgp_commands as cmds
+from bgpd.events import (
+    Ack,
+    Answer,
+    Attributes,
+    EndOfRib,
+    Event,
+    Malformed,
+    Notification,
+    PeerOpen,
+    PeerState,
+    RelayHello,
+    RouteUpdate,
+)
+from bgpd.exabgp_config import SpeakerConfig
+from bgpd.import_policy import ImportPolicy
+from bgpd.peers import PeerRecord, PeerStatus
+from bgpd.rib import Rib, Route
+
+log = structlog.get_logger("bgpd.core")
+
+
+class SpeakerCore:
+    def __init__(self, config: SpeakerConfig, policy: ImportPolicy) -> None:
+        self.config = config
+        self.policy = policy
+        self.rib = Rib()
+        self.peers: dict[str, PeerRecord] = {p.address: PeerRecord(p.address, p.asn)
+                                             for p in config.peers}
+        self.desired: set[str] = set()
+        self.counters: dict[str, int] = {}
+        self._commands: list[str] = []
+        self.log = log.bind(local_as=config.local_as, router_id=config.router_id)
+
+    # -- counters -----------------------------------------------------------
+    def _inc(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def _reject(self, rec: PeerRecord, reason: str, n: int = 1) -> None:
+        rec.count(reason, n)
+        self._inc(f"rejected.{reason}", n)
+
+    # -- outputs ---------------------------------------------------------------
+    def has_commands(self) -> bool:
+        return bool(self._commands)
+
+    def take_commands(self) -> list[str]:
+        out, self._commands = self._commands, []
+        return out
+
+    def take_route_changes(self) -> dict[str, Route | None]:
+        return self.rib.take_changes()
+
+    def routes(self) -> dict[str, Route]:
+        return self.rib.routes()
+
+    def status(self, now: float) -> list[PeerStatus]:
+        out = []
+        for addr in sorted(self.peers):
+            r = self.peers[addr]
+            accepted = self.rib.count(addr)
+            established = r.state in ("established", "max-prefix")
+            out.append(PeerStatus(
+                address=addr, asn=r.asn, state=r.state, since=r.since,
+                uptime=(now - r.established_at) if r.established_at is not None else None,
+                received=accepted + len(r.rejected_now), accepted=accepted,
+                announced=len(self.desired) if established else 0,
+                stale=self.rib.stale_count(addr), rejected=dict(r.rejected_count),
+                last_error=r.last_error, graceful_restart=r.gr_time))
+        return out
+
+    # -- inputs: configuration -------------------------------------------------
+    def set_config(self, config: SpeakerConfig, now: float) -> None:
+        """New peer set (after ExaBGP reload). Removed peers' routes go at once."""
+        new = {p.address for p in config.peers}
+        for addr in list(self.peers):
+            if addr not in new:
+                self.rib.drop_peer(addr)
+                del self.peers[addr]
+                self.log.info("peer_removed", peer=addr)
+        for p in config.peers:
+            if p.address not in self.peers:
+                self.peers[p.address] = PeerRecord(p.address, p.asn)
+                self.log.info("peer_added", peer=p.address, asn=p.asn)
+            else:
+                self.peers[p.address].asn = p.asn
+        self.config = config
+        self.set_policy(self.policy, now)
+
+    def set_policy(self, policy: ImportPolicy, now: float) -> None:
+        """Re-evaluate every held route (accepted and rejected) against ``policy``."""
+        self.policy = policy
+        for addr, rec in self.peers.items():
+            if rec.max_prefix_hit:
+                continue
+            # accepted routes that are now rejected
+            for prefix in list(self.rib.prefixes_of(addr)):
+                path = self.rib.paths(prefix).get(addr)
+                if path is None:
+                    continue
+                nh, attrs = path
+                reason = policy.check(addr, prefix, nh, attrs.as_path)
+                if reason:
+                    self.rib.remove(addr, [prefix])
+                    rec.rejected_now[prefix] = (nh, attrs, reason)
+                    self._reject(rec, reason)
+            # rejected routes that are now accepted
+            for prefix, (nh, attrs, _) in list(rec.rejected_now.items()):
+                if policy.check(addr, prefix, nh, attrs.as_path) is None:
+                    del rec.rejected_now[prefix]
+                    self.rib.add(addr, [prefix], nh, attrs)
+            self._enforce_max_prefix(rec, now)
+
+    def set_desired(self, prefixes: Iterable[str]) -> None:
+        """The full set we announce (owned blocks, borrowed /32s): diffs become commands."""
+        new = {cmds.prefix(p) for p in prefixes}
+        add, gone = new - self.desired, self.desired - new
+        self.desired = new
+        if add:
+            self._commands += cmds.announce(add)
+        if gone:
+            self._commands += cmds.withdraw(gone)
+        if add or gone:
+            self.log.info("desired_changed", announce=len(add), withdraw=len(gone),
+                          total=len(new))
+
+    # -- inputs: ExaBGP --------------------------------------------------------
+    def session_reset(self, now: float) -> None:
+        """ExaBGP (re)started: no session survives; routes held per graceful restart."""
+        for rec in self.peers.values():
+            if rec.state in ("established", "max-prefix", "connected"):
+                self._peer_down(rec, now, "exabgp restarted")
+
+    def apply(self, event: Event, now: float) -> None:
+        if isinstance(event, RouteUpdate):
+            self._update(event, now)
+        elif isinstance(event, EndOfRib):
+            rec = self.peers.get(event.peer)
+            if rec is not None and event.family == "ipv4 unicast":
+                swept = self.rib.sweep_stale(event.peer)
+                rec.gr_deadline = None
+                self.log.info("end_of_rib", peer=event.peer, stale_removed=swept,
+                              routes=self.rib.count(event.peer))
+        elif isinstance(event, PeerState):
+            self._state(event, now)
+        elif isinstance(event, PeerOpen):
+            rec = self.peers.get(event.peer)
+            if rec is not None:
+                rec.gr_time = event.graceful_restart
+                if event.asn != rec.asn:
+                    rec.last_error = f"OPEN from AS{event.asn}, configured AS{rec.asn}"
+        elif isinstance(event, Notification):
+            if event.peer and event.peer in self.peers:
+                self.peers[event.peer].last_error = f"notification {event.text}"
+            self._inc("notifications")
+        elif isinstance(event, Malformed):
+            self._inc("malformed_lines")
+            self.log.warning("malformed_line", error=event.error, line=event.line[:200])
+        elif isinstance(event, Ack):
+            self._inc("acks.done" if event.ok else "acks.error")
+        elif isinstance(event, (Answer, RelayHello)):
+            pass
+
+    def tick(self, now: float) -> None:
+        """Expire graceful-restart holds whose restart time ran out."""
+        for rec in self.peers.values():
+            if rec.gr_deadline is not None and now >= rec.gr_deadline:
+                swept = self.rib.sweep_stale(rec.address)
+                rec.gr_deadline = None
+                self.log.info("graceful_restart_expired", peer=rec.address, stale_removed=swept)
+
+    # -- internals ------------------------------------------------------------
+    def _state(self, ev: PeerState, now: float) -> None:
+        rec = self.peers.get(ev.peer)
+        if rec is None:
+            self._inc("events.unknown_peer")
+            return
+        if ev.state == "up":
+            rec.set_state("established", now)
+            rec.max_prefix_hit = False
+            self._inc(f"peer_up.{ev.peer}")
+            self.log.info("peer_up", peer=ev.peer, asn=rec.asn, graceful_restart=rec.gr_time)
+            if self.desired:
+                self._commands += cmds.announce(self.desired, neighbor=ev.peer)
+            self._commands.append(cmds.eor(ev.peer))
+        elif ev.state == "down":
+            self._peer_down(rec, now, ev.reason)
+        elif ev.state == "connected":
+            if rec.state != "established":
+                rec.set_state("connected", now)
+
+    def _peer_down(self, rec: PeerRecord, now: float, reason: str) -> None:
+        was = rec.state
+        rec.set_state("down", now)
+        rec.last_error = reason or rec.last_error
+        rec.rejected_now.clear()
+        held = self.rib.count(rec.address)
+        if rec.gr_time and held and was in ("established", "connected"):
+            self.rib.mark_stale(rec.address)
+            rec.gr_deadline = now + rec.gr_time
+            self.log.info("peer_down", peer=rec.address, reason=reason, held_stale=held,
+                          restart_time=rec.gr_time)
+        else:
+            self.rib.drop_peer(rec.address)
+            rec.gr_deadline = None
+            self.log.info("peer_down", peer=rec.address, reason=reason, dropped=held)
+
+    def _update(self, ev: RouteUpdate, now: float) -> None:
+        rec = self.peers.get(ev.peer)
+        if rec is None:
+            self._inc("events.unknown_peer")
+            return
+        peer = ev.peer
+        rib = self.rib
+        if ev.withdrawn:
+            rib.remove(peer, ev.withdrawn)
+            if rec.rejected_now:
+                for p in ev.withdrawn:
+                    rec.rejected_now.pop(p, None)
+        if rec.max_prefix_hit:
+            n = sum(len(ps) for _, ps in ev.announced)
+            if n:
+                self._reject(rec, "max-prefix", n)
+            return
+        policy = self.policy
+        for nh, prefixes in ev.announced:
+            reason = policy.check_path(nh, ev.attributes.as_path)
+            if reason:
+                self._reject_many(rec, prefixes, nh, ev.attributes, reason)
+                continue
+            ok = []
+            for p in prefixes:
+                r = policy.check_prefix(peer, p)
+                if r is None:
+                    ok.append(p)
+                else:
+                    self._reject_many(rec, (p,), nh, ev.attributes, r)
+            if ok:
+                if rec.rejected_now:
+                    for p in ok:
+                        rec.rejected_now.pop(p, None)
+                rib.add(peer, ok, nh, ev.attributes)
+        self._enforce_max_prefix(rec, now)
+
+    def _reject_many(self, rec: PeerRecord, prefixes: Iterable[str], nh: str,
+                     attrs: Attributes, reason: str) -> None:
+        prefixes = list(prefixes)
+        # A route replaced by a rejected one is gone from the RIB (implicit withdraw).
+        self.rib.remove(rec.address, prefixes)
+        for p in prefixes:
+            rec.rejected_now[p] = (nh, attrs, reason)
+        self._reject(rec, reason, len(prefixes))
+        self.log.debug("route_rejected", peer=rec.address, reason=reason, count=len(prefixes),
+                       first=prefixes[0] if prefixes else None)
+
+    def _enforce_max_prefix(self, rec: PeerRecord, now: float) -> None:
+        pc = self.config.peer(rec.address)
+        if pc is None or pc.max_prefix is None or rec.max_prefix_hit:
+            return
+        count = self.rib.count(rec.address)
+        if count <= pc.max_prefix:
+            return
+        dropped = self.rib.drop_peer(rec.address)
+        rec.max_prefix_hit = True
+        rec.rejected_now.clear()
+        self._reject(rec, "max-prefix", dropped)
+        self._inc("max_prefix_events")
+        rec.last_error = f"max-prefix {pc.max_prefix} exceeded ({count} accepted); routes dropped"
+        rec.set_state("max-prefix", now)
+        self.log.warning("max_prefix_exceeded", peer=rec.address, limit=pc.max_prefix,
+                         accepted=count, dropped=dropped, teardown=pc.max_prefix_teardown)
+        if pc.max_prefix_teardown:
+            self._commands.append(cmds.teardown(rec.address, 1))

@@ -1,0 +1,179 @@
+"""Typed events from ExaBGP 5.0.15's API output (pure parsing, no I/O).
+
+The members read here are pinned by ``tests/bgp/test_events_contract.py`` against lines
+captured from a real ExaBGP 5.0.15 talking to BIRD 2 and FRR
+(``tests/bgp/samples/exabgp-5.0.15.jsonl``). Anything else in the JSON is ignored.
+
+Members read:
+- every JSON line: ``type``, ``neighbor.address.peer``
+- ``type == "state"``: ``neighbor.state`` (connected/up/down), ``neighbor.reason``
+- ``type == "open"``: ``neighbor.direction``, ``neighbor.open.{asn,hold_time,router_id}``,
+  ``neighbor.open.capabilities["64"].{time,address-family-flags}`` (graceful restart)
+- ``type == "update"``: ``neighbor.message.eor.{afi,safi}`` (End-of-RIB) or
+  ``neighbor.message.update.{attribute,announce,withdraw}`` with
+  ``attribute.{as-path,origin,med,local-preference}``,
+  ``announce["ipv4 unicast"][nexthop] = [{"nlri": prefix}, ...]``,
+  ``withdraw["ipv4 unicast"] = [{"nlri": prefix}, ...]``
+- ``type == "notification"``: ``notification`` (e.g. "shutdown"); per-peer
+  notifications: ``neighbor.message.notification.{code,subcode}`` when present
+Text lines: ``done`` / ``error`` (acks, ``exabgp.api.ack=true``); any other text is a
+command's answer. ``#relay ...`` is our relay's hello.
+
+Review notes: parsing never raises; a line that does not fit becomes ``Malformed``
+(the caller logs and counts it). Prefixes are kept as strings exactly as ExaBGP prints them
+(canonical, e.g. ``198.19.1.0/26``): the RIB keys on them and avoids per-route objects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+FAMILY = "ipv4 unicast"
+ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    peer: str
+    state: str  # "connected" | "up" | "down"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerOpen:
+    peer: str
+    asn: int
+    hold_time: int
+    router_id: str
+    graceful_restart: int | None  # the peer's restart time if it does GR for ipv4 unicast
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    as_path: tuple[int, ...] = ()
+    as_path_len: int = 0  # an AS_SET counts as one
+    origin: int = 0
+    med: int = 0
+    local_pref: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RouteUpdate:
+    peer: str
+    attributes: Attributes
+    announced: tuple[tuple[str, tuple[str, ...]], ...]  # (next hop, prefixes)
+    withdrawn: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfRib:
+    peer: str
+    family: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    peer: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayHello:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    line: str
+    error: str
+
+
+Event = (PeerState | PeerOpen | RouteUpdate | EndOfRib | Notification | Ack | Answer
+         | RelayHello | Malformed)
+
+
+def parse_line(raw: bytes | str) -> Event:
+    """One line from ExaBGP (via the relay) -> one event. Never raises."""
+    try:
+        line = raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        return Malformed(repr(raw[:200]), f"not utf-8: {exc}")
+    line = line.strip()
+    if line == "done":
+        return Ack(True)
+    if line == "error":
+        return Ack(False)
+    if not line.startswith("{"):
+        if line.startswith("#relay"):
+            return RelayHello(line)
+        return Answer(line)
+    try:
+        msg = json.loads(line)
+        return _from_json(msg)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        return Malformed(line[:300], f"{type(exc).__name__}: {exc}")
+
+
+def _nlris(items: list) -> tuple[str, ...]:
+    return tuple(item["nlri"] if isinstance(item, dict) else str(item) for item in items)
+
+
+def _attributes(attr: dict) -> Attributes:
+    path: list[int] = []
+    length = 0
+    for seg in (attr.get("as-path") or {}).values():
+        values = [int(v) for v in seg.get("value", [])]
+        path += values
+        length += 1 if seg.get("element") in ("as-set", "confed-set") else len(values)
+    return Attributes(
+        as_path=tuple(path),
+        as_path_len=length,
+        origin=ORIGINS.get(attr.get("origin", "igp"), 2),
+        med=int(attr.get("med", 0)),
+        local_pref=int(attr.get("local-preference", 100)),
+    )
+
+
+def _from_json(msg: dict) -> Event:
+    kind = msg["type"]
+    if kind == "notification" and "neighbor" not in msg:
+        return Notification(None, str(msg.get("notification", "")))
+    nb = msg["neighbor"]
+    peer = nb["address"]["peer"]
+    if not isinstance(peer, str):
+        raise TypeError("neighbor.address.peer is not a string")
+    if kind == "state":
+        return PeerState(peer, str(nb["state"]), str(nb.get("reason", "")))
+    if kind == "open":
+        o = nb["open"]
+        gr = None
+        cap = o.get("capabilities", {}).get("64")
+        if cap and "ipv4/unicast" in cap.get("address-family-flags", {}):
+            gr = int(cap.get("time", 0))
+        return PeerOpen(peer, int(o["asn"]), int(o["hold_time"]), str(o["router_id"]), gr)
+    if kind == "update":
+        m = nb["message"]
+        if "eor" in m:
+            eor = m["eor"]
+            return EndOfRib(peer, f"{eor['afi']} {eor['safi']}")
+        upd = m["update"]
+        announced = tuple(
+            (nh, _nlris(items)) for nh, items in (upd.get("announce", {}).get(FAMILY) or {}).items()
+        )
+        withdrawn = _nlris(upd.get("withdraw", {}).get(FAMILY) or [])
+        return RouteUpdate(peer, _attributes(upd.get("attribute", {})), announced, withdrawn)
+    if kind == "notification":
+        n = nb.get("message", {}).get("notification", {})
+        return Notification(peer, f"{n.get('code', '')}/{n.get('subcode', '')} {n.get('data', '')}")
+    raise ValueError(f"unexpected message type {kind!r}")

@@ -1,0 +1,225 @@
+"""ExaBGP 5.0.15 configuration and environment, generated from our typed peer config (pure).
+
+Review notes:
+- Every string that ends up in the file is validated here: ExaBGP's tokenizer splits on
+  whitespace, ``;`` and braces, so a password with a quote, a brace or a newline could
+  inject configuration. Addresses go through ``ipaddress``.
+- ``manual-eor true``: ExaBGP would otherwise send End-of-RIB right after OPEN, i.e.
+  before our routes are re-announced after a restart (exabgp #328); we send EoR ourselves.
+- ``adj-rib-in false``: we keep our own RIB; ExaBGP's copy costs ~60 MB at 100k routes.
+- ``receive { parsed; update; open; notification; }`` + ``neighbor-changes``: ``update``
+  alone delivers nothing in 5.0.15; ``open`` tells us whether the peer does graceful
+  restart and its restart time.
+- ExaBGP only listens (passive peers, collisions) when ``exabgp.tcp.bind`` names our
+  address: that lives in the environment, not the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+API_PROCESS = "noderouter-api"
+
+# Linux TCP_MD5SIG_MAXKEYLEN is 80. Printable, no whitespace, quotes, ';', braces, '#', '\'.
+_PASSWORD_RE = re.compile(r"[!$%&()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]{1,80}")
+# argv words of the API process command line: paths and options only.
+_ARGV_RE = re.compile(r"[A-Za-z0-9_./=:,+@%-]+")
+
+
+class ConfigError(ValueError):
+    """A value cannot be put into ExaBGP's configuration safely."""
+
+
+def _ipv4(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ConfigError(f"{what}: {value!r} is not an IPv4 address") from None
+
+
+def _asn(value: int, what: str) -> int:
+    if not isinstance(value, int) or not 1 <= value <= 4294967295:
+        raise ConfigError(f"{what}: AS number {value!r} must be an integer in 1..4294967295")
+    return value
+
+
+def check_password(password: str, what: str = "password") -> str:
+    if not _PASSWORD_RE.fullmatch(password):
+        raise ConfigError(f"{what}: TCP MD5 password must be 1-80 printable characters without "
+                          "whitespace, quotes, ';', '#', '\\' or braces")
+    return password
+
+
+@dataclass(frozen=True)
+class PrefixFilter:
+    """An explicitly allowed prefix: ``network`` exactly, or up to ``le`` when given."""
+
+    network: str
+    le: int | None = None
+
+    def __post_init__(self) -> None:
+        net = ipaddress.IPv4Network(self.network)
+        object.__setattr__(self, "network", str(net))
+        if self.le is not None and not net.prefixlen <= self.le <= 32:
+            raise ConfigError(f"allowed prefix {self.network} le {self.le}: le must be "
+                              f"between {net.prefixlen} and 32")
+
+    @classmethod
+    def parse(cls, text: str) -> PrefixFilter:
+        """``"0.0.0.0/0"`` or ``"198.51.100.0/24 le 32"``."""
+        parts = text.split()
+        if len(parts) == 1:
+            return cls(parts[0])
+        if len(parts) == 3 and parts[1] == "le" and parts[2].isdigit():
+            return cls(parts[0], int(parts[2]))
+        raise ConfigError(f"allowed prefix {text!r}: expected 'NET' or 'NET le N'")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    address: str
+    asn: int
+    hold_time: int = 90
+    password: str | None = None
+    passive: bool = False
+    multihop: int | None = None  # outgoing TTL for eBGP multihop; None = direct
+    graceful_restart: int | None = 120  # our advertised restart time; None = no GR
+    max_prefix: int | None = None
+    max_prefix_teardown: bool = False
+    allowed: tuple[PrefixFilter, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", _ipv4(self.address, "peer address"))
+        _asn(self.asn, f"peer {self.address}")
+        if not (self.hold_time == 0 or 3 <= self.hold_time <= 65535):
+            raise ConfigError(f"peer {self.address}: hold time must be 0 or 3..65535")
+        if self.password is not None:
+            check_password(self.password, f"peer {self.address}")
+        if self.multihop is not None and not 1 <= self.multihop <= 255:
+            raise ConfigError(f"peer {self.address}: multihop TTL must be 1..255")
+        if self.graceful_restart is not None and not 0 <= self.graceful_restart <= 4095:
+            raise ConfigError(f"peer {self.address}: graceful restart time must be 0..4095")
+        if self.max_prefix is not None and self.max_prefix < 0:
+            raise ConfigError(f"peer {self.address}: max prefix must be >= 0")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{0,64}", self.description):
+            raise ConfigError(f"peer {self.address}: description may use [A-Za-z0-9_.:-] only")
+
+
+@dataclass(frozen=True)
+class SpeakerConfig:
+    local_as: int
+    router_id: str
+    local_address: str
+    peers: tuple[PeerConfig, ...] = ()
+    api_argv: tuple[str, ...] = ()  # the API process command line (see speaker.py)
+    adj_rib_in: bool = False
+    extra_env: tuple[tuple[str, str], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        _asn(self.local_as, "local AS")
+        object.__setattr__(self, "router_id", _ipv4(self.router_id, "router id"))
+        object.__setattr__(self, "local_address", _ipv4(self.local_address, "local address"))
+        object.__setattr__(self, "peers", tuple(self.peers))
+        seen = set()
+        for p in self.peers:
+            if p.address in seen:
+                raise ConfigError(f"peer {p.address} is configured twice")
+            if p.address == self.local_address:
+                raise ConfigError(f"peer {p.address} is our own local address")
+            seen.add(p.address)
+        for word in self.api_argv:
+            if not _ARGV_RE.fullmatch(word):
+                raise ConfigError(f"API process argument {word!r} has characters ExaBGP's "
+                                  "config cannot carry safely")
+
+    def peer(self, address: str) -> PeerConfig | None:
+        for p in self.peers:
+            if p.address == address:
+                return p
+        return None
+
+
+def render(cfg: SpeakerConfig) -> str:
+    """The ExaBGP configuration file text."""
+    out = [f"process {API_PROCESS} {{",
+           f"    run {' '.join(cfg.api_argv)};",
+           "    encoder json;",
+           "}", ""]
+    for p in sorted(cfg.peers, key=lambda p: ipaddress.IPv4Address(p.address)):
+        out.append(f"neighbor {p.address} {{")
+        if p.description:
+            out.append(f"    description \"{p.description}\";")
+        out += [f"    router-id {cfg.router_id};",
+                f"    local-address {cfg.local_address};",
+                f"    local-as {cfg.local_as};",
+                f"    peer-as {p.asn};",
+                f"    hold-time {p.hold_time};",
+                f"    passive {'true' if p.passive else 'false'};",
+                "    manual-eor true;",
+                f"    adj-rib-in {'true' if cfg.adj_rib_in else 'false'};",
+                "    adj-rib-out true;",
+                "    group-updates true;"]
+        if p.password is not None:
+            out.append(f"    md5-password \"{p.password}\";")
+        if p.multihop is not None:
+            out.append(f"    outgoing-ttl {p.multihop};")
+        out.append("    family {\n        ipv4 unicast;\n    }")
+        cap = ["        route-refresh enable;", "        asn4 enable;"]
+        if p.graceful_restart is not None:
+            cap.append(f"        graceful-restart {p.graceful_restart};")
+        out.append("    capability {\n" + "\n".join(cap) + "\n    }")
+        out += ["    api {",
+                f"        processes [ {API_PROCESS} ];",
+                "        neighbor-changes;",
+                "        receive {\n            parsed;\n            update;\n            open;\n"
+                "            notification;\n        }",
+                "    }",
+                "}", ""]
+    return "\n".join(out)
+
+
+def environment(cfg: SpeakerConfig, run_dir: str, listen: bool = True) -> dict[str, str]:
+    """ExaBGP settings passed as environment variables (``exabgp env`` lists them)."""
+    env = {
+        "exabgp.daemon.daemonize": "false",
+        "exabgp.daemon.user": "root",  # else it drops to nobody and loses CAP_NET_ADMIN (MD5)
+        "exabgp.daemon.pid": "",
+        "exabgp.log.destination": "stdout",
+        "exabgp.log.level": "INFO",
+        "exabgp.log.short": "true",
+        "exabgp.log.packets": "false",
+        "exabgp.log.routes": "false",
+        "exabgp.api.ack": "true",
+        "exabgp.api.encoder": "json",
+        "exabgp.api.respawn": "false",  # a dead relay means resync: the supervisor restarts all
+        "exabgp.api.cli": "false",  # no named pipes in /run/exabgp
+        "exabgp.api.terminate": "true",  # our relay dying ends ExaBGP -> supervisor restart
+        "exabgp.cache.attributes": "false",
+        "exabgp.reactor.speed": "0.5",
+        "exabgp.tcp.bind": cfg.local_address if listen else "",
+        "exabgp.tcp.port": "179",
+    }
+    env.update(dict(cfg.extra_env))
+    return env
+
+
+def changed_peers(old: SpeakerConfig, new: SpeakerConfig) -> tuple[set[str], set[str], set[str]]:
+    """(added, removed, modified) peer addresses between two configs."""
+    a = {p.address: p for p in old.peers}
+    b = {p.address: p for p in new.peers}
+    modified = {k for k in a.keys() & b.keys() if _session_key(a[k], old) != _session_key(b[k], new)}
+    return set(b) - set(a), set(a) - set(b), modified
+
+
+def _session_key(p: PeerConfig, cfg: SpeakerConfig) -> tuple:
+    # What ExaBGP compares to decide a neighbour changed (its session is re-established).
+    return (p.asn, p.hold_time, p.password, p.passive, p.multihop, p.graceful_restart,
+            cfg.local_as, cfg.router_id, cfg.local_address)
+
+
+def peer_filters(peers: Sequence[PeerConfig]) -> dict[str, tuple[PrefixFilter, ...]]:
+    return {p.address: p.allowed for p in peers}

@@ -1,0 +1,129 @@
+"""Import policy for learned routes (pure): default deny, one reason per rejection.
+
+Accepted: a prefix inside one of our IP pools (other nodes' blocks and borrowed /32s), or a
+prefix the config explicitly allows for that peer (e.g. a default route from the ToR).
+Rejected, checked in this order (the first reason that applies is counted):
+
+- ``as-loop``: our AS is in the AS path (ExaBGP does no loop check on receive; FRR reflected
+  our own prefix back in the prototype);
+- ``martian-nexthop``: next hop in 0/8, 127/8, 169.254/16, 224/4 (incl. 240/4, broadcast);
+- ``own-nexthop``: the next hop is one of our addresses;
+- ``own-block``: the prefix is one of our own blocks or more specific inside one (a peer must
+  never take traffic for our pods);
+- ``outside-pools``: neither inside a pool nor explicitly allowed for the peer.
+
+Max-prefix is enforced by the core (it needs per-peer counts), with reason ``max-prefix``.
+
+Review notes: the hot path runs once per learned prefix (100k at session start), so networks
+are kept as (int address, int mask) pairs and prefixes parsed with ``str.partition`` instead
+of ``ipaddress`` objects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from bgpd.exabgp_config import PrefixFilter
+
+REASONS = ("as-loop", "martian-nexthop", "own-nexthop", "own-block", "outside-pools",
+           "max-prefix", "malformed-prefix")
+
+
+
+def _net(text: str) -> tuple[int, int, int]:
+    """'a.b.c.d/len' -> (network int, mask int, len). Raises ValueError."""
+    addr, _, plen = text.partition("/")
+    length = int(plen) if plen else 32
+    if not 0 <= length <= 32:
+        raise ValueError(text)
+    parts = addr.split(".")
+    if len(parts) != 4:
+        raise ValueError(text)
+    value = 0
+    for p in parts:
+        b = int(p)
+        if not 0 <= b <= 255:
+            raise ValueError(text)
+        value = (value << 8) | b
+    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+    return value & mask, mask, length
+
+
+def _within(net: tuple[int, int, int], outer: tuple[int, int, int]) -> bool:
+    return net[2] >= outer[2] and (net[0] & outer[1]) == outer[0]
+
+
+_MARTIANS = tuple(_net(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16",
+                                     "224.0.0.0/3"))
+
+
+@dataclass(frozen=True)
+class ImportPolicy:
+    local_as: int
+    pools: tuple[str, ...]
+    own_blocks: frozenset[str] = frozenset()
+    own_addresses: frozenset[str] = frozenset()
+    allowed: Mapping[str, tuple[PrefixFilter, ...]] = field(default_factory=dict)
+    _pools: tuple = field(default=(), init=False, repr=False, compare=False)
+    _own: tuple = field(default=(), init=False, repr=False, compare=False)
+    _allowed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _own_ints: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_pools", tuple(_net(str(ipaddress.IPv4Network(p)))
+                                                 for p in self.pools))
+        object.__setattr__(self, "_own", tuple(_net(str(ipaddress.IPv4Network(b)))
+                                               for b in self.own_blocks))
+        object.__setattr__(self, "_own_ints", frozenset(_net(a)[0] for a in self.own_addresses))
+        object.__setattr__(self, "_allowed", {
+            peer: tuple((_net(f.network), f.le) for f in filters)
+            for peer, filters in self.allowed.items()})
+
+    def with_own_blocks(self, blocks: Iterable[str]) -> ImportPolicy:
+        return ImportPolicy(self.local_as, self.pools, frozenset(blocks), self.own_addresses,
+                            self.allowed)
+
+    def _allowed_for(self, peer: str, net: tuple[int, int, int]) -> bool:
+        for outer, le in self._allowed.get(peer, ()):
+            if le is None:
+                if net == outer:
+                    return True
+            elif _within(net, outer) and net[2] <= le:
+                return True
+        return False
+
+    def check_path(self, nexthop: str, as_path: tuple[int, ...]) -> str | None:
+        """The per-path checks (once per next hop group of an UPDATE)."""
+        if self.local_as in as_path:
+            return "as-loop"
+        try:
+            nh = _net(nexthop)
+        except ValueError:
+            return "martian-nexthop"
+        if any(_within(nh, m) for m in _MARTIANS):
+            return "martian-nexthop"
+        if nh[0] in self._own_ints:
+            return "own-nexthop"
+        return None
+
+    def check_prefix(self, peer: str, prefix: str) -> str | None:
+        """The per-prefix checks."""
+        try:
+            net = _net(prefix)
+        except ValueError:
+            return "malformed-prefix"
+        for own in self._own:
+            if _within(net, own):
+                return "own-block"
+        if self._allowed_for(peer, net):
+            return None
+        for pool in self._pools:
+            if _within(net, pool):
+                return None
+        return "outside-pools"
+
+    def check(self, peer: str, prefix: str, nexthop: str, as_path: tuple[int, ...]) -> str | None:
+        """None when accepted, else the rejection reason."""
+        return self.check_path(nexthop, as_path) or self.check_prefix(peer, prefix)

@@ -1,0 +1,150 @@
+"""The RIB of accepted learned routes (pure): best path per prefix, ECMP across peers.
+
+Each prefix holds at most one path per peer (BGP replaces, per peer, on re-announce).
+Selection, highest rank first: local preference (higher), AS path length (shorter), origin
+(IGP < EGP < incomplete), MED (lower). Every path tied on that key is used: the route is ECMP
+across their next hops (from different peers). No further tie-break is needed because the
+kernel route carries all of them.
+
+Changes are tracked: ``take_changes()`` returns ``{prefix: Route | None}`` for prefixes whose
+best route (next hops) actually changed since the last call -- what the dataplane needs.
+
+Graceful restart: ``mark_stale(peer)`` keeps the peer's paths but flags them; a re-announce
+clears the flag; ``sweep_stale(peer)`` (on End-of-RIB or when the restart time runs out)
+removes the ones still flagged.
+
+Review notes: this sits on the 100k-routes path. A path is ``(nexthop, Attributes)`` with the
+Attributes object shared by all prefixes of one UPDATE; no per-prefix objects are made for
+prefixes whose best route does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bgpd.events import Attributes
+
+Path = tuple[str, Attributes]  # (next hop, attributes)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    prefix: str
+    nexthops: tuple[str, ...]  # sorted, unique
+    peers: tuple[str, ...]  # sorted, unique
+
+
+def _rank(attrs: Attributes) -> tuple[int, int, int, int]:
+    return (-attrs.local_pref, attrs.as_path_len, attrs.origin, attrs.med)
+
+
+class Rib:
+    def __init__(self) -> None:
+        self._table: dict[str, dict[str, Path]] = {}
+        self._by_peer: dict[str, set[str]] = {}
+        self._stale: dict[str, set[str]] = {}
+        self._dirty: set[str] = set()
+        self._best: dict[str, Route] = {}
+
+    # -- updates --------------------------------------------------------
+    def add(self, peer: str, prefixes: Iterable[str], nexthop: str, attrs: Attributes) -> None:
+        path = (nexthop, attrs)
+        table = self._table
+        mine = self._by_peer.setdefault(peer, set())
+        stale = self._stale.get(peer)
+        for prefix in prefixes:
+            paths = table.get(prefix)
+            if paths is None:
+                table[prefix] = {peer: path}
+            else:
+                paths[peer] = path
+            mine.add(prefix)
+            if stale:
+                stale.discard(prefix)
+        self._dirty.update(prefixes)
+
+    def remove(self, peer: str, prefixes: Iterable[str]) -> int:
+        """Remove the peer's paths for ``prefixes``; returns how many it had."""
+        mine = self._by_peer.get(peer)
+        if not mine:
+            return 0
+        removed = 0
+        stale = self._stale.get(peer)
+        for prefix in prefixes:
+            if prefix not in mine:
+                continue
+            mine.discard(prefix)
+            if stale:
+                stale.discard(prefix)
+            paths = self._table[prefix]
+            del paths[peer]
+            if not paths:
+                del self._table[prefix]
+            self._dirty.add(prefix)
+            removed += 1
+        return removed
+
+    def drop_peer(self, peer: str) -> int:
+        prefixes = list(self._by_peer.get(peer, ()))
+        n = self.remove(peer, prefixes)
+        self._by_peer.pop(peer, None)
+        self._stale.pop(peer, None)
+        return n
+
+    def mark_stale(self, peer: str) -> int:
+        prefixes = self._by_peer.get(peer, set())
+        self._stale[peer] = set(prefixes)
+        return len(prefixes)
+
+    def sweep_stale(self, peer: str) -> int:
+        stale = self._stale.pop(peer, set())
+        return self.remove(peer, list(stale))
+
+    def stale_count(self, peer: str) -> int:
+        return len(self._stale.get(peer, ()))
+
+    # -- queries ----------------------------------------------------------
+    def count(self, peer: str) -> int:
+        return len(self._by_peer.get(peer, ()))
+
+    def prefixes_of(self, peer: str) -> set[str]:
+        return set(self._by_peer.get(peer, ()))
+
+    def paths(self, prefix: str) -> dict[str, Path]:
+        return dict(self._table.get(prefix, {}))
+
+    def best(self, prefix: str) -> Route | None:
+        paths = self._table.get(prefix)
+        if not paths:
+            return None
+        if len(paths) == 1:
+            (peer, (nh, _)), = paths.items()
+            return Route(prefix, (nh,), (peer,))
+        top = min(_rank(a) for _, a in paths.values())
+        chosen = [(peer, nh) for peer, (nh, a) in paths.items() if _rank(a) == top]
+        return Route(prefix, tuple(sorted({nh for _, nh in chosen})),
+                     tuple(sorted(peer for peer, _ in chosen)))
+
+    def routes(self) -> dict[str, Route]:
+        """The current best routes (computed now; change tracking is not touched)."""
+        return {p: r for p in self._table if (r := self.best(p)) is not None}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def take_changes(self) -> dict[str, Route | None]:
+        changes: dict[str, Route | None] = {}
+        best_map = self._best
+        for prefix in self._dirty:
+            new = self.best(prefix)
+            old = best_map.get(prefix)
+            if new is None:
+                if old is not None:
+                    del best_map[prefix]
+                    changes[prefix] = None
+            elif old is None or old.nexthops != new.nexthops or old.peers != new.peers:
+                best_map[prefix] = new
+                changes[prefix] = new
+        self._dirty = set()
+        return changes

@@ -1,0 +1,414 @@
+"""The BGP speaker: ExaBGP supervised as a child process, wired to ``SpeakerCore``.
+
+Public API (what the node daemon calls)::
+
+    sp = Speaker(config, policy, run_dir="/run/noderouter/bgp", netns=None,
+                 on_change=wake_event.set)          # called (cheaply) when routes/status change
+    sp.start()                                      # socket, config file, ExaBGP child, threads
+    sp.set_desired({"198.19.1.0/26", ...})          # owned blocks + borrowed /32s, next-hop self
+    sp.set_policy(policy)                           # e.g. after claiming/releasing a block
+    sp.update_config(new_config)                    # peers added/removed: ExaBGP ``reload``
+    changes = sp.take_route_changes()               # {prefix: Route | None} for the dataplane
+    sp.routes(); sp.status(); sp.counters()         # RIB, [PeerStatus], {name: int}
+    sp.stop(withdraw=True)                          # deliberate stop (see below)
+    sp.stop(withdraw=False)                         # restart/upgrade: peers keep routes (GR)
+
+Threads and why:
+- ``accept``/``reader``: one per ExaBGP instance; reads the relay's socket, parses each line
+  once and applies it to the core under a lock. It never waits on netlink or etcd: route
+  changes are only recorded; the daemon drains them with ``take_route_changes()`` after
+  ``on_change`` woke it. The relay (``bgpd/exabgp_api.py``) itself buffers in memory, so
+  ExaBGP's pipe is drained even if this process is slow.
+- ``writer``: sends queued command lines; every line gets exactly one ``done``/``error``
+  which the reader pairs with it (FIFO); errors are logged with the command and counted.
+- ``supervisor``: starts ExaBGP, restarts it with exponential backoff when it dies
+  (``session_reset`` in the core: routes held per graceful restart, never removed from the
+  kernel by the death itself), runs ``core.tick(now)`` for GR expiry.
+
+Deliberate stop: ExaBGP 5.0.15 never sends a Cease when graceful restart was negotiated
+(reactor/peer.py closes silently) and SIGTERM closes TCP without NOTIFICATION, so a Cease is
+not feasible without dropping GR. ``stop(withdraw=True)`` therefore withdraws everything we
+announce, waits until ExaBGP's adj-rib-out is empty (the withdraws are out), then tears the
+sessions down and terminates ExaBGP: peers lose our routes at once instead of keeping them
+stale for the restart time.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from bgpd import exabgp_commands as cmds
+from bgpd.core import SpeakerCore
+from bgpd.events import Ack, Answer, RelayHello, parse_line
+from bgpd.exabgp_config import SpeakerConfig, environment, render
+from bgpd.import_policy import ImportPolicy
+from bgpd.peers import PeerStatus
+from bgpd.rib import Route
+
+log = structlog.get_logger("bgpd.speaker")
+
+RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exabgp_api.py")
+
+
+def default_exabgp() -> str:
+    cand = os.path.join(os.path.dirname(sys.executable), "exabgp")
+    return cand if os.path.exists(cand) else (shutil.which("exabgp") or "exabgp")
+
+
+class SpeakerError(RuntimeError):
+    """The speaker could not start or talk to ExaBGP."""
+
+
+@dataclass
+class _Pending:
+    line: str
+    answers: list[str]
+    done: threading.Event
+    ok: bool | None = None
+
+
+class Speaker:
+    def __init__(self, config: SpeakerConfig, policy: ImportPolicy, run_dir: str,
+                 netns: str | None = None, exabgp: str | None = None,
+                 on_change: Callable[[], None] | None = None,
+                 backoff: tuple[float, float] = (0.5, 30.0),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.run_dir = run_dir
+        self.netns = netns
+        self.exabgp = exabgp or default_exabgp()
+        self.on_change = on_change or (lambda: None)
+        self.backoff = backoff
+        self.clock = clock
+        self.sock_path = os.path.join(run_dir, "api.sock")
+        self.conf_path = os.path.join(run_dir, "exabgp.conf")
+        self.log_path = os.path.join(run_dir, "exabgp.log")
+        config = self._with_api(config)
+        self.core = SpeakerCore(config, policy)
+        self.lock = threading.RLock()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._stopping = threading.Event()
+        self._conn: socket.socket | None = None
+        self._conn_ready = threading.Event()
+        self._outq: collections.deque[_Pending | None] = collections.deque()
+        self._outcv = threading.Condition()
+        self._inflight: collections.deque[_Pending] = collections.deque()
+        self._srv: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self.log = log.bind(router_id=config.router_id, local_as=config.local_as)
+
+    def _with_api(self, config: SpeakerConfig) -> SpeakerConfig:
+        from dataclasses import replace
+
+        return replace(config, api_argv=(sys.executable, RELAY, self.sock_path))
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> Speaker:
+        os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+        if os.path.exists(self.sock_path):
+            os.unlink(self.sock_path)
+        self._srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._srv.bind(self.sock_path)
+        os.chmod(self.sock_path, 0o600)
+        self._srv.listen(4)
+        self._write_config(self.core.config)
+        for target, name in ((self._accept_loop, "bgp-accept"), (self._writer_loop, "bgp-writer"),
+                             (self._supervise, "bgp-supervisor")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self, withdraw: bool = True, timeout: float = 10.0) -> None:
+        """Stop ExaBGP (and our threads). ``withdraw``: peers drop our routes now (see module doc)."""
+        if self._stopping.is_set():
+            return
+        if withdraw and self.proc and self.proc.poll() is None and self._conn_ready.is_set():
+            try:
+                self._deliberate_withdraw(timeout)
+            except Exception as exc:  # noqa: BLE001 - best effort; we stop anyway
+                self.log.warning("withdraw_before_stop_failed", error=str(exc))
+        self._stopping.set()
+        self._terminate_exabgp(timeout)
+        with self._outcv:
+            self._outq.append(None)
+            self._outcv.notify()
+        self._drop_connection()
+        if self._srv is not None:
+            try:
+                self._srv.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._srv.close()
+        for t in self._threads:
+            t.join(timeout=5)
+        try:
+            os.unlink(self.sock_path)
+        except OSError:
+            pass
+        self.log.info("speaker_stopped", withdrew=withdraw)
+
+    def _deliberate_withdraw(self, timeout: float) -> None:
+        with self.lock:
+            established = [s.address for s in self.core.status(self.clock())
+                           if s.state in ("established", "max-prefix")]
+            if self.core.desired:
+                self.core.set_desired(())
+            lines = self.core.take_commands()
+        pend = [self._send(line) for line in lines]
+        deadline = time.monotonic() + timeout
+        for p in pend:
+            p.done.wait(max(0.0, deadline - time.monotonic()))
+        # The withdraws are out once ExaBGP's adj-rib-out holds no route any more.
+        while time.monotonic() < deadline:
+            p = self._send("show adj-rib out")
+            if not p.done.wait(max(0.1, deadline - time.monotonic())):
+                break
+            if not any("/" in a for a in p.answers):
+                break
+            time.sleep(0.1)
+        teardowns = [self._send(cmds.teardown(peer, 2)) for peer in established]
+        for p in teardowns:
+            p.done.wait(max(0.0, deadline - time.monotonic()))
+
+    def _terminate_exabgp(self, timeout: float) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+    def _write_config(self, config: SpeakerConfig) -> None:
+        tmp = self.conf_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(render(config))
+        os.replace(tmp, self.conf_path)
+
+    def _spawn(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        env.update(environment(self.core.config, self.run_dir))
+        argv = [self.exabgp, self.conf_path]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        out = open(self.log_path, "ab")
+        try:
+            # start_new_session: a terminal's Ctrl-C reaches the daemon, which stops ExaBGP.
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        finally:
+            out.close()
+
+    def _supervise(self) -> None:
+        delay = self.backoff[0]
+        while not self._stopping.is_set():
+            self._conn_ready.clear()
+            started = time.monotonic()
+            with self.lock:
+                self.proc = self._spawn()
+                self.starts += 1
+            self.log.info("exabgp_started", pid=self.proc.pid, start=self.starts)
+            while not self._stopping.is_set():
+                if self.proc.poll() is not None:
+                    break
+                with self.lock:
+                    self.core.tick(self.clock())
+                self._flush_commands()
+                self._stopping.wait(0.2)
+            if self._stopping.is_set():
+                return
+            rc = self.proc.returncode
+            with self.lock:
+                self.core.session_reset(self.clock())
+            self._drop_connection()
+            self.log.warning("exabgp_exited", pid=self.proc.pid, returncode=rc,
+                             restart_in=delay)
+            self.on_change()
+            delay = self.backoff[0] if time.monotonic() - started > 60 else delay
+            if self._stopping.wait(delay):
+                return
+            delay = min(delay * 2, self.backoff[1])
+
+    # -- socket side -----------------------------------------------------------
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        self._conn_ready.clear()
+        if conn is not None:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in readline
+            except OSError:
+                pass
+            conn.close()
+        # Commands in flight die with the connection: fail them so nobody waits forever.
+        with self._outcv:
+            while self._inflight:
+                p = self._inflight.popleft()
+                p.ok = False
+                p.done.set()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._srv.accept()
+            except OSError:
+                return
+            if self._conn is not None:
+                self.log.warning("second_relay_connection", action="replacing")
+                self._drop_connection()
+            self._conn = conn
+            threading.Thread(target=self._reader, args=(conn,), name="bgp-reader",
+                             daemon=True).start()
+
+    def _reader(self, conn: socket.socket) -> None:
+        f = conn.makefile("rb", buffering=1 << 20)
+        for raw in iter(f.readline, b""):
+            ev = parse_line(raw)
+            if isinstance(ev, RelayHello):
+                self.log.info("relay_connected", hello=ev.text)
+                with self.lock:
+                    # Anything announced before this connection is lost with the old ExaBGP;
+                    # peers coming up will get the full desired set.
+                    self.core.take_commands()
+                self._conn_ready.set()
+                continue
+            if isinstance(ev, Ack):
+                self._ack(ev.ok)
+            elif isinstance(ev, Answer):
+                with self._outcv:
+                    if self._inflight:
+                        self._inflight[0].answers.append(ev.text)
+            with self.lock:
+                self.core.apply(ev, self.clock())
+                has_cmds = self.core.has_commands()
+            if has_cmds:
+                self._flush_commands()
+            if not isinstance(ev, (Ack, Answer)):
+                self.on_change()
+        if conn is self._conn:
+            self.log.warning("relay_disconnected")
+
+    def _ack(self, ok: bool) -> None:
+        with self._outcv:
+            if not self._inflight:
+                self.log.warning("unexpected_ack", ok=ok)
+                return
+            p = self._inflight.popleft()
+        p.ok = ok
+        if not ok:
+            self.log.warning("command_failed", command=p.line[:160])
+        p.done.set()
+
+    def _send(self, line: str) -> _Pending:
+        if "\n" in line or "\r" in line:
+            raise SpeakerError(f"refusing command with a line break: {line[:80]!r}")
+        p = _Pending(line, [], threading.Event())
+        with self._outcv:
+            self._outq.append(p)
+            self._outcv.notify()
+        return p
+
+    def _flush_commands(self) -> None:
+        if not self._conn_ready.is_set():
+            return
+        with self.lock:
+            lines = self.core.take_commands()
+        for line in lines:
+            self._send(line)
+
+    def _writer_loop(self) -> None:
+        while True:
+            with self._outcv:
+                while not self._outq:
+                    self._outcv.wait()
+                p = self._outq.popleft()
+                if p is None:
+                    return
+                conn = self._conn
+                if conn is None or not self._conn_ready.is_set():
+                    p.ok = False
+                    p.done.set()
+                    continue
+                self._inflight.append(p)
+            try:
+                conn.sendall((p.line + "\n").encode())
+            except OSError as exc:
+                self.log.warning("command_send_failed", error=str(exc), command=p.line[:80])
+
+    # -- public API --------------------------------------------------------------
+    def command(self, line: str, timeout: float = 10.0) -> tuple[bool, list[str]]:
+        """Send one raw ExaBGP command, wait for its ack: (ok, answer lines)."""
+        p = self._send(line)
+        if not p.done.wait(timeout):
+            raise SpeakerError(f"no ack from ExaBGP for {line[:60]!r} within {timeout}s")
+        return bool(p.ok), p.answers
+
+    def set_desired(self, prefixes: Iterable[str]) -> None:
+        with self.lock:
+            self.core.set_desired(prefixes)
+        self._flush_commands()
+
+    def set_policy(self, policy: ImportPolicy) -> None:
+        with self.lock:
+            self.core.set_policy(policy, self.clock())
+        self.on_change()
+
+    def update_config(self, config: SpeakerConfig, timeout: float = 10.0) -> None:
+        """Apply a new peer set without restarting: rewrite the file, ExaBGP ``reload``.
+
+        ExaBGP's reload keeps sessions whose neighbour definition is unchanged, starts new
+        ones, removes deleted ones and re-establishes modified ones (reactor/loop.py).
+        """
+        config = self._with_api(config)
+        self._write_config(config)
+        with self.lock:
+            self.core.set_config(config, self.clock())
+        if self._conn_ready.is_set():
+            ok, _ = self.command(cmds.RELOAD, timeout)
+            if not ok:
+                raise SpeakerError("ExaBGP refused to reload its configuration; "
+                                   f"see {self.log_path}")
+        self.on_change()
+
+    def take_route_changes(self) -> dict[str, Route | None]:
+        with self.lock:
+            return self.core.take_route_changes()
+
+    def routes(self) -> dict[str, Route]:
+        with self.lock:
+            return self.core.routes()
+
+    def status(self) -> list[PeerStatus]:
+        with self.lock:
+            return self.core.status(self.clock())
+
+    def peer(self, address: str) -> PeerStatus | None:
+        return next((s for s in self.status() if s.address == address), None)
+
+    def counters(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.core.counters, exabgp_starts=self.starts)
+
+    @property
+    def exabgp_pid(self) -> int | None:
+        p = self.proc
+        return p.pid if p is not None and p.poll() is None else None
+
+    def ready(self) -> bool:
+        return self._conn_ready.is_set()
