@@ -84,13 +84,15 @@ class Speaker:
                  netns: str | None = None, exabgp: str | None = None,
                  on_change: Callable[[], None] | None = None,
                  backoff: tuple[float, float] = (0.5, 30.0),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 trace_path: str | None = None) -> None:
         self.run_dir = run_dir
         self.netns = netns
         self.exabgp = exabgp or default_exabgp()
         self.on_change = on_change or (lambda: None)
         self.backoff = backoff
         self.clock = clock
+        self.trace_path = trace_path  # every raw line from ExaBGP appended here (debugging)
         self.sock_path = os.path.join(run_dir, "api.sock")
         self.conf_path = os.path.join(run_dir, "exabgp.conf")
         self.log_path = os.path.join(run_dir, "exabgp.log")
@@ -278,7 +280,11 @@ class Speaker:
 
     def _reader(self, conn: socket.socket) -> None:
         f = conn.makefile("rb", buffering=1 << 20)
+        trace = open(self.trace_path, "ab") if self.trace_path else None
         for raw in iter(f.readline, b""):
+            if trace is not None:
+                trace.write(raw)
+                trace.flush()
             ev = parse_line(raw)
             if isinstance(ev, RelayHello):
                 self.log.info("relay_connected", hello=ev.text)
@@ -301,6 +307,8 @@ class Speaker:
                 self._flush_commands()
             if not isinstance(ev, (Ack, Answer)):
                 self.on_change()
+        if trace is not None:
+            trace.close()
         if conn is self._conn:
             self.log.warning("relay_disconnected")
 
