@@ -224,3 +224,36 @@ def test_deliberate_stop_withdraws_before_closing(fabric, cleanup):
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     # BIRD's graceful-restart time is 120 s; the route is gone well before: it was withdrawn.
     b.wait_route(OWN_BLOCK, present=False, timeout=20)
+
+
+def test_learned_routes_reach_the_kernel_through_felix_like(fabric, cleanup):
+    from bgpd.learned_routes import apply_changes
+    from felix_like.routetable import KernelRouteDriver, RouteTable
+    from lab.routers import kernel_routes
+
+    b = bird(fabric, ["198.19.10.0/26", "198.19.11.0/26", "198.19.1.5/32", "198.19.200.0/24"])
+    cleanup.append(b.start())
+    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    cleanup.append(sp.start())
+    driver = KernelRouteDriver(netns=fabric.speaker_ns)
+    table = RouteTable(driver=driver, protocol=73, class_order=("bgp",))
+    try:
+        def sync() -> dict:
+            apply_changes(table, sp.take_route_changes())
+            table.mark_in_sync()
+            table.apply()
+            return kernel_routes(fabric.speaker_ns)
+
+        wait_for(lambda: {"198.19.10.0/26", "198.19.11.0/26"} <= set(sync()), T,
+                 what="learned routes in the speaker namespace's kernel")
+        kr = kernel_routes(fabric.speaker_ns)
+        assert kr["198.19.10.0/26"] == (BIRD,)
+        # Rejected routes never reach the kernel.
+        assert "198.19.1.5/32" not in kr and "198.19.200.0/24" not in kr
+        b.static_routes = ["198.19.11.0/26"]
+        b.configure()
+        wait_for(lambda: "198.19.10.0/26" not in sync(), T, what="withdrawn route leaves kernel")
+        assert "198.19.11.0/26" in kernel_routes(fabric.speaker_ns)
+    finally:
+        driver.close()
