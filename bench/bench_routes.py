@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import struct
 import subprocess
 import tempfile
 import time
+
+import structlog
 
 from felix_like.routetable import KernelRouteDriver, RouteTable, Target
 from lab.netns import NetnsSet, run_prefix, sh
@@ -151,6 +154,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    # Per-apply debug lines are noise here; keep warnings (failed routes).
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     res = run(args.routes, args.repeat)
     if args.json:
         print(json.dumps(res, indent=2))

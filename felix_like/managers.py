@@ -218,6 +218,11 @@ class WorkloadManager:
                 # proxy_arp: the pod's default route points at the host veth;
                 # the host answers ARP for any address it routes elsewhere.
                 self.sysctls.set(conf_key(ep.host_ifname, "proxy_arp"), "1")
+                # Answer at once: the default proxy_delay holds replies back up
+                # to 0.8 s, which every new pod would feel on its first packet.
+                self.sysctls.set(("net", "ipv4", "neigh", ep.host_ifname, "proxy_delay"), "0")
+                # Strict reverse-path check: a pod cannot spoof another source.
+                self.sysctls.set(conf_key(ep.host_ifname, "rp_filter"), "1")
             except SysctlError as exc:
                 log.info("workload_interface_missing", endpoint=ep.name, error=str(exc))
                 continue  # stays unconfigured; retried next time

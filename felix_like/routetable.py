@@ -270,6 +270,12 @@ class RouteTable:
         self._dirty.update(k for cls in self._desired.values()
                            for k, w in cls.items() if w[2] is not None)
 
+    def seconds_until_resync(self) -> float:
+        """For the daemon loop's sleep: 0 when a resync is due or queued."""
+        if self._resync_pending or self._last_resync is None:
+            return 0.0
+        return max(0.0, self._last_resync + self.resync_interval - self.clock())
+
     @property
     def in_sync(self) -> bool:
         return self._in_sync
@@ -307,12 +313,22 @@ class RouteTable:
             self._resync_pending = False
             wants = self._all_wants()
         else:
-            wants = {k: self._winner(k) for k in self._dirty}
+            classes = [self._desired[c] for c in self._order if self._desired.get(c)]
+            if len(classes) == 1:
+                get = classes[0].get
+                wants = {k: get(k) for k in self._dirty}
+            else:
+                wants = {k: self._winner(k) for k in self._dirty}
             if any(w is not None and w[2] is not None and w[2] not in self._ifindex
                    for w in wants.values()):
                 self._ifindex = self.driver.link_indexes()
         ops, waiting, stale = plan(wants, self._actual, self._ifindex, self._in_sync, resync)
-        results = self.driver.execute(ops, self.protocol) if ops else []
+        try:
+            results = self.driver.execute(ops, self.protocol) if ops else []
+        except Exception:
+            # Part of the batch may have reached the kernel: re-read it next time.
+            self._resync_pending = True
+            raise
         failed: dict[RouteKey, int] = {}
         counts = {OP_ADD: 0, OP_REPLACE: 0, OP_DELETE: 0}
         actual = self._actual
