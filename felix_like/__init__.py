@@ -1,0 +1,25 @@
+"""The dataplane: managers that turn desired state into kernel objects (Felix pattern).
+
+Modules
+- ``routetable``: ``RouteTable`` - desired routes per route class vs the kernel's
+  routes of our protocol number; ``set_routes`` / ``route_update`` /
+  ``route_remove`` / ``queue_resync`` / ``mark_in_sync`` / ``apply``.
+  ``KernelRouteDriver(netns=None, ipr=None)`` is its real-netlink driver.
+- ``nlwire``: struct-packed rtnetlink for bulk routes (batched sends, errors by
+  sequence number, raw filtered dumps with NLM_F_DUMP_INTR retry).
+- ``managers``: ``Dataplane`` (one loop step: ``apply()``) with
+  ``RemoteBlockManager``, ``TunnelDeviceManager``, ``WorkloadManager``,
+  ``BlackholeManager``; ``compute_remote_routes`` is the pure part.
+- ``sysctls``: idempotent sysctl writes inside the node's namespace.
+- ``nat``: NAT outgoing through one nftables table of ours.
+
+Review notes (invariants)
+- Ownership = route protocol number (a parameter, never a literal in logic).
+  We never replace, delete or even read routes of another protocol or of a
+  table we do not manage; deletes carry our protocol so the kernel enforces it.
+- Routes of ours that are not desired survive until ``mark_in_sync()``.
+- Failed routes stay dirty, do not block others, and trigger a full resync.
+- ``on_*`` methods only record; kernel I/O happens in
+  ``complete_deferred_work()`` / ``apply()``.
+- IPv4 only for now.
+"""
