@@ -22,10 +22,13 @@ of ``ipaddress`` objects.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bgpd.exabgp_config import PrefixFilter
+
+_MASKS = tuple((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33))
 
 REASONS = ("as-loop", "martian-nexthop", "own-nexthop", "own-block", "outside-pools",
            "max-prefix", "malformed-prefix")
@@ -36,18 +39,13 @@ def _net(text: str) -> tuple[int, int, int]:
     """'a.b.c.d/len' -> (network int, mask int, len). Raises ValueError."""
     addr, _, plen = text.partition("/")
     length = int(plen) if plen else 32
-    if not 0 <= length <= 32:
+    if not 0 <= length <= 32 or addr.count(".") != 3:
         raise ValueError(text)
-    parts = addr.split(".")
-    if len(parts) != 4:
-        raise ValueError(text)
-    value = 0
-    for p in parts:
-        b = int(p)
-        if not 0 <= b <= 255:
-            raise ValueError(text)
-        value = (value << 8) | b
-    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+    try:
+        value = int.from_bytes(socket.inet_aton(addr), "big")
+    except OSError:
+        raise ValueError(text) from None
+    mask = _MASKS[length]
     return value & mask, mask, length
 
 

@@ -136,9 +136,17 @@ class Rib:
     def take_changes(self) -> dict[str, Route | None]:
         changes: dict[str, Route | None] = {}
         best_map = self._best
+        table = self._table
         for prefix in self._dirty:
-            new = self.best(prefix)
+            paths = table.get(prefix)
             old = best_map.get(prefix)
+            if paths is not None and len(paths) == 1:
+                # Fast path (most prefixes have one path): no ranking, reuse if unchanged.
+                (peer, (nh, _)), = paths.items()
+                if old is None or old.nexthops != (nh,) or old.peers != (peer,):
+                    best_map[prefix] = changes[prefix] = Route(prefix, (nh,), (peer,))
+                continue
+            new = self.best(prefix)
             if new is None:
                 if old is not None:
                     del best_map[prefix]
