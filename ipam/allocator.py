@@ -976,15 +976,22 @@ class Ipam:
             prev = json.loads(gkv.value) if gkv else {}
             plan = plan_gc(rep, blocks, prev, now, grace, node=node, live_nodes=live_nodes)
             if dry_run:
-                return GcReport([], [], plan.waiting_leaks, [], plan.kept_blocks, True)
+                return GcReport([], [], plan.due_leaks + plan.waiting_leaks, [], plan.kept_blocks,
+                                True)
+            # Re-check: fetch the live list again now that the plan is made. A leak
+            # whose workload turned up is skipped and forgotten (its grace restarts).
+            live_now = live_set(live_handles() if callable(live_handles) else live_handles,
+                                live_nodes)
+            state = dict(plan.state)
+            state["leaks"] = {lid: t for lid, t in plan.state["leaks"].items()
+                              if lid.split("|")[1] not in live_now}
             res = self.store.txn([Expect(gkey, gkv.mod_revision if gkv else 0)],
-                                 [Put(gkey, json.dumps(plan.state).encode())])
+                                 [Put(gkey, json.dumps(state).encode())])
             if res.succeeded:
                 break
         else:
             raise IpamConflict(f"gc state {gkey} kept changing (another gc running?); retry")
         released, skipped = [], []
-        live_now = live_set(live_handles() if callable(live_handles) else live_handles, live_nodes)
         for leak in plan.due_leaks:
             if leak["handle"] in live_now:
                 skipped.append({**leak, "reason": "workload became live"})

@@ -11,10 +11,12 @@ etcd specifics handled here:
   an outage makes calls fail within ``timeout`` seconds with
   :class:`IpamStoreUnavailable`, never hang.
 * After etcd restarts, the first RPC on the old channel fails with UNAVAILABLE
-  (measured with etcd3 0.12 + etcd 3.4) and later ones work. The adapter
-  retries UNAVAILABLE inside the verb's deadline, rotating over the
-  endpoints, and keeps gRPC's reconnect backoff short (the default grows to
-  120 s, which would keep the caller failing long after etcd is back).
+  (measured with etcd3 0.12 + etcd 3.4); after an outage of a few seconds
+  with calls failing during it, the old channel keeps failing fast for a long
+  time (gRPC reconnect backoff) although etcd is back. So on UNAVAILABLE the
+  adapter drops the channel and retries on a new one (rotating over the
+  endpoints) inside the verb's deadline. Watches get their own channel so
+  this never cuts a running watch.
 * Retrying a ``txn`` after UNAVAILABLE is safe because it is a
   compare-and-swap: if the first attempt was applied, the retry's compare
   fails and the caller sees the current values (the allocator is idempotent
@@ -32,7 +34,8 @@ import structlog
 
 from ipam.errors import IpamError, IpamInvalid, IpamStoreUnavailable
 
-log = structlog.get_logger("ipam").bind(component="store")
+# Not bound at import: binding would freeze whatever structlog config exists then.
+log = structlog.get_logger("ipam")
 
 
 @dataclass(frozen=True)
@@ -180,12 +183,15 @@ class EtcdStore:
                 code = exc.code()
                 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     last = f"{code.name.lower()} from {self.endpoint}"
-                    log.debug("etcd_retry", op=what, endpoint=self.endpoint, code=code.name,
-                              attempt=attempt)
+                    log.debug("etcd_retry", component="store", op=what, endpoint=self.endpoint,
+                              code=code.name, attempt=attempt)
+                    # A fresh channel, not the old one: after a longer outage the old
+                    # channel sits in gRPC's reconnect backoff (measured: still failing
+                    # fast seconds after etcd was back) although the server answers.
+                    self.close()
                     if len(self.endpoints) > 1:
-                        self.close()
                         self._idx = (self._idx + 1) % len(self.endpoints)
-                        self._connect()
+                    self._connect()
                     time.sleep(min(0.05 * attempt, 0.5, max(deadline - time.monotonic(), 0)))
                     continue
                 if code == grpc.StatusCode.UNAUTHENTICATED or code == grpc.StatusCode.PERMISSION_DENIED:
@@ -263,7 +269,15 @@ class EtcdStore:
         """
         from etcd3 import events
 
-        it, cancel = self._client.watch_prefix(prefix, start_revision=start_revision)
+        host, port = self.endpoints[self._idx]
+        ca, cert, key = self._tls
+        wclient = self._etcd3.client(host=host, port=port, ca_cert=ca, cert_cert=cert,
+                                     cert_key=key, timeout=self.rpc_timeout)
+        it, wcancel = wclient.watch_prefix(prefix, start_revision=start_revision)
+
+        def cancel():
+            wcancel()
+            wclient.close()
 
         def gen():
             for ev in it:

@@ -28,10 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--release-ratio", type=float, default=0.3)
     ap.add_argument("--cooldown", type=float, default=0.0)
     ap.add_argument("--max-blocks", type=int, default=20)
+    ap.add_argument("--timeout", type=float, default=20.0)
     args = ap.parse_args(argv)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     rng = random.Random(args.seed)
-    ipam = Ipam(EtcdStore(args.endpoint, timeout=20.0), args.node, cooldown=args.cooldown,
+    ipam = Ipam(EtcdStore(args.endpoint, timeout=args.timeout), args.node, cooldown=args.cooldown,
                 max_blocks_per_node=args.max_blocks)
     held: list[tuple[str, str, int]] = []
     out = sys.stdout
