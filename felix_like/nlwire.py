@@ -204,7 +204,8 @@ def _fast_route(buf: bytes, off: int, mlen: int) -> tuple[int, bytes, int, bytes
 
 
 def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
-                     protocol: int, tables: frozenset[int] | None) -> tuple[bool, bool]:
+                     protocol: int, tables: frozenset[int] | None,
+                     seq: int | None = None) -> tuple[bool, bool]:
     """Parse one recv() worth of RTM_NEWROUTE dump messages into ``out``.
 
     Returns (done, interrupted). Routes of another protocol or table are
@@ -220,9 +221,13 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
     done = False
     interrupted = False
     while off + 16 <= length:
-        mlen, mtype, mflags, _seq, _pid = unpack_hdr(buf, off)
+        mlen, mtype, mflags, mseq, _pid = unpack_hdr(buf, off)
         if mlen < 16:
             raise NetlinkError(errno.EPROTO, f"bad netlink message length {mlen}")
+        if seq is not None and mseq != seq:
+            # A leftover reply of an earlier, abandoned exchange: not ours.
+            off += (mlen + 3) & ~3
+            continue
         if mflags & NLM_F_DUMP_INTR:
             interrupted = True
         if mtype == NLMSG_DONE:
@@ -342,13 +347,16 @@ class RouteSocket:
             try:
                 n = self.sock.recv_into(self._buf)
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    # Replies were dropped: we cannot say which requests failed.
-                    # Mark the whole chunk unknown so the caller resyncs.
-                    for i in range(barrier - first):
-                        results[base + i] = results[base + i] or errno.ENOBUFS
-                    continue
-                raise
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # Replies were dropped (the barrier ack may be among them): we
+                # cannot say which requests failed. Mark the whole chunk unknown
+                # so the caller resyncs, and drain what is queued without
+                # blocking - rtnetlink answered everything inside send().
+                for i in range(barrier - first):
+                    results[base + i] = results[base + i] or errno.ENOBUFS
+                self._drain()
+                return
             off = 0
             while off + 16 <= n:
                 mlen, mtype, _fl, seq, _pid = unpack_hdr(view, off)
@@ -359,6 +367,16 @@ class RouteSocket:
                     if first <= seq < barrier:
                         results[base + seq - first] = -err
                 off += (mlen + 3) & ~3
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.sock.recv_into(self._buf, 0, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
 
     def dump(self, protocol: int, tables: frozenset[int] | None,
              max_attempts: int = 10) -> dict[RouteKey, RouteForm]:
@@ -386,7 +404,7 @@ class RouteSocket:
             # recv() -> bytes: slicing 4-byte fields from bytes is one allocation,
             # from a memoryview two.
             data = self.sock.recv(1 << 20)
-            done, intr = parse_route_dump(data, len(data), out, protocol, tables)
+            done, intr = parse_route_dump(data, len(data), out, protocol, tables, seq)
             interrupted = interrupted or intr
             if done:
                 return out, interrupted

@@ -129,3 +129,37 @@ def test_dump_parser_reports_interrupt_and_done():
     out: dict = {}
     done, interrupted = parse_route_dump(bytes(reply), len(reply), out, 73, frozenset({254}))
     assert done and interrupted and len(out) == 1
+
+
+class OverflowingKernel(ScriptedKernel):
+    """The receive queue overflowed: the first recv says ENOBUFS, the rest is gone."""
+
+    def __init__(self) -> None:
+        super().__init__(fail_every=10**9)
+        self.overflowed = False
+
+    def recv_into(self, buf, nbytes=0, flags=0) -> int:
+        if not self.overflowed:
+            self.overflowed = True
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        if flags:  # the non-blocking drain
+            if self.pending:
+                return super().recv_into(buf)
+            raise BlockingIOError(errno.EAGAIN, "empty")
+        raise AssertionError("blocking recv after ENOBUFS would hang")
+
+
+def test_enobufs_marks_the_chunk_unknown_without_hanging():
+    rs = RouteSocket(OverflowingKernel(), chunk=10)  # type: ignore[arg-type]
+    ops = [(OP_ADD, (254, struct.pack("!I", 0xC6130000 + 4 * i), 30, 0),
+            (RTN_BLACKHOLE, b"", 0, False)) for i in range(5)]
+    assert rs.execute(ops, 73) == [errno.ENOBUFS] * 5
+
+
+def test_dump_parser_ignores_replies_of_another_exchange():
+    route = bytes(pack_route_ops([(OP_ADD, (254, socket.inet_aton("198.19.1.0"), 26, 0),
+                                   (RTN_BLACKHOLE, b"", 0, False))], 73, first_seq=4))
+    done_msg = HDR.pack(20, NLMSG_DONE, NLM_F_MULTI, 5, 0) + b"\0\0\0\0"
+    out: dict = {}
+    done, _ = parse_route_dump(route + done_msg, len(route) + 20, out, 73, None, seq=5)
+    assert done and out == {}
