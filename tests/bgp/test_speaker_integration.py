@@ -115,21 +115,28 @@ def _md5_failures(netns: str) -> int:
                if line.startswith("TcpExt"))
 
 
-def test_wrong_md5_password_does_not_establish(fabric, cleanup):
-    b = bird(fabric, ["198.19.10.0/26"], password="right-one")
-    f = frr(fabric, ["198.19.20.0/26"], password="pw2")
+@pytest.mark.parametrize("wrong", ["bird", "frr"])
+def test_wrong_md5_password_does_not_establish(fabric, cleanup, wrong):
+    b = bird(fabric, ["198.19.10.0/26"], password="bird-pw")
+    f = frr(fabric, ["198.19.20.0/26"], password="frr-pw")
     cleanup += [b.start(), f.start()]
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="wrong-one"),
-                                PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2")),
-                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    sp = Speaker(speaker_config(
+        PeerConfig(BIRD, BIRD_AS, hold_time=9, password="wrong" if wrong == "bird" else "bird-pw"),
+        PeerConfig(FRR, FRR_AS, hold_time=9, password="wrong" if wrong == "frr" else "frr-pw")),
+        policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     cleanup.append(sp.start())
-    wait_for(lambda: established(sp, FRR), T, what="FRR session (right password)")
+    good, bad = (FRR, BIRD) if wrong == "bird" else (BIRD, FRR)
+    bad_router, bad_ns = (b, fabric.bird_ns) if wrong == "bird" else (f, fabric.frr_ns)
+    wait_for(lambda: established(sp, good), T, what=f"{good} session (right password)")
     # The kernel drops the segments with a bad signature (counted), so BGP never sees them.
-    wait_for(lambda: _md5_failures(fabric.bird_ns) + _md5_failures(fabric.speaker_ns) >= 2, T,
+    wait_for(lambda: _md5_failures(bad_ns) + _md5_failures(fabric.speaker_ns) >= 2, T,
              what="TCP MD5 failures counted by the kernel")
-    assert not b.established(SPEAKER)
-    assert not established(sp, BIRD)
-    assert "198.19.10.0/26" not in sp.routes()
+    assert not bad_router.established(SPEAKER)
+    assert not established(sp, bad)
+    good_route, bad_route = (("198.19.20.0/26", "198.19.10.0/26") if wrong == "bird"
+                             else ("198.19.10.0/26", "198.19.20.0/26"))
+    wait_for(lambda: good_route in sp.routes(), T, what=f"route from {good}")
+    assert bad_route not in sp.routes()
 
 
 def test_max_prefix_drops_peer_routes_and_counts(fabric, cleanup):
