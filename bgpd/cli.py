@@ -21,6 +21,14 @@ def _register() -> None:
 
     main.add_command(cli_config.check_config)
     main.add_command(cli_config.config_reference)
+    from bgpd import cli_node
+
+    for command in cli_node.commands:
+        main.add_command(command)
+    from bgpd import cli_ipam
+
+    main.add_command(cli_ipam.ipam)
+    main.add_command(cli_ipam.pool)
     from lab import cli as lab_cli
 
     main.add_command(lab_cli.lab)

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from config.logs import get_logger
-from lab.addressing import ETCD_ADDRESS, SPINE_SUBNET, RackPlan, assert_lab_address
+from lab.addressing import ETCD_ADDRESS, POD_POOL, SPINE_SUBNET, RackPlan, assert_lab_address
 from lab.etcd import EtcdServer
 from lab.netns import NetnsSet, netns_exists, run_prefix, sh, sysctl, veth_pair
-from lab.procs import LabError, wait_for
+from lab.procs import Daemon, LabError, wait_for
 from lab.routers import BgpNeighbor, BirdRouter, FrrRouter
 
 STATE_DIR = "/run/noderouter-lab"
@@ -66,6 +66,9 @@ class Lab:
     nodes: list[LabNode] = field(default_factory=list)
     tors: dict[str, BirdRouter | FrrRouter] = field(default_factory=dict, repr=False)
     etcd: EtcdServer | None = field(default=None, repr=False)
+    daemons: dict[str, Daemon] = field(default_factory=dict, repr=False)
+    pool_cidr: str = str(POD_POOL)
+    encap: str = "vxlan"    # mesh design: "vxlan" or "ipip" across racks (CrossSubnet)
 
     def __post_init__(self) -> None:
         if not 1 <= self.racks <= 2:
@@ -118,6 +121,11 @@ class Lab:
     def down(self) -> list[str]:
         """Stop daemons by PID, delete namespaces by name, remove files; return errors."""
         errors: list[str] = []
+        for name in list(self.daemons):
+            try:
+                self.stop_noderouter(name)
+            except Exception as exc:  # noqa: BLE001 - keep tearing down
+                errors.append(f"stop noderouter on {name}: {exc}")
         for tor in self.tors.values():
             try:
                 tor.stop()
@@ -221,6 +229,104 @@ class Lab:
                 ["ip", "route", "show", str(o.subnet)], netns=ns).stdout,
                 timeout, what=f"route {other.subnet} in {tor_ns}")
 
+    # ------------------------------------------------------------------ noderouter
+
+    def node_dir(self, name: str) -> str:
+        path = os.path.join(self.workdir, name)
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def status_socket(self, name: str) -> str:
+        return os.path.join(self.node_dir(name), "status.sock")
+
+    def cni_state_dir(self, name: str) -> str:
+        return os.path.join(self.node_dir(name), "cni")
+
+    def node_config(self, name: str, **overrides) -> str:
+        """The node's noderouter config (YAML) for this lab's peering design."""
+        import yaml
+
+        n = self.node(name)
+        rack = n.rack
+        mode = "CrossSubnet" if self.design == "mesh" else "Never"
+        cfg = {
+            "node": {"name": n.name, "as_number": n.as_number if self.design == "tor" else 64512},
+            "underlay": {"interface": "eth0", "address": n.address, "subnet": n.subnet},
+            "etcd": {"endpoints": [self.etcd_endpoint], "timeout": 3},
+            "bgp": {"mesh": self.design == "mesh", "hold_time": 9, "restart_time": 30},
+            "pools": [{"cidr": self.pool_cidr, "block_size": 26,
+                       "vxlan_mode": mode if self.encap == "vxlan" else "Never",
+                       "ipip_mode": mode if self.encap == "ipip" else "Never"}],
+            "dataplane": {"resync_interval": 30},
+            "status": {"socket": self.status_socket(name)},
+            "logging": {"level": "info", "format": "json"},
+        }
+        if self.bgp_password:
+            cfg["bgp"]["mesh_password"] = self.bgp_password
+        if self.design == "tor":
+            peer = {"address": str(rack.tor_address), "as_number": rack.tor_as,
+                    "description": f"tor-{rack.letter}", "hold_time": 9,
+                    "import_allow": ["0.0.0.0/0"]}
+            if self.bgp_password:
+                peer["password"] = self.bgp_password
+            cfg["bgp"]["peers"] = [peer]
+        for dotted, value in overrides.items():
+            section, key = dotted.split(".", 1)
+            cfg.setdefault(section, {})[key] = value
+        return yaml.safe_dump(cfg, sort_keys=False)
+
+    def start_noderouter(self, name: str, **overrides) -> Daemon:
+        import sys
+
+        d = self.node_dir(name)
+        conf = os.path.join(d, "node.yaml")
+        with open(conf, "w") as f:
+            f.write(self.node_config(name, **overrides))
+        exe = os.path.join(os.path.dirname(sys.executable), "noderouter")
+        daemon = Daemon(f"noderouter-{name}", [exe, "run", "--config", conf,
+                                               "--run-dir", os.path.join(d, "run"),
+                                               "--state-dir", self.cni_state_dir(name)],
+                        netns=self.node(name).netns, log_path=os.path.join(d, "noderouter.log"))
+        self.daemons[name] = daemon.start()
+        return daemon
+
+    def stop_noderouter(self, name: str, timeout: float = 20.0) -> int | None:
+        daemon = self.daemons.pop(name, None)
+        return daemon.stop(timeout) if daemon else None
+
+    def nr(self, name: str, *args: str, check: bool = False):
+        """Run the noderouter CLI inside a node's namespace against its daemon."""
+        import sys
+
+        exe = os.path.join(os.path.dirname(sys.executable), "noderouter")
+        argv = [exe, *args]
+        if args and args[0] in ("status", "peers", "routes"):
+            argv += ["--socket", self.status_socket(name)]
+        return sh(argv, netns=self.node(name).netns, check=check, timeout=60)
+
+    def status(self, name: str) -> dict:
+        res = self.nr(name, "status", "-o", "json")
+        if not res.stdout.strip():
+            raise LabError(f"noderouter status on {name} failed: {res.stderr.strip()}")
+        return json.loads(res.stdout)
+
+    def start_all(self, wait: bool = True, timeout: float = 90) -> None:
+        for n in self.nodes:
+            self.start_noderouter(n.name)
+        if wait:
+            for n in self.nodes:
+                self.wait_ready(n.name, timeout)
+        self.save_state()
+
+    def wait_ready(self, name: str, timeout: float = 90) -> dict:
+        def ready():
+            d = self.daemons.get(name)
+            if d is not None and not d.alive():
+                raise LabError(f"noderouter on {name} exited: {d.log_tail()}")
+            st = self.status(name)
+            return st if st["sync"]["ready"] else None
+        return wait_for(ready, timeout, interval=0.5, what=f"noderouter on {name} to be ready")
+
     # ------------------------------------------------------------------ helpers
 
     def exec(self, node: str, argv: list[str], check: bool = True, timeout: float = 30):
@@ -241,6 +347,10 @@ class Lab:
         for role, tor in self.tors.items():
             daemons += [{"role": f"tor{role}", "pid": pid, "start": proc_start_time(pid)}
                         for pid in tor.pids()]
+        for name, d in self.daemons.items():
+            if d.pid:
+                daemons.append({"role": f"noderouter-{name}", "pid": d.pid,
+                                "start": proc_start_time(d.pid)})
         if self.etcd and self.etcd.daemon and self.etcd.daemon.pid:
             pid = self.etcd.daemon.pid
             daemons.append({"role": "etcd", "pid": pid, "start": proc_start_time(pid)})
