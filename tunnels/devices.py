@@ -228,6 +228,17 @@ def ensure_vxlan(ipr, p: VxlanParams) -> DeviceResult:
     return result
 
 
+def uplink_mtus(ipr, names: Iterable[str]) -> list[int]:
+    """MTUs of the named uplinks (missing ones are an error: the MTU would be a guess)."""
+    out = []
+    for name in names:
+        link = _get(ipr, name)
+        if link is None:
+            raise TunnelError(f"uplink {name} does not exist; cannot derive the tunnel MTU")
+        out.append(link.get("mtu"))
+    return out
+
+
 def device_mac(ipr, name: str) -> str:
     link = _get(ipr, name)
     if link is None:

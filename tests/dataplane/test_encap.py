@@ -99,3 +99,40 @@ def test_nat_rejects_injection():
         render("x; flush ruleset", ["198.19.0.0/16"], ["198.19.0.0/16"])
     with pytest.raises(ValueError):
         render("t", ["198.19.0.0/16 }\nflush ruleset"], ["198.19.0.0/16"])
+
+
+def test_remote_block_manager_drives_the_route_table():
+    from felix_like.managers import CLASS_ORDER, RemoteBlockManager
+    from felix_like.routetable import RouteTable
+    from tests.dataplane.fakenetlink import FakeKernel, key, via
+
+    k = FakeKernel(links={"lo": 1, "eth0": 2, "vxlan.nr": 5})
+    rt = RouteTable(driver=k, protocol=73, class_order=CLASS_ORDER, clock=lambda: 0.0)
+    m = RemoteBlockManager(rt, LOCAL)
+    m.on_pool_update("198.19.0.0/16", PoolEncap(vxlan=C))
+    m.on_node_update(RemoteNode("a2", SAME))
+    m.on_node_update(RemoteNode("b1", OTHER, VTEP))
+    m.on_block_update(RemoteBlock("198.19.2.0/26", "a2"))
+    m.on_block_update(RemoteBlock("198.19.3.0/26", "b1"))
+    assert k.routes == {}  # on_* only records
+    m.complete_deferred_work()
+    rt.apply()
+    assert k.of_protocol(73) == {key("198.19.2.0/26"): via(SAME, 2),
+                                 key("198.19.3.0/26"): via("198.19.3.0", 5, onlink=True)}
+    assert m.vteps == (VTEP,)
+    # The pool switches to Always: the same-subnet block moves onto VXLAN too,
+    # which needs a2's VTEP; until the registry has it the old route stays.
+    m.on_pool_update("198.19.0.0/16", PoolEncap(vxlan=A))
+    m.complete_deferred_work()
+    res = rt.apply()
+    assert res.stale_kept == 1 and key("198.19.2.0/26") in k.routes
+    m.on_node_update(RemoteNode("a2", SAME, Vtep("198.19.2.1", "66:00:00:00:00:a2", SAME)))
+    m.complete_deferred_work()
+    rt.apply()
+    assert k.of_protocol(73)[key("198.19.2.0/26")] == via("198.19.2.1", 5, onlink=True)
+    # A node leaves and the sources are in sync: its block's route goes.
+    m.on_block_remove("198.19.3.0/26")
+    m.on_node_remove("b1")
+    m.complete_deferred_work()
+    rt.mark_in_sync()
+    assert rt.apply().deleted == 1 and key("198.19.3.0/26") not in k.routes
