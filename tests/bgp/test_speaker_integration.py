@@ -264,3 +264,24 @@ def test_learned_routes_reach_the_kernel_through_felix_like(fabric, cleanup):
         assert "198.19.11.0/26" in kernel_routes(fabric.speaker_ns)
     finally:
         driver.close()
+
+
+def test_relay_death_restarts_exabgp_and_resyncs(fabric, cleanup):
+    b = bird(fabric, ["198.19.10.0/26"])
+    cleanup.append(b.start())
+    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns,
+                 backoff=(0.2, 2.0))
+    sp.set_desired([OWN_BLOCK])
+    cleanup.append(sp.start())
+    b.wait_route(OWN_BLOCK, timeout=T)
+    exa = sp.exabgp_pid
+    relay = int(open(f"/proc/{exa}/task/{exa}/children").read().split()[0])
+    os.kill(relay, signal.SIGKILL)
+    # exabgp.api.terminate=true: ExaBGP exits with its relay; the supervisor starts a new pair.
+    wait_for(lambda: sp.exabgp_pid not in (None, exa), T, what="ExaBGP restarted")
+    wait_for(lambda: sp.counters()[f"peer_up.{BIRD}"] >= 2 and established(sp, BIRD), T,
+             what="session back")
+    wait_for(lambda: "198.19.10.0/26" in sp.routes() and sp.peer(BIRD).stale == 0, T,
+             what="routes relearned")
+    b.wait_route(OWN_BLOCK, timeout=T)
