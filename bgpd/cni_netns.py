@@ -1,0 +1,356 @@
+"""The pod interface plumbing (pyroute2): veth, pod addressing, host side, host route.
+
+The plugin runs in the node's network namespace (the root namespace on a real
+node, a lab/test namespace otherwise) and reaches into the pod's namespace only
+through a netlink socket created there:
+
+* ``setns()`` on the calling thread, open the socket, ``setns()`` back. A netlink
+  socket stays bound to the namespace it was created in, so the rest of the work
+  needs no namespace switching. pyroute2's own ``IPRoute(netns=...)`` is avoided on
+  purpose: it forks a helper process (unsafe once gRPC's threads exist) and its
+  default flags *create* the namespace file when it is missing, which would turn a
+  "missing netns" request into a new empty namespace.
+* The veth is created with its peer directly in the pod namespace
+  (``IFLA_NET_NS_FD``), so the pod-side name never exists in the node namespace
+  (two ADDs with ``eth0`` at once would otherwise collide there).
+* Sysctls (proxy ARP) are written through ``/proc/sys/net``, which shows the
+  namespace of the writing process — the node's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from bgpd.cni import GATEWAY, CniError, Code
+
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703           # ioctl on an nsfs file: returns the CLONE_NEW* type
+RT_SCOPE_LINK = 253
+RT_SCOPE_UNIVERSE = 0
+AF_INET = 2
+
+_libc: ctypes.CDLL | None = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def open_netns(path: str) -> int:
+    """Open a network namespace file; CniError code 3 if it is missing or not a netns
+    (the container is gone or the runtime passed a wrong path)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise CniError(Code.UNKNOWN_CONTAINER, f"network namespace {path} does not exist",
+                       "the container is gone, or CNI_NETNS is wrong") from None
+    except OSError as exc:
+        raise CniError(Code.INVALID_ENV, f"cannot open network namespace {path}: "
+                       f"{exc.strerror}", "CNI_NETNS must be a netns path the plugin "
+                       "can read (it runs as root)") from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise CniError(Code.UNKNOWN_CONTAINER, f"{path} is not a network namespace",
+                       "CNI_NETNS must be /var/run/netns/<name> or /proc/<pid>/ns/net")
+    return fd
+
+
+@contextmanager
+def entered(fd: int) -> Iterator[None]:
+    """Run the block with this thread in the namespace ``fd``; always come back."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(fd)
+        try:
+            yield
+        finally:
+            # If this failed we would keep working in the pod's namespace: better die.
+            _setns(home)
+    finally:
+        os.close(home)
+
+
+def same_netns(a: str, b: str) -> bool:
+    """True if two netns paths name the same namespace (e.g. /run/netns/x and
+    /proc/<pid>/ns/net), False if either is missing."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _kernel_error(what: str, exc: Exception) -> CniError:
+    code = getattr(exc, "code", None)
+    text = os.strerror(code) if isinstance(code, int) else str(exc)
+    return CniError(Code.KERNEL, f"{what} failed: {text}", repr(exc))
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """``key`` like ``net/ipv4/conf/<if>/proxy_arp`` (slash form: interface names
+    may contain dots)."""
+    path = "/proc/sys/" + key
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise CniError(Code.KERNEL, f"setting sysctl {key}={value} failed: {exc.strerror}",
+                       path) from None
+
+
+def read_sysctl(key: str) -> str | None:
+    try:
+        with open("/proc/sys/" + key) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    index: int
+    name: str
+    mac: str
+    mtu: int
+    up: bool
+    kind: str
+    peer_index: int | None       # IFLA_LINK: the veth peer's index in its namespace
+
+
+def _link_info(msg) -> LinkInfo:
+    kind = ""
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    if linkinfo is not None:
+        kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
+    return LinkInfo(index=msg["index"], name=msg.get_attr("IFLA_IFNAME"),
+                    mac=msg.get_attr("IFLA_ADDRESS") or "", mtu=msg.get_attr("IFLA_MTU") or 0,
+                    up=bool(msg["flags"] & 1), kind=kind, peer_index=msg.get_attr("IFLA_LINK"))
+
+
+class Kernel:
+    """Netlink sockets in the node namespace and (optionally) the pod's."""
+
+    def __init__(self, pod_netns_fd: int | None = None) -> None:
+        from pyroute2 import IPRoute  # heavy import: only when a command needs netlink
+
+        self.node = IPRoute()
+        self.pod = None
+        if pod_netns_fd is not None:
+            with entered(pod_netns_fd):
+                self.pod = IPRoute()
+
+    def close(self) -> None:
+        for s in (self.pod, self.node):
+            if s is not None:
+                try:
+                    s.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ----------------------------------------------------------- lookups
+
+    @staticmethod
+    def _link(ipr, name: str) -> LinkInfo | None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            msgs = ipr.link("get", ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise _kernel_error(f"looking up link {name}", exc) from None
+        return _link_info(msgs[0]) if msgs else None
+
+    def host_link(self, name: str) -> LinkInfo | None:
+        return self._link(self.node, name)
+
+    def pod_link(self, name: str) -> LinkInfo | None:
+        assert self.pod is not None
+        return self._link(self.pod, name)
+
+    # ----------------------------------------------------------- ADD
+
+    def create_veth(self, host: str, ifname: str, pod_netns_fd: int, mtu: int) -> None:
+        """veth host<->ifname with the peer created inside the pod namespace."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self.node.link("add", ifname=host, kind="veth", mtu=mtu,
+                           peer={"ifname": ifname, "net_ns_fd": pod_netns_fd, "mtu": mtu})
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise CniError(Code.ALREADY_ATTACHED,
+                               f"cannot create veth {host}/{ifname}: a device with that name "
+                               f"already exists", "DEL the container first") from None
+            raise _kernel_error(f"creating veth {host} (peer {ifname})", exc) from None
+
+    def configure_pod(self, ifname: str, ip: str, mtu: int) -> LinkInfo:
+        """Pod side: up, MTU, ip/32, 169.254.1.1 scope link, default via it."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        assert self.pod is not None
+        link = self.pod_link(ifname)
+        if link is None:
+            raise CniError(Code.KERNEL, f"pod interface {ifname} vanished after creation")
+        try:
+            self.pod.link("set", index=link.index, mtu=mtu, state="up")
+            self.pod.addr("replace", index=link.index, address=ip, prefixlen=32)
+            # The gateway is not in any subnet of the pod (its address is a /32), so it
+            # needs its own link-scope route before the default route can use it.
+            self.pod.route("replace", dst=f"{GATEWAY}/32", oif=link.index, scope=RT_SCOPE_LINK)
+            self.pod.route("replace", dst="0.0.0.0/0", gateway=GATEWAY, oif=link.index)
+        except NetlinkError as exc:
+            raise _kernel_error(f"configuring {ifname} ({ip}/32) in the pod", exc) from None
+        return link
+
+    def configure_host(self, host: str, mtu: int) -> LinkInfo:
+        """Host side: proxy ARP (answers the pod's ARP for 169.254.1.1), no proxy
+        delay (the default 0-0.8 s random delay stalls a pod's first packet), up."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        link = self.host_link(host)
+        if link is None:
+            raise CniError(Code.KERNEL, f"host veth {host} vanished after creation")
+        write_sysctl(f"net/ipv4/conf/{host}/proxy_arp", "1")
+        # Proxy ARP only answers on an interface that forwards (arp_process checks
+        # IN_DEV_FORWARD); set it per interface so a node with ip_forward=0 still works
+        # for this pod, as Calico's plugin does.
+        write_sysctl(f"net/ipv4/conf/{host}/forwarding", "1")
+        write_sysctl(f"net/ipv4/neigh/{host}/proxy_delay", "0")
+        try:
+            self.node.link("set", index=link.index, mtu=mtu, state="up")
+        except NetlinkError as exc:
+            raise _kernel_error(f"bringing host veth {host} up", exc) from None
+        return link
+
+    def add_host_route(self, ip: str, host_index: int, protocol: int) -> None:
+        """``ip/32 dev <host veth> proto <ours> scope link``: the daemon owns it."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self.node.route("replace", dst=f"{ip}/32", oif=host_index, proto=protocol,
+                            scope=RT_SCOPE_LINK)
+        except NetlinkError as exc:
+            raise _kernel_error(f"adding host route {ip}/32", exc) from None
+
+    # ----------------------------------------------------------- DEL
+
+    def delete_link(self, name: str) -> bool:
+        """Delete a host link by name (its veth peer and routes go with it)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        link = self.host_link(name)
+        if link is None:
+            return False
+        try:
+            self.node.link("del", index=link.index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            raise _kernel_error(f"deleting host veth {name}", exc) from None
+        return True
+
+    def delete_host_route(self, ip: str, protocol: int) -> bool:
+        """Delete our /32 to ``ip`` if it is still there (it normally went with the
+        veth); only a route with our protocol is touched."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        for r in self.host_routes(ip):
+            if r["proto"] != protocol:
+                continue
+            try:
+                self.node.route("del", dst=f"{ip}/32", proto=protocol,
+                                oif=r.get_attr("RTA_OIF"), table=r.get_attr("RTA_TABLE"))
+            except NetlinkError as exc:
+                if exc.code == errno.ESRCH:
+                    return False
+                raise _kernel_error(f"deleting host route {ip}/32", exc) from None
+            return True
+        return False
+
+    def host_routes(self, ip: str) -> list:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            return [r for r in self.node.route("dump", family=AF_INET, table=254, dst=ip,
+                                               dst_len=32)
+                    if r.get_attr("RTA_DST") == ip and r["dst_len"] == 32]
+        except NetlinkError as exc:
+            raise _kernel_error(f"listing host routes to {ip}", exc) from None
+
+    # ----------------------------------------------------------- CHECK
+
+    def inspect(self, *, host: str, ifname: str, ip: str, mtu: int,
+                protocol: int) -> tuple[list[str], LinkInfo | None, LinkInfo | None]:
+        """Every way the attachment differs from what ADD builds (empty = all good),
+        plus the two links when they exist (for rebuilding the result)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        problems: list[str] = []
+        hl = self.host_link(host)
+        if hl is None:
+            problems.append(f"host veth {host} is missing")
+        else:
+            if hl.kind != "veth":
+                problems.append(f"host link {host} is a {hl.kind or 'non-veth'} device")
+            if not hl.up:
+                problems.append(f"host veth {host} is down")
+            if read_sysctl(f"net/ipv4/conf/{host}/proxy_arp") != "1":
+                problems.append(f"proxy_arp is not 1 on host veth {host}")
+            routes = [r for r in self.host_routes(ip)]
+            if not any(r.get_attr("RTA_OIF") == hl.index and r["proto"] == protocol
+                       for r in routes):
+                problems.append(f"host route {ip}/32 dev {host} proto {protocol} is missing")
+        pl = None
+        if self.pod is not None:
+            pl = self.pod_link(ifname)
+        if pl is None:
+            problems.append(f"pod interface {ifname} is missing")
+            return problems, hl, None
+        if hl is not None and (pl.peer_index != hl.index or hl.peer_index != pl.index):
+            problems.append(f"pod interface {ifname} is not the peer of host veth {host}")
+        if not pl.up:
+            problems.append(f"pod interface {ifname} is down")
+        if pl.mtu != mtu:
+            problems.append(f"pod interface {ifname} has MTU {pl.mtu}, expected {mtu}")
+        assert self.pod is not None
+        try:
+            addrs = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                     for a in self.pod.addr("dump", family=AF_INET, index=pl.index)}
+            routes = list(self.pod.route("dump", family=AF_INET, table=254))
+        except NetlinkError as exc:
+            raise _kernel_error(f"reading {ifname} in the pod", exc) from None
+        if (ip, 32) not in addrs:
+            problems.append(f"pod interface {ifname} lacks {ip}/32 (has "
+                            f"{', '.join(f'{a}/{p}' for a, p in sorted(addrs)) or 'none'})")
+        have_gw = any(r.get_attr("RTA_DST") == GATEWAY and r["dst_len"] == 32
+                      and r.get_attr("RTA_OIF") == pl.index and r["scope"] == RT_SCOPE_LINK
+                      for r in routes)
+        if not have_gw:
+            problems.append(f"pod route {GATEWAY} dev {ifname} scope link is missing")
+        have_default = any(r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == GATEWAY
+                           and r.get_attr("RTA_OIF") == pl.index for r in routes)
+        if not have_default:
+            problems.append(f"pod default route via {GATEWAY} dev {ifname} is missing")
+        return problems, hl, pl
