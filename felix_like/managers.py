@@ -181,8 +181,9 @@ class TunnelDeviceManager:
                 r = ensure_vxlan(self.ipr, self.vxlan)
                 changed |= r.created or r.recreated
                 self._vteps_applied = None
-            if changed:
-                self.routes.on_links_changed()  # indexes changed: re-resolve route devices
+            if changed:  # indexes changed: re-resolve routes through the tunnel devices
+                names = {"tunl0"} | ({self.vxlan.name} if self.vxlan else set())
+                self.routes.on_links_changed(names)
             self._dirty = False
         if self.vxlan is not None and self._vteps is not None \
                 and self._vteps != self._vteps_applied:
@@ -230,7 +231,8 @@ class WorkloadManager:
         self.routes.set_routes(CLASS_WORKLOAD, [
             Target(f"{a}/32", ifname=ep.host_ifname)
             for ep in self.endpoints.values() for a in ep.addresses])
-        self.routes.on_links_changed()  # a new veth has a new index
+        # A (re)created veth has a new index.
+        self.routes.on_links_changed({ep.host_ifname for ep in self.endpoints.values()})
         self._dirty = len(self._configured) != len(self.endpoints)
 
 

@@ -290,11 +290,21 @@ class RouteTable:
             # Stale keys were left dirty-but-kept; look at them again.
             self._dirty.update(k for k in self._actual if self._winner(k) is None)
 
-    def on_links_changed(self) -> None:
-        """A device appeared, vanished or was renumbered: re-resolve names."""
-        self._ifindex = {}
-        self._dirty.update(k for cls in self._desired.values()
-                           for k, w in cls.items() if w[2] is not None)
+    def on_links_changed(self, names: Iterable[str] | None = None) -> None:
+        """Devices appeared, vanished or were renumbered: re-resolve their routes.
+
+        ``names`` limits the work to routes through those devices (a new pod
+        veth must not make 100k BGP routes via the uplink dirty); None = all.
+        """
+        if names is None:
+            self._ifindex = {}
+            wanted = None
+        else:
+            wanted = set(names)
+            for n in wanted:
+                self._ifindex.pop(n, None)  # forces a link re-read at the next apply
+        self._dirty.update(k for cls in self._desired.values() for k, w in cls.items()
+                           if w[2] is not None and (wanted is None or w[2] in wanted))
 
     def seconds_until_resync(self) -> float:
         """For the daemon loop's sleep: 0 when a resync is due or queued."""

@@ -228,3 +228,20 @@ def test_protocol_is_a_parameter():
     rt.set_routes("bgp", [Target("198.19.1.0/26", type="blackhole")])
     rt.apply()
     assert k.routes[key("198.19.1.0/26")][0] == 201
+
+
+def test_links_changed_for_one_device_only_revisits_its_routes():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [Target(f"198.19.{i}.0/26", gateway="198.18.1.12", ifname="eth0")
+                          for i in range(50)])
+    rt.set_routes("workload", [Target("198.19.100.5/32", ifname="nrveth1")])
+    k.links["nrveth1"] = 7
+    rt.apply()
+    assert rt.pending() == 0
+    k.links["nrveth1"] = 8  # the pod's veth was recreated: new index
+    rt.on_links_changed({"nrveth1"})
+    assert rt.pending() == 1
+    k.executed.clear()
+    rt.apply()
+    assert k.executed == [(OP_REPLACE, key("198.19.100.5/32"), dev(8))]
