@@ -116,10 +116,12 @@ def run_bird(ns: dict[str, str], wd: str, n: int) -> dict:
         node.stop()
 
 
-def run_ours(ns: dict[str, str], wd: str, n: int) -> dict:
+def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "") -> dict:
     # Same start as BIRD's (its kernel protocol removes its routes on stop): an empty table.
     sh(["ip", "-4", "route", "flush", "proto", str(OUR_PROTO)], netns=ns["ours"])
-    cfg = SpeakerConfig(NODE_AS, NODE_OURS, NODE_OURS, (PeerConfig(TOR, TOR_AS, hold_time=30),))
+    extra = (("exabgp.reactor.speed", speed),) if speed else ()
+    cfg = SpeakerConfig(NODE_AS, NODE_OURS, NODE_OURS, (PeerConfig(TOR, TOR_AS, hold_time=30),),
+                        extra_env=extra)
     wake = threading.Event()
     t_up: list[float] = []
     sp = Speaker(cfg, ImportPolicy(NODE_AS, POOLS, own_addresses=frozenset({NODE_OURS})),
@@ -168,6 +170,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--routes", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--reactor-speed", default="",
+                    help="ExaBGP exabgp.reactor.speed for our speaker (default: ours, 0.5)")
     ap.add_argument("--gc-threshold", type=int, default=0,
                     help="gen-0 GC threshold for the daemon process (0: Python's default)")
     args = ap.parse_args()
@@ -188,7 +192,7 @@ def main() -> None:
         results = []
         for r in range(args.rounds):
             row = {"round": r + 1, "routes": args.routes,
-                   "bird": run_bird(ns, wd, args.routes), "ours": run_ours(ns, wd, args.routes)}
+                   "bird": run_bird(ns, wd, args.routes), "ours": run_ours(ns, wd, args.routes, args.reactor_speed)}
             row["ratio_ours_to_bird"] = round(row["ours"]["seconds"] / row["bird"]["seconds"], 2)
             print(json.dumps(row), flush=True)
             results.append(row)
