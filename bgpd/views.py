@@ -69,7 +69,7 @@ def routes_view(d: NodeDaemon, request: dict) -> list[dict]:
         route = learned.get(p)
         rows.append({
             "prefix": p, "class": cls,
-            "via": (t.gateway or t.type) if t else None,
+            "via": (t.gateway or (t.type if t.type != "unicast" else "direct")) if t else None,
             "dev": t.ifname if t else None,
             "learned_from": list(route.peers) if route is not None else [],
             "nexthops": list(route.nexthops) if route is not None else [],

@@ -69,6 +69,7 @@ class Lab:
     daemons: dict[str, Daemon] = field(default_factory=dict, repr=False)
     pool_cidr: str = str(POD_POOL)
     encap: str = "vxlan"    # mesh design: "vxlan" or "ipip" across racks (CrossSubnet)
+    pods: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 1 <= self.racks <= 2:
@@ -326,6 +327,56 @@ class Lab:
             st = self.status(name)
             return st if st["sync"]["ready"] else None
         return wait_for(ready, timeout, interval=0.5, what=f"noderouter on {name} to be ready")
+
+    # ------------------------------------------------------------------ pods (CNI)
+
+    def cni_conf(self, name: str) -> dict:
+        mtu = 1450 if self.design == "mesh" and self.encap == "vxlan" else \
+            1480 if self.design == "mesh" else 1500
+        return {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "noderouter-cni",
+                "etcd_endpoints": [self.etcd_endpoint], "node_name": name, "mtu": mtu,
+                "route_protocol": 73, "state_dir": self.cni_state_dir(name),
+                "log_file": os.path.join(self.node_dir(name), "cni.log")}
+
+    def cni(self, node: str, command: str, container_id: str, pod_netns: str | None,
+            ifname: str = "eth0", conf: dict | None = None, extra_env: dict | None = None):
+        """Run the real ``noderouter-cni`` inside the node's namespace; returns the result."""
+        import subprocess
+        import sys
+
+        exe = os.path.join(os.path.dirname(sys.executable), "noderouter-cni")
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+               "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
+               "CNI_IFNAME": ifname, "CNI_PATH": "/opt/cni/bin"}
+        if pod_netns:
+            env["CNI_NETNS"] = f"/run/netns/{pod_netns}"
+        env.update(extra_env or {})
+        return subprocess.run(["ip", "netns", "exec", self.node(node).netns, exe],
+                              input=json.dumps(conf or self.cni_conf(node)), env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    def add_pod(self, node: str, pod: str) -> dict:
+        """A pod namespace on ``node`` wired by the CNI plugin; returns the pod's facts."""
+        short = node.removeprefix("node-")
+        ns = self.netns_set.add(self.ns(f"p{short}-{pod}"))
+        cid = f"{self.prefix}{short}{pod}".ljust(16, "0")
+        res = self.cni(node, "ADD", cid, ns,
+                       extra_env={"CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"})
+        if res.returncode != 0:
+            raise LabError(f"CNI ADD for pod {pod} on {node} failed: {res.stdout} {res.stderr}")
+        result = json.loads(res.stdout)
+        ip = result["ips"][0]["address"].split("/")[0]
+        info = {"node": node, "pod": pod, "netns": ns, "container_id": cid, "ip": ip}
+        self.pods[f"{node}/{pod}"] = info
+        return info
+
+    def del_pod(self, node: str, pod: str) -> None:
+        info = self.pods.pop(f"{node}/{pod}")
+        res = self.cni(node, "DEL", info["container_id"], info["netns"])
+        if res.returncode != 0:
+            raise LabError(f"CNI DEL for pod {pod} on {node} failed: {res.stdout} {res.stderr}")
+        sh(["ip", "netns", "delete", info["netns"]])
+        self.netns_set.names.remove(info["netns"])
 
     # ------------------------------------------------------------------ helpers
 
