@@ -43,20 +43,30 @@ class GuestNetns:
         self.names: list[str] = []
 
     def add(self, suffix: str) -> str:
-        name = f"{self.prefix}-{suffix}"
-        self.kernel.run(["ip", "netns", "add", name], check=True)
-        self.names.append(name)
-        self.kernel.run(f"ip -n {shlex.quote(name)} link set lo up", check=True)
-        return name
+        return self.add_many(suffix)[0]
+
+    def add_many(self, *suffixes: str) -> list[str]:
+        """Create namespaces (loopback up) in one guest round trip."""
+        names = [f"{self.prefix}-{s}" for s in suffixes]
+        script = []
+        for name in names:
+            q = shlex.quote(name)
+            script.append(f"ip netns add {q} && ip -n {q} link set lo up")
+        res = self.kernel.run(" && ".join(script))
+        # Register before checking: a half-made set is still torn down.
+        self.names.extend(n for n in names if n not in self.names)
+        res.check()
+        return names
 
     def delete_all(self) -> list[str]:
-        errors = []
-        for name in reversed(self.names):
-            res = self.kernel.run(["ip", "netns", "delete", name])
-            if not res.ok:
-                errors.append(f"{name}: {res.stderr.strip()}")
+        if not self.names:
+            return []
+        script = "; ".join(
+            f"ip netns delete {shlex.quote(n)} 2>&1 | sed 's/^/{n}: /'" for n in reversed(self.names)
+        )
+        res = self.kernel.run(script)
         self.names.clear()
-        return errors
+        return [line for line in res.stdout.splitlines() if line.strip()]
 
 
 _test_numbers = itertools.count(1)

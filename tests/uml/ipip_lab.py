@@ -35,7 +35,8 @@ class Node:
 NODE_A = Node("a", "198.18.1.10", "198.18.1.1", "198.19.0.0/26", "198.19.0.1", "198.19.0.5")
 NODE_B = Node("b", "198.18.2.10", "198.18.2.1", "198.19.0.64/26", "198.19.0.65", "198.19.0.70")
 GUEST_PING = Path(__file__).with_name("guest_ping.py")
-GUEST_ROUTES = Path(__file__).with_name("guest_ipip_routes.py")
+GUEST_TUNNELS = Path(__file__).with_name("guest_tunnels_ipip.py")
+GUEST_PROBE = Path(__file__).with_name("guest_probe.py")
 TEST_ROUTE_PROTOCOL = 201  # any number no other route source in the guest uses
 IPIP_MTU = 1480  # veth 1500 - 20 bytes of outer IPv4 header
 
@@ -54,9 +55,9 @@ class IpipLab:
 
     def build_underlay_and_pods(self) -> None:
         """Router, two nodes on different subnets, one pod per node. No tunnel yet."""
-        self.router = self.netns.add("r")
-        self.nodes = {n.key: self.netns.add(f"n{n.key}") for n in (NODE_A, NODE_B)}
-        self.pods = {n.key: self.netns.add(f"p{n.key}") for n in (NODE_A, NODE_B)}
+        self.router, na, nb, pa, pb = self.netns.add_many("r", "na", "nb", "pa", "pb")
+        self.nodes = {NODE_A.key: na, NODE_B.key: nb}
+        self.pods = {NODE_A.key: pa, NODE_B.key: pb}
         r = shlex.quote(self.router)
         script = [f"ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1"]
         for n in (NODE_A, NODE_B):
@@ -106,20 +107,32 @@ class IpipLab:
             )
         self.kernel.run(sh(script), check=True)
 
-    def route_blocks_with_felix_like(self, protocol: int = TEST_ROUTE_PROTOCOL) -> dict:
-        """The same routes as route_blocks_via_tunl0, programmed by our
-        felix_like RouteTable (struct-packed netlink) inside each node."""
-        results = {}
-        for local, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A)):
-            res = self.kernel.run(
-                f"ip netns exec {shlex.quote(self.node(local))} {VENV_PYTHON} {GUEST_ROUTES} "
-                f"{protocol} {peer.block}={peer.underlay_ip}",
-                env={"PYTHONPATH": str(REPO_ROOT)},
-                cwd=REPO_ROOT,
-                check=True,
-            )
-            results[local.key] = json.loads(res.stdout.strip().splitlines()[-1])
-        return results
+    def dataplane_with_our_code(self, protocol: int = TEST_ROUTE_PROTOCOL,
+                                pool_ipip: str = "CrossSubnet") -> list[dict]:
+        """tunl0 and the block routes made by tunnels/ + felix_like, not by `ip`:
+        one venv Python in the guest reaches both node namespaces by name."""
+        config = {
+            "protocol": protocol,
+            "pool": {"ipip": pool_ipip},
+            "nodes": [
+                {
+                    "netns": self.node(local),
+                    "uplink": f"up{local.key}",
+                    "underlay": f"{local.underlay_ip}/24",
+                    "tunnel_address": local.tunnel_ip,
+                    "peers": [{"address": peer.underlay_ip, "block": peer.block}],
+                }
+                for local, peer in ((NODE_A, NODE_B), (NODE_B, NODE_A))
+            ],
+        }
+        res = self.kernel.run(
+            [str(VENV_PYTHON), str(GUEST_TUNNELS), json.dumps(config)],
+            env={"PYTHONPATH": str(REPO_ROOT)},
+            cwd=REPO_ROOT,
+            timeout=90,
+            check=True,
+        )
+        return json.loads(res.stdout.strip().splitlines()[-1])
 
     def node(self, n: Node) -> str:
         assert self.nodes is not None
