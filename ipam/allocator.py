@@ -17,6 +17,7 @@ Write discipline (the reason nothing is ever handed out twice):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import time
@@ -61,6 +62,11 @@ from ipam.model import (
 from ipam.store import KV, Delete, Expect, Put, Store, TxnResult
 
 DEFAULT_PREFIX = "/noderouter/ipam/v1/"
+
+
+@functools.lru_cache(maxsize=65536)
+def _net(cidr: str) -> IPNetwork:
+    return ipaddress.ip_network(cidr)
 CLUSTER_SCOPE = "_cluster"
 
 
@@ -504,11 +510,14 @@ class Ipam:
             base = hrec if hrec is not None else HandleRecord(handle)
             new_rec = base.with_ip(ip, str(block.cidr), seq, attrs)
             resv_mod = self._reservations()[1]
+            # Only the likely losers of a race are read back on failure (fewer
+            # messages per call: protobuf is pure Python here); if neither moved,
+            # the pool or the reservations did and are reloaded.
             res = self.store.txn(
                 [Expect(bkey, bmod), Expect(hkey, hmod), Expect(self.keys.pool(pool_obj.cidr), pmod),
                  Expect(self.keys.reservations(), resv_mod)],
                 [Put(bkey, new_block.to_json()), Put(hkey, new_rec.to_json())],
-                [bkey, hkey, self.keys.pool(pool_obj.cidr), self.keys.reservations()])
+                [bkey, hkey])
             if res.succeeded:
                 self._blocks[bkey] = (new_block, res.revision)
                 self._set_handle(hkey, new_rec, res.revision)
@@ -516,9 +525,12 @@ class Ipam:
                                borrowed=block.affinity != self.node, attempt=attempt)
                 return Lease(ip, seq, str(block.cidr), handle, True)
             self._refresh_from(res)
-            hkv = res.current.get(hkey)
+            hkv, bkv = res.current.get(hkey), res.current.get(bkey)
             hrec = HandleRecord.from_json(hkv.value) if hkv else None
             hmod = hkv.mod_revision if hkv else 0
+            if (bkv.mod_revision if bkv else 0) == bmod and hmod == 0:
+                self._pools = None
+                self._resv = None
             self.log.debug("allocate_conflict", handle=handle, block=str(block.cidr), attempt=attempt)
         raise IpamConflict(f"allocating for handle {handle}: {self.max_retries} compare-and-swap "
                            f"conflicts in a row; the blocks are too contended — retry, or give "
@@ -614,7 +626,7 @@ class Ipam:
 
     @staticmethod
     def _pool_cidr_for(block_cidr: str, by_cidr: Mapping[str, tuple[Pool, int]]) -> str | None:
-        net = ipaddress.ip_network(block_cidr)
+        net = _net(block_cidr)
         for c, (p, _) in by_cidr.items():
             if net.version == p.cidr.version and net.subnet_of(p.cidr):
                 return c

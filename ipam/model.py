@@ -8,6 +8,7 @@ loses the compare-and-swap race.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -74,6 +75,7 @@ def tunnel_handle(node: str) -> str:
     return check_handle(TUNNEL_HANDLE_PREFIX + check_node(node))
 
 
+@functools.lru_cache(maxsize=65536)
 def cidr_key(net: IPNetwork | str) -> str:
     """A CIDR as one etcd key segment: '/' becomes '-' (198.19.0.0/26 -> 198.19.0.0-26)."""
     return str(net).replace("/", "-")
@@ -292,6 +294,8 @@ class Block:
 
     def pick(self, reserved: frozenset[int] = frozenset(), now: float = 0.0) -> int | None:
         """The next ordinal to hand out: the lowest free one, or None."""
+        if len(self.allocations) >= self.size:
+            return None
         for o in range(self.size):
             if o not in self.allocations and o not in reserved and not self.in_cooldown(o, now):
                 return o

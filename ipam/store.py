@@ -32,6 +32,7 @@ from typing import Protocol
 
 import structlog
 
+from ipam import wire
 from ipam.errors import IpamError, IpamInvalid, IpamStoreUnavailable
 
 # Not bound at import: binding would freeze whatever structlog config exists then.
@@ -155,6 +156,10 @@ class EtcdStore:
         self._client = self._etcd3.client(host=host, port=port, ca_cert=ca, cert_cert=cert,
                                           cert_key=key, timeout=self.rpc_timeout,
                                           grpc_options=opts)
+        # Txn takes pre-encoded bytes (ipam.wire): no request serializer.
+        self._txn_rpc = self._client.channel.unary_unary(
+            "/etcdserverpb.KV/Txn", request_serializer=None,
+            response_deserializer=self._rpc.TxnResponse.FromString)
 
     def close(self) -> None:
         if self._client is not None:
@@ -230,29 +235,14 @@ class EtcdStore:
 
     def txn(self, expect: Sequence[Expect], ops: Sequence[Put | Delete],
             read_on_failure: Sequence[str] = ()) -> TxnResult:
-        rpc = self._rpc
-        compare = []
-        for e in expect:
-            if e.mod_revision == 0:
-                compare.append(rpc.Compare(key=e.key.encode(), result=rpc.Compare.EQUAL,
-                                           target=rpc.Compare.VERSION, version=0))
-            else:
-                compare.append(rpc.Compare(key=e.key.encode(), result=rpc.Compare.EQUAL,
-                                           target=rpc.Compare.MOD, mod_revision=e.mod_revision))
-        success = []
-        for op in ops:
-            if isinstance(op, Put):
-                success.append(rpc.RequestOp(request_put=rpc.PutRequest(key=op.key.encode(),
-                                                                        value=op.value)))
-            else:
-                success.append(rpc.RequestOp(
-                    request_delete_range=rpc.DeleteRangeRequest(key=op.key.encode())))
-        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k.encode()))
-                   for k in read_on_failure]
-        req = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        req = wire.txn_request(
+            [wire.compare(e.key.encode(), e.mod_revision) for e in expect],
+            [wire.put_op(op.key.encode(), op.value) if isinstance(op, Put)
+             else wire.delete_op(op.key.encode()) for op in ops],
+            [wire.range_op(k.encode()) for k in read_on_failure])
 
         def fn(t):
-            resp = self._client.kvstub.Txn(req, t, **self._meta())
+            resp = self._txn_rpc(req, t, **self._meta())
             current: dict[str, KV | None] = {}
             if not resp.succeeded:
                 for k, r in zip(read_on_failure, resp.responses, strict=True):
