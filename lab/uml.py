@@ -154,6 +154,43 @@ class UmlResult:
         return self
 
 
+def _mem_bytes(mem: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    mem = mem.strip().upper()
+    if mem and mem[-1] in units:
+        return int(mem[:-1]) * units[mem[-1]]
+    return int(mem)
+
+
+def choose_memory_dir(mem: str) -> str:
+    """Where UML may put its guest-memory file.
+
+    UML backs guest RAM with a file it mmaps executable, by default in
+    /dev/shm. In containers /dev/shm is often 64 MB and mounted noexec: the
+    guest would then die of SIGBUS when RAM fills, or fail to boot. So pick
+    the first candidate that is exec-capable and has room for all of ``mem``.
+    """
+    need = _mem_bytes(mem)
+    candidates = [os.environ.get("NODEROUTER_UML_MEMDIR"), "/dev/shm", tempfile.gettempdir()]
+    rejected = []
+    for cand in filter(None, candidates):
+        try:
+            st = os.statvfs(cand)
+        except OSError as exc:
+            rejected.append(f"{cand}: {exc.strerror}")
+            continue
+        if st.f_flag & os.ST_NOEXEC:
+            rejected.append(f"{cand}: mounted noexec")
+        elif not os.access(cand, os.W_OK):
+            rejected.append(f"{cand}: not writable")
+        elif st.f_bavail * st.f_frsize < need:
+            rejected.append(f"{cand}: {st.f_bavail * st.f_frsize >> 20} MiB free < {mem}")
+        else:
+            return cand
+    raise UmlError("no directory can hold the UML guest memory file "
+                   f"(mem={mem}): {'; '.join(rejected)}; set NODEROUTER_UML_MEMDIR")
+
+
 def find_kernel() -> str:
     """Path of the UML kernel binary, or a UmlError saying how to get one."""
     env = os.environ.get("NODEROUTER_UML_KERNEL")
@@ -214,6 +251,7 @@ class UmlKernel:
     def boot(self) -> UmlKernel:
         kernel = self.kernel or find_kernel()
         release_dir = self._modules_release_dir()
+        memdir = choose_memory_dir(self.mem)
         self.scratch = Path(tempfile.mkdtemp(prefix="noderouter-uml-"))
         for sub in ("cmd", "out", "modroot/lib", "umldir"):
             (self.scratch / sub).mkdir(parents=True, exist_ok=True)
@@ -242,11 +280,14 @@ class UmlKernel:
             f"umid=nr{os.getpid()}-{self.scratch.name[-8:]}",
             "quiet",
         ]
-        log.info("uml.boot", kernel=kernel, mem=self.mem, scratch=str(self.scratch))
+        # Every name UML versions have read the temp dir from.
+        env = {**os.environ, "TMPDIR": memdir, "TMP": memdir, "TEMP": memdir}
+        log.info("uml.boot", kernel=kernel, mem=self.mem, memdir=memdir, scratch=str(self.scratch))
         started = time.monotonic()
         try:
             self._proc = subprocess.Popen(
                 argv,
+                env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
