@@ -13,9 +13,10 @@ Review notes:
   API process that stops reading blocks ExaBGP entirely and the peers' hold timers expire).
 - Stdlib only and runnable as a plain script (``python bgpd/exabgp_api.py SOCKET``): ExaBGP
   may run it with a different working directory and environment.
-- If the socket goes away the relay exits; with ``exabgp.api.terminate=true`` ExaBGP then
-  exits too and the supervisor restarts both and resyncs (a respawned relay would get no
-  replay of session state, so a clean restart is the simpler correct answer).
+- If the socket goes away the relay exits. ExaBGP 5.0.15 then carries on without an API
+  process (``api.terminate`` did not reliably end it in our tests), so the daemon's
+  supervisor restarts ExaBGP when its relay connection drops, and resyncs (a respawned
+  relay would get no replay of session state: a clean restart is the simpler answer).
 - Lines can be ~400 KB (extended messages): binary readline, no line-length limit.
 """
 

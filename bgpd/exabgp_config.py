@@ -197,7 +197,9 @@ def environment(cfg: SpeakerConfig, run_dir: str, listen: bool = True) -> dict[s
         "exabgp.api.encoder": "json",
         "exabgp.api.respawn": "false",  # a dead relay means resync: the supervisor restarts all
         "exabgp.api.cli": "false",  # no named pipes in /run/exabgp
-        "exabgp.api.terminate": "true",  # our relay dying ends ExaBGP -> supervisor restart
+        # Our relay dying should end ExaBGP; it did not reliably in 5.0.15, so the supervisor
+        # also restarts ExaBGP when the relay connection drops (speaker.py).
+        "exabgp.api.terminate": "true",
         "exabgp.cache.attributes": "false",
         "exabgp.reactor.speed": "0.5",
         "exabgp.tcp.bind": cfg.local_address if listen else "",

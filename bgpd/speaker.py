@@ -104,6 +104,7 @@ class Speaker:
         self._stopping = threading.Event()
         self._conn: socket.socket | None = None
         self._conn_ready = threading.Event()
+        self._relay_lost = threading.Event()
         self._outq: collections.deque[_Pending | None] = collections.deque()
         self._outcv = threading.Condition()
         self._inflight: collections.deque[_Pending] = collections.deque()
@@ -222,6 +223,7 @@ class Speaker:
         delay = self.backoff[0]
         while not self._stopping.is_set():
             self._conn_ready.clear()
+            self._relay_lost.clear()
             started = time.monotonic()
             with self.lock:
                 self.proc = self._spawn()
@@ -229,6 +231,13 @@ class Speaker:
             self.log.info("exabgp_started", pid=self.proc.pid, start=self.starts)
             while not self._stopping.is_set():
                 if self.proc.poll() is not None:
+                    break
+                if self._relay_lost.is_set():
+                    # ExaBGP 5.0.15 carries on without its API process (no respawn here, and
+                    # api.terminate did not reliably end it); a respawned relay would get no
+                    # replay anyway. Restart the pair: peers hold our routes (GR).
+                    self.log.warning("relay_lost_restarting_exabgp", pid=self.proc.pid)
+                    self._terminate_exabgp(5.0)
                     break
                 with self.lock:
                     self.core.tick(self.clock())
@@ -309,8 +318,9 @@ class Speaker:
                 self.on_change()
         if trace is not None:
             trace.close()
-        if conn is self._conn:
+        if conn is self._conn and not self._stopping.is_set():
             self.log.warning("relay_disconnected")
+            self._relay_lost.set()
 
     def _ack(self, ok: bool) -> None:
         with self._outcv:

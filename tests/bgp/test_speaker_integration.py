@@ -278,7 +278,7 @@ def test_relay_death_restarts_exabgp_and_resyncs(fabric, cleanup):
     exa = sp.exabgp_pid
     relay = int(open(f"/proc/{exa}/task/{exa}/children").read().split()[0])
     os.kill(relay, signal.SIGKILL)
-    # exabgp.api.terminate=true: ExaBGP exits with its relay; the supervisor starts a new pair.
+    # The supervisor sees the relay connection drop and restarts ExaBGP with a new relay.
     wait_for(lambda: sp.exabgp_pid not in (None, exa), T, what="ExaBGP restarted")
     wait_for(lambda: sp.counters()[f"peer_up.{BIRD}"] >= 2 and established(sp, BIRD), T,
              what="session back")
