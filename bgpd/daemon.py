@@ -4,8 +4,9 @@ Shape (Felix + Patroni): background threads only *record* — etcd syncers put
 snapshots and events on the queue, the speaker's reader records RIB changes and
 wakes us, signal handlers set flags — and one main loop does all the work:
 
-    drain messages → recalculate (pure) → managers in order:
-    tunnel devices → VXLAN neighbours → routes → NAT → BGP announcements/peers
+    drain messages → recalculate (pure, ``bgpd.calculator``) → dataplane managers
+    (``felix_like.managers``: tunnel devices and VTEPs → workloads → routes → NAT)
+    → BGP announcements and peers
 
 ``run_cycle(now)`` returns a one-line summary that is logged when something
 changed. Ownership and restarts: kernel routes carry our protocol number; on
@@ -27,9 +28,6 @@ import time
 from dataclasses import replace
 
 from bgpd.calculator import (
-    CLASS_BLACKHOLE,
-    CLASS_REMOTE,
-    CLASS_WORKLOAD,
     BlockView,
     Desired,
     Inputs,
@@ -66,6 +64,15 @@ LEARNED_SETTLE_SECONDS = 5.0
 
 class DaemonError(RuntimeError):
     """The daemon cannot start or continue; the message says what and how to fix it."""
+
+
+def vtep_mac(node: str) -> str:
+    """A stable, locally administered unicast MAC for our VXLAN device: published in the
+    registry before the device exists, and the same after every restart."""
+    import hashlib
+
+    digest = hashlib.sha256(node.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
 
 
 def ipam_prefix(cfg: Config) -> str:
@@ -129,9 +136,9 @@ class NodeDaemon:
         os.makedirs(self.run_dir, exist_ok=True)
         from pyroute2 import IPRoute
 
-        from felix_like.nat import NatOutgoing
+        from felix_like.managers import CLASS_ORDER, Dataplane
         from felix_like.routetable import KernelRouteDriver, RouteTable
-        from felix_like.sysctls import Sysctls, node_sysctls
+        from tunnels.encap import LocalUnderlay
 
         self.ipr = IPRoute()
         links = self.ipr.link_lookup(ifname=cfg.underlay.interface)
@@ -139,13 +146,14 @@ class NodeDaemon:
             raise DaemonError(f"underlay.interface {cfg.underlay.interface!r} does not exist "
                               f"on this node; fix the config")
         self.uplink_mtu = self.ipr.get_links(links[0])[0].get_attr("IFLA_MTU")
-        Sysctls().ensure(node_sysctls())
         self.routes = RouteTable(driver=KernelRouteDriver(ipr=self.ipr),
-                                 protocol=cfg.dataplane.route_protocol,
-                                 class_order=(CLASS_WORKLOAD, CLASS_BLACKHOLE, CLASS_REMOTE),
+                                 protocol=cfg.dataplane.route_protocol, class_order=CLASS_ORDER,
                                  resync_interval=cfg.dataplane.resync_interval,
                                  clock=self.clock)
-        self.nat = NatOutgoing()
+        local = LocalUnderlay(cfg.underlay.interface, (
+            f"{cfg.underlay.address}/{cfg.underlay.subnet.prefixlen}",))
+        self.dp = Dataplane.create(self.ipr, self.routes, local,
+                                   vxlan_device=cfg.dataplane.vxlan_device)
 
         self.kv = self._store()
         self.ipam = Ipam(self.kv, cfg.node.name, prefix=ipam_prefix(cfg),
@@ -208,33 +216,33 @@ class NodeDaemon:
                     raise DaemonError(f"cannot create pool {cidr} from the config: {exc}") from exc
 
     def _ensure_tunnels(self, initial: bool = False) -> bool:
-        """Tunnel devices the pools ask for, with their address from IPAM. Returns
-        True when our registry record changed (VTEP or tunnel address)."""
-        from tunnels.devices import VxlanParams, device_mac, ensure_ipip, ensure_vxlan
+        """Tell the tunnel manager which devices the pools need, with their address from
+        IPAM. Returns True when our registry record changed (VTEP or tunnel address)."""
+        from tunnels.devices import VxlanParams
         from tunnels.encap import Encap, tunnel_mtu
 
-        pools = list(self.pools.values()) if not initial else self.ipam.list_pools()
+        pools = self.ipam.list_pools() if initial else list(self.pools.values())
         active = [p for p in pools if not p.disabled]
-        want_vxlan = any(p.vxlan_mode != "Never" for p in active)
-        want_ipip = any(p.ipip_mode != "Never" for p in active)
         before = (self.vtep, self.tunnel_address)
         node = self.cfg.node.name
         dp = self.cfg.dataplane
-        if want_vxlan:
-            pool = next(str(p.cidr) for p in active if p.vxlan_mode != "Never")
+        vxlan_pool = next((str(p.cidr) for p in active if p.vxlan_mode != "Never"), None)
+        ipip_pool = next((str(p.cidr) for p in active if p.ipip_mode != "Never"), None)
+        if vxlan_pool and self.vtep is None:
             addr = self.ipam.allocate(VXLAN_HANDLE.format(node=node),
-                                      {"node": node, "type": "vxlanTunnelAddress"}, pool=pool)
-            mtu = tunnel_mtu(Encap.VXLAN, [self.uplink_mtu], dp.mtu)
-            ensure_vxlan(self.ipr, VxlanParams(vni=dp.vxlan_vni, port=dp.vxlan_port,
-                                               local=str(self.cfg.underlay.address), mtu=mtu,
-                                               address=addr, name=dp.vxlan_device))
-            self.vtep = (addr, device_mac(self.ipr, dp.vxlan_device))
-        if want_ipip:
-            pool = next(str(p.cidr) for p in active if p.ipip_mode != "Never")
+                                      {"node": node, "type": "vxlanTunnelAddress"},
+                                      pool=vxlan_pool)
+            self.vtep = (addr, vtep_mac(node))
+            self.dp.tunnels.on_vxlan_update(VxlanParams(
+                vni=dp.vxlan_vni, port=dp.vxlan_port, local=str(self.cfg.underlay.address),
+                mtu=tunnel_mtu(Encap.VXLAN, [self.uplink_mtu], dp.mtu), address=addr,
+                mac=self.vtep[1], name=dp.vxlan_device))
+        if ipip_pool and self.tunnel_address is None:
             addr = self.ipam.allocate(IPIP_HANDLE.format(node=node),
-                                      {"node": node, "type": "ipipTunnelAddress"}, pool=pool)
-            ensure_ipip(self.ipr, tunnel_mtu(Encap.IPIP, [self.uplink_mtu], dp.mtu), addr)
+                                      {"node": node, "type": "ipipTunnelAddress"}, pool=ipip_pool)
             self.tunnel_address = addr
+            self.dp.tunnels.on_ipip_update(True, tunnel_mtu(Encap.IPIP, [self.uplink_mtu],
+                                                            dp.mtu), addr)
         return (self.vtep, self.tunnel_address) != before
 
     def _node_info(self) -> NodeInfo:
@@ -369,7 +377,7 @@ class NodeDaemon:
         return Inputs(own=own, uplink=cfg.underlay.interface, pools=pools, blocks=blocks,
                       nodes=dict(self.nodes), learned=learned,
                       workloads=self.workload_dir.workloads(), borrowed=tuple(borrowed),
-                      mesh=cfg.bgp.mesh, vxlan_device=cfg.dataplane.vxlan_device)
+                      mesh=cfg.bgp.mesh)
 
     def _learned_complete(self, now: float) -> bool:
         """True once learned routes are back after a (re)start: sweeping our kernel
@@ -390,12 +398,11 @@ class NodeDaemon:
 
     def run_cycle(self, now: float) -> str | None:
         """One loop iteration; returns a summary line when something was done."""
-        from tunnels.devices import sync_vxlan_peers
+        from felix_like.managers import CLASS_BGP
 
         if self.workload_dir.poll():
             self._dirty = True
-        rib_changes = self.speaker.take_route_changes() if self.speaker else {}
-        if rib_changes:
+        if self.speaker and self.speaker.take_route_changes():
             self._dirty = True
         parts = []
         if self._dirty and self.datastore_in_sync:
@@ -405,16 +412,16 @@ class NodeDaemon:
             desired = calculate(self._inputs())
             old = self.desired
             self.desired = desired
-            for cls, targets in desired.routes.items():
-                self.routes.set_routes(cls, targets)
-            if desired.need_vxlan:
-                counts = sync_vxlan_peers(self.ipr, desired.vteps, self.cfg.dataplane.vxlan_device)
-                if any(counts.values()):
-                    parts.append(f"vxlan {counts}")
-            self.nat.on_update(desired.all_pools, desired.nat_pools)
-            own = frozenset(t.dst for t in desired.routes[CLASS_BLACKHOLE])
-            if old is None or own != frozenset(t.dst for t in old.routes[CLASS_BLACKHOLE]) \
-                    or old.all_pools != desired.all_pools:
+            dp = self.dp
+            dp.blackholes.on_update(desired.own_blocks)
+            dp.workloads.replace_all(desired.workloads)
+            dp.remote.replace_all(desired.pool_encaps, desired.remote_blocks,
+                                  desired.remote_nodes)
+            self.routes.set_routes(CLASS_BGP, desired.plain_routes)
+            dp.nat.on_update(desired.all_pools, desired.nat_pools)
+            own = frozenset(desired.own_blocks)
+            if old is None or own != frozenset(old.own_blocks) or \
+                    old.all_pools != desired.all_pools:
                 self.speaker.set_policy(self._policy(own))
             if old is None or old.announce != desired.announce:
                 self.speaker.set_desired(desired.announce)
@@ -431,21 +438,14 @@ class NodeDaemon:
             self._routes_marked = True
             parts.append("routes in sync")
         t0 = time.perf_counter()
-        result = self.routes.apply()
+        result = self.dp.apply()
         self.metrics.reconcile_seconds.labels("full" if result.resynced else "incremental") \
             .observe(time.perf_counter() - t0)
         if result.failed:
             self.metrics.reconcile_errors.inc(len(result.failed))
-            self.routes.queue_resync()
         if result.added or result.deleted or result.replaced or result.failed:
             parts.append("routes " + " ".join(f"{k}={v}" for k, v in result.summary().items()
                                                if v))
-        try:
-            if self.nat.complete_deferred_work():
-                parts.append("nat applied")
-        except Exception as exc:  # noqa: BLE001 - NAT failing must not stop routing
-            self.log.error("nat_failed", error=str(exc))
-            self.nat.queue_resync()
         self._update_health_and_metrics(now, result)
         return "; ".join(parts) or None
 
@@ -466,10 +466,10 @@ class NodeDaemon:
         for state in ("idle", "connected", "established", "down", "max-prefix"):
             m.peers.labels(state).set(by_state.get(state, 0))
         if self.desired:
-            for cls, targets in self.desired.routes.items():
-                m.kernel_routes.labels(cls).set(len(targets))
+            for cls, count in self.route_counts().items():
+                m.kernel_routes.labels(cls).set(count)
             m.prefixes_announced.set(len(self.desired.announce))
-            m.ipam_blocks.set(len(self.desired.routes[CLASS_BLACKHOLE]))
+            m.ipam_blocks.set(len(self.desired.own_blocks))
         own = [b for b in self.blocks.values() if b.affinity == self.cfg.node.name]
         m.ipam_addresses.set(sum(len(b.allocations) for b in own))
         if self.speaker:
@@ -483,6 +483,11 @@ class NodeDaemon:
             self._ready_sent = True
             self.log.info("daemon_ready")
         self.notifier.watchdog(now)
+
+    def route_counts(self) -> dict[str, int]:
+        from felix_like.managers import CLASS_ORDER
+
+        return {cls: len(self.routes.desired_targets(cls)) for cls in CLASS_ORDER}
 
     # ------------------------------------------------------------------ signals and loop
 
@@ -546,7 +551,7 @@ class NodeDaemon:
                     self.log.exception("cycle_failed")
                 self._last_error = error
                 self._dirty = True
-                self.routes.queue_resync()
+                self.dp.queue_resync()
         self.shutdown()
         return 0
 

@@ -9,7 +9,7 @@ import ipaddress
 import time
 from typing import TYPE_CHECKING
 
-from bgpd.calculator import ROUTE_CLASSES
+from felix_like.managers import CLASS_ORDER
 
 if TYPE_CHECKING:
     from bgpd.daemon import NodeDaemon
@@ -49,10 +49,10 @@ def routes_view(d: NodeDaemon, request: dict) -> list[dict]:
     prefix = request.get("prefix")
     want = ipaddress.IPv4Network(prefix) if prefix else None
     desired = {}
-    if d.desired:
-        for cls in ROUTE_CLASSES:
-            for t in d.desired.routes.get(cls, ()):
-                desired[t.dst] = (cls, t)
+    # Lowest priority first, so the class that wins a prefix is the one shown.
+    for cls in reversed(CLASS_ORDER):
+        for t in d.routes.desired_targets(cls):
+            desired[t.dst] = (cls, t)
     learned = d.speaker.routes() if d.speaker else {}
     announced = d.desired.announce if d.desired else frozenset()
     try:
@@ -83,7 +83,7 @@ def routes_view(d: NodeDaemon, request: dict) -> list[dict]:
 def status_view(d: NodeDaemon) -> dict:
     cfg = d.cfg
     peers = peers_view(d)
-    own_blocks = [t.dst for t in d.desired.routes["blackhole"]] if d.desired else []
+    own_blocks = list(d.desired.own_blocks) if d.desired else []
     ready, readiness = d.health.ready()
     return {
         "node": cfg.node.name,
@@ -102,7 +102,7 @@ def status_view(d: NodeDaemon) -> dict:
                   for c, p in sorted(d.pools.items())],
         "vtep": {"address": d.vtep[0], "mac": d.vtep[1]} if d.vtep else None,
         "workloads": len(d.workload_dir.records),
-        "routes": {cls: len(d.desired.routes[cls]) for cls in ROUTE_CLASSES} if d.desired else {},
+        "routes": d.route_counts(),
         "pending": [{"prefix": p, "why": w} for p, w in (d.desired.pending if d.desired else ())],
         "sync": {"datastore": d.datastore_in_sync, "routes_swept": d._routes_marked,  # noqa: SLF001
                  "ready": ready, **readiness},

@@ -83,7 +83,7 @@ class WorkloadDir:
         return True
 
     def workloads(self) -> tuple[Workload, ...]:
-        return tuple(Workload(r.ip, r.host_ifname) for r in self.records)
+        return tuple(Workload(r.container_id, r.ip, r.host_ifname) for r in self.records)
 
     def live_handles(self) -> set[str]:
         return {r.handle for r in self.records}

@@ -128,6 +128,14 @@ class RemoteBlockManager:
     def on_node_remove(self, name: str) -> None:
         self._dirty |= self.nodes.pop(name, None) is not None
 
+    def replace_all(self, pools: Mapping[str, PoolEncap], blocks: Iterable[RemoteBlock],
+                    nodes: Iterable[RemoteNode]) -> None:
+        """The whole desired set at once (the daemon recalculates from snapshots)."""
+        new = (dict(pools), {b.cidr: b for b in blocks}, {n.name: n for n in nodes})
+        if new != (self.pools, self.blocks, self.nodes):
+            self.pools, self.blocks, self.nodes = new
+            self._dirty = True
+
     def complete_deferred_work(self) -> None:
         if not self._dirty:
             return
@@ -208,6 +216,14 @@ class WorkloadManager:
     def on_remove(self, name: str) -> None:
         self._dirty |= self.endpoints.pop(name, None) is not None
         self._configured.pop(name, None)
+
+    def replace_all(self, endpoints: Iterable[WorkloadEndpoint]) -> None:
+        new = {ep.name: ep for ep in endpoints}
+        for name in self.endpoints.keys() - new.keys():
+            self.on_remove(name)
+        for ep in new.values():
+            if self.endpoints.get(ep.name) != ep:
+                self.on_update(ep)
 
     def complete_deferred_work(self) -> None:
         if not self._dirty:

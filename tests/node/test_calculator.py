@@ -1,17 +1,18 @@
-"""The calculator's decisions, from snapshots to desired routes and announcements."""
+"""The calculator's decisions, from snapshots to what the managers and the speaker get."""
 
 import pytest
 
 from bgpd.calculator import BlockView, Inputs, LearnedRoute, PoolView, Workload, calculate
 from bgpd.node_registry import NodeInfo, RegistryError, mesh_peers
+from felix_like.managers import RemoteBlock, RemoteNode, WorkloadEndpoint
 from felix_like.routetable import Target
+from tunnels.encap import EncapMode, Vtep
 
 A1 = NodeInfo("node-a1", "198.18.1.11", "198.18.1.0/24", 64601, vtep_address="198.19.255.1",
               vtep_mac="02:00:00:00:00:a1")
 A2 = NodeInfo("node-a2", "198.18.1.12", "198.18.1.0/24", 64601, vtep_address="198.19.255.2",
               vtep_mac="02:00:00:00:00:a2")
-B1 = NodeInfo("node-b1", "198.18.2.11", "198.18.2.0/24", 64602, vtep_address="198.19.255.3",
-              vtep_mac="02:00:00:00:00:b1")
+B1 = NodeInfo("node-b1", "198.18.2.11", "198.18.2.0/24", 64602)
 NODES = {n.name: n for n in (A1, A2, B1)}
 
 
@@ -26,9 +27,9 @@ def inputs(**kw):
     return Inputs(**base)
 
 
-def test_own_confirmed_blocks_get_blackholes_and_are_announced_pending_ones_not():
+def test_own_confirmed_blocks_are_owned_and_announced_pending_ones_not():
     d = calculate(inputs())
-    assert d.routes["blackhole"] == (Target("198.19.1.0/26", type="blackhole"),)
+    assert d.own_blocks == ("198.19.1.0/26",)
     assert d.announce == frozenset({"198.19.1.0/26"})
 
 
@@ -37,58 +38,51 @@ def test_borrowed_addresses_are_announced_as_host_routes():
     assert "198.19.3.7/32" in d.announce
 
 
-def test_workloads_get_host_routes_via_their_veth():
-    d = calculate(inputs(workloads=(Workload("198.19.1.5", "nrwabc"),)))
-    assert d.routes["workload"] == (Target("198.19.1.5/32", ifname="nrwabc"),)
+def test_workloads_become_endpoints_for_the_workload_manager():
+    d = calculate(inputs(workloads=(Workload("c1", "198.19.1.5", "nrwabc"),)))
+    assert d.workloads == (WorkloadEndpoint("c1", "nrwabc", ("198.19.1.5",)),)
 
 
-def test_crosssubnet_vxlan_same_subnet_is_direct_other_subnet_is_vxlan():
+def test_routes_learned_from_nodes_are_remote_blocks_the_rest_plain_routes():
     learned = (LearnedRoute("198.19.2.0/26", ("198.18.1.12",)),
-               LearnedRoute("198.19.3.0/26", ("198.18.2.11",)))
+               LearnedRoute("198.19.3.0/26", ("198.18.2.11",)),
+               LearnedRoute("198.19.9.0/26", ("198.18.1.1",)),      # via the ToR
+               LearnedRoute("0.0.0.0/0", ("198.18.1.1",)))
     d = calculate(inputs(learned=learned))
-    assert d.routes["remote"] == (
-        Target("198.19.2.0/26", gateway="198.18.1.12", ifname="eth0"),
-        Target("198.19.3.0/26", gateway="198.19.255.3", ifname="vxlan.nr", onlink=True))
-    assert [v.underlay for v in d.vteps] == ["198.18.2.11"]
-    assert d.need_vxlan and not d.need_ipip
+    assert d.remote_blocks == (RemoteBlock("198.19.2.0/26", "node-a2"),
+                               RemoteBlock("198.19.3.0/26", "node-b1"))
+    assert d.plain_routes == (Target("0.0.0.0/0", gateway="198.18.1.1", ifname="eth0"),
+                              Target("198.19.9.0/26", gateway="198.18.1.1", ifname="eth0"))
+    assert d.pool_encaps["198.19.0.0/16"].vxlan == EncapMode.CROSS_SUBNET
 
 
-def test_crosssubnet_ipip_uses_tunl0_onlink():
-    d = calculate(inputs(pools=(PoolView("198.19.0.0/16", ipip_mode="CrossSubnet"),),
-                         learned=(LearnedRoute("198.19.3.0/26", ("198.18.2.11",)),)))
-    assert d.routes["remote"] == (Target("198.19.3.0/26", gateway="198.18.2.11",
-                                         ifname="tunl0", onlink=True),)
-    assert d.need_ipip and not d.vteps
+def test_remote_nodes_carry_their_vtep_from_the_registry():
+    d = calculate(inputs())
+    nodes = {n.name: n for n in d.remote_nodes}
+    assert set(nodes) == {"node-a2", "node-b1"}
+    assert nodes["node-a2"] == RemoteNode("node-a2", "198.18.1.12",
+                                          Vtep("198.19.255.2", "02:00:00:00:00:a2", "198.18.1.12"))
+    assert nodes["node-b1"].vtep is None
 
 
-def test_always_encapsulates_even_on_the_same_subnet_and_never_does_not():
-    learned = (LearnedRoute("198.19.2.0/26", ("198.18.1.12",)),)
-    always = calculate(inputs(pools=(PoolView("198.19.0.0/16", ipip_mode="Always"),),
-                              learned=learned))
-    assert always.routes["remote"][0].ifname == "tunl0"
-    never = calculate(inputs(pools=(PoolView("198.19.0.0/16"),), learned=learned))
-    assert never.routes["remote"][0] == Target("198.19.2.0/26", gateway="198.18.1.12",
-                                               ifname="eth0")
+def test_learned_route_off_our_subnet_has_no_device():
+    d = calculate(inputs(learned=(LearnedRoute("198.19.9.0/26", ("198.18.7.1",)),)))
+    assert d.plain_routes == (Target("198.19.9.0/26", gateway="198.18.7.1"),)
 
 
-def test_route_via_a_tor_is_plain_routing():
-    d = calculate(inputs(learned=(LearnedRoute("198.19.3.0/26", ("198.18.1.1",)),
-                                  LearnedRoute("0.0.0.0/0", ("198.18.1.1",)))))
-    assert d.routes["remote"] == (Target("0.0.0.0/0", gateway="198.18.1.1", ifname="eth0"),
-                                  Target("198.19.3.0/26", gateway="198.18.1.1", ifname="eth0"))
-
-
-def test_vxlan_without_a_known_vtep_stays_pending_instead_of_half_routed():
-    b1_no_vtep = NodeInfo("node-b1", "198.18.2.11", "198.18.2.0/24", 64602)
-    d = calculate(inputs(nodes={**NODES, "node-b1": b1_no_vtep},
-                         learned=(LearnedRoute("198.19.3.0/26", ("198.18.2.11",)),)))
-    assert d.routes["remote"] == ()
-    assert d.pending and d.pending[0][0] == "198.19.3.0/26"
+def test_tunnel_devices_follow_the_active_pools():
+    assert calculate(inputs()).need_vxlan
+    ipip = calculate(inputs(pools=(PoolView("198.19.0.0/16", ipip_mode="Always"),)))
+    assert ipip.need_ipip and not ipip.need_vxlan
+    off = calculate(inputs(pools=(PoolView("198.19.0.0/16", vxlan_mode="Always",
+                                           disabled=True),)))
+    assert not off.need_vxlan
 
 
 def test_a_learned_route_inside_our_own_block_is_never_installed():
     d = calculate(inputs(learned=(LearnedRoute("198.19.1.8/32", ("198.18.2.11",)),)))
-    assert d.routes["remote"] == ()
+    assert d.remote_blocks == () and d.plain_routes == ()
+    assert d.pending == (("198.19.1.8/32", "inside one of our own blocks"),)
 
 
 def test_mesh_peers_one_side_dials_the_higher_address_is_passive():
@@ -97,6 +91,13 @@ def test_mesh_peers_one_side_dials_the_higher_address_is_passive():
     assert peers["node-a1"].passive is True     # .12 > .11: a2 waits for a1
     assert peers["node-b1"].passive is False    # .12 < 2.11: a2 dials b1
     assert calculate(inputs(mesh=False)).mesh_peers == ()
+
+
+def test_nat_pools():
+    d = calculate(inputs(pools=(PoolView("198.19.0.0/16", nat_outgoing=True),
+                                PoolView("198.18.128.0/20"))))
+    assert d.nat_pools == ("198.19.0.0/16",)
+    assert d.all_pools == ("198.19.0.0/16", "198.18.128.0/20")
 
 
 def test_node_record_round_trip_and_validation():
