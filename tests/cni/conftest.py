@@ -1,0 +1,119 @@
+"""The CNI test bench: a "node" namespace (etcd on its loopback, an address in
+198.18.9.0/24 on a veth pair, a default route inside it) and pod namespaces; the
+real ``noderouter-cni`` executable is always run inside the node namespace.
+
+etcd runs inside the node namespace rather than through the shared ``etcd_server``
+fixture: that one listens on the root namespace's loopback, which a process in the
+node namespace cannot reach (and we never touch the root namespace to bridge it).
+IPAM reads/writes from the test go through ``tests.cni.ipamtool`` run in the node
+namespace for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from lab.netns import NetnsSet, run_prefix, sh
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PLUGIN = os.path.join(REPO, ".venv", "bin", "noderouter-cni")
+NODE_ADDR = "198.18.9.1"
+POOL = "198.19.0.0/16"
+
+
+@dataclass
+class CniResult:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def doc(self) -> Any:
+        return json.loads(self.stdout) if self.stdout.strip() else None
+
+
+@dataclass
+class CniBench:
+    node: str
+    etcd: Any
+    state_dir: str
+    netns_set: NetnsSet
+    version: str = "1.0.0"
+    extra_conf: dict = field(default_factory=dict)
+
+    def conf(self, **over: Any) -> dict:
+        c = {"cniVersion": self.version, "name": "k8s-pod-network", "type": "noderouter-cni",
+             "etcd_endpoints": [self.etcd.endpoint], "node_name": "node-a",
+             "state_dir": self.state_dir, "etcd_timeout": 2.0, **self.extra_conf}
+        c.update(over)
+        return c
+
+    def pod(self, tag: str = "p") -> str:
+        """A fresh pod namespace; returns its path (CNI_NETNS)."""
+        name = self.netns_set.add(f"{self.node}-{tag}")
+        return f"/run/netns/{name}"
+
+    def run(self, command: str, cid: str | None = "c1", netns: str | None = None,
+            ifname: str | None = "eth0", conf: dict | None = None, stdin: str | None = None,
+            args: str | None = None) -> CniResult:
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+               "CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin"}
+        for key, value in (("CNI_CONTAINERID", cid), ("CNI_NETNS", netns),
+                           ("CNI_IFNAME", ifname), ("CNI_ARGS", args)):
+            if value is not None:
+                env[key] = value
+        data = stdin if stdin is not None else json.dumps(conf or self.conf())
+        t0 = time.monotonic()
+        # timeout: a safety net so a hang fails the test instead of stalling the run.
+        res = subprocess.run(["ip", "netns", "exec", self.node, PLUGIN], input=data, env=env,
+                             capture_output=True, text=True, timeout=60)
+        return CniResult(res.returncode, res.stdout, res.stderr, time.monotonic() - t0)
+
+    def ipam(self, *argv: str) -> Any:
+        res = subprocess.run(["ip", "netns", "exec", self.node, sys.executable, "-m",
+                              "tests.cni.ipamtool", self.etcd.endpoint, *argv],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, f"ipamtool {argv} failed: {res.stderr[-2000:]}"
+        return json.loads(res.stdout)
+
+    def node_sh(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh(list(argv), netns=self.node, check=check)
+
+
+def _setup_node(node: str) -> None:
+    # No dummy module on this kernel: a veth pair inside the node namespace stands in
+    # for the node's uplink. The default route gives proxy ARP a route to answer for
+    # 169.254.1.1 (a real node has one); none of it leaves the namespace.
+    sh(["ip", "link", "add", "nrup0", "type", "veth", "peer", "name", "nrup1"], netns=node)
+    for dev in ("nrup0", "nrup1"):
+        sh(["ip", "link", "set", dev, "up"], netns=node)
+    sh(["ip", "addr", "add", f"{NODE_ADDR}/24", "dev", "nrup0"], netns=node)
+    sh(["ip", "route", "add", "default", "dev", "nrup0"], netns=node)
+
+
+@pytest.fixture
+def cni(netns_set, tmp_path):
+    """A node namespace with etcd and a pool, ready for the plugin."""
+    from lab.etcd import EtcdServer
+
+    if not os.path.exists(PLUGIN):
+        pytest.fail(f"{PLUGIN} missing: run scripts/setup (pip install -e .)")
+    node = netns_set.add(f"{run_prefix('nrc')}")
+    _setup_node(node)
+    etcd = EtcdServer(netns=node).start()
+    try:
+        bench = CniBench(node=node, etcd=etcd, state_dir=str(tmp_path / "state"),
+                         netns_set=netns_set)
+        bench.ipam("add-pool", POOL)
+        yield bench
+    finally:
+        etcd.stop()

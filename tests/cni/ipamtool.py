@@ -1,0 +1,41 @@
+"""A tiny IPAM client the CNI tests run *inside* the node namespace (where etcd
+listens): the test process itself lives in the root namespace and cannot reach it.
+
+    python -m tests.cni.ipamtool ENDPOINT add-pool CIDR
+    python -m tests.cni.ipamtool ENDPOINT handle-ips HANDLE
+    python -m tests.cni.ipamtool ENDPOINT handles
+
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import structlog
+
+from ipam.allocator import Ipam
+from ipam.store import EtcdStore
+
+
+def main(argv: list[str]) -> int:
+    endpoint, op, *rest = argv
+    # stdout carries the answer; structlog's default writes to stdout.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    ipam = Ipam(EtcdStore(endpoint, timeout=5.0), "ipamtool", cooldown=0.0)
+    if op == "add-pool":
+        pool = ipam.add_pool(rest[0])
+        out: object = str(pool.cidr)
+    elif op == "handle-ips":
+        out = ipam.handle_ips(rest[0])
+    elif op == "handles":
+        out = {h: sorted(rec.ips) for h, (rec, _mod) in ipam.dump().handles.items()}
+    else:
+        raise SystemExit(f"unknown op {op!r}")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,317 @@
+"""Pure CNI logic: env/conf parsing and validation, names, results, error objects, records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from bgpd.cni import (
+    DEFAULT_MTU,
+    DEFAULT_ROUTE_PROTOCOL,
+    DEFAULT_STATE_DIR,
+    SUPPORTED_VERSIONS,
+    Attachment,
+    CniError,
+    Code,
+    build_result,
+    error_object,
+    host_veth_name,
+    k8s_attrs,
+    parse_cni_args,
+    parse_conf,
+    parse_env,
+    pod_handle,
+    request_version,
+    result_ips,
+    unknown_keys,
+    version_answer,
+)
+from bgpd.cni_main import run
+from bgpd.cni_state import (
+    StateError,
+    WorkloadRecord,
+    list_records,
+    read_record,
+    remove_record,
+    write_record,
+)
+
+BASE = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "noderouter-cni",
+        "etcd_endpoints": ["198.18.0.10:2379"], "node_name": "node-a"}
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/run/netns/p",
+       "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin:/usr/lib/cni"}
+
+
+def conf(**over) -> str:
+    doc = {**BASE, **over}
+    return json.dumps({k: v for k, v in doc.items() if v is not None})
+
+
+def code_of(fn, *a, **kw) -> int:
+    with pytest.raises(CniError) as ei:
+        fn(*a, **kw)
+    return ei.value.code
+
+
+# ------------------------------------------------------------------ env
+
+def test_env_add_ok():
+    e = parse_env({**ENV, "CNI_ARGS": "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;IgnoreUnknown=1"})
+    assert (e.command, e.container_id, e.netns, e.ifname) == ("ADD", "abc123", "/run/netns/p",
+                                                              "eth0")
+    assert e.path == ("/opt/cni/bin", "/usr/lib/cni")
+    assert k8s_attrs(e.args) == {"namespace": "ns", "pod": "web"}
+
+
+@pytest.mark.parametrize("env, code, needle", [
+    ({}, Code.INVALID_ENV, "CNI_COMMAND"),
+    ({**ENV, "CNI_COMMAND": "FROB"}, Code.INVALID_ENV, "FROB"),
+    ({**ENV, "CNI_CONTAINERID": ""}, Code.INVALID_ENV, "CNI_CONTAINERID"),
+    ({**ENV, "CNI_CONTAINERID": "-bad"}, Code.INVALID_ENV, "CNI_CONTAINERID"),
+    ({**ENV, "CNI_CONTAINERID": "a/b"}, Code.INVALID_ENV, "CNI_CONTAINERID"),
+    ({**ENV, "CNI_CONTAINERID": "a" * 238}, Code.INVALID_ENV, "CNI_CONTAINERID"),
+    ({**ENV, "CNI_NETNS": ""}, Code.INVALID_ENV, "CNI_NETNS"),
+    ({**ENV, "CNI_NETNS": "run/netns/p"}, Code.INVALID_ENV, "absolute"),
+    ({**ENV, "CNI_IFNAME": ""}, Code.INVALID_ENV, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": "a" * 16}, Code.INVALID_ENV, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": "eth 0"}, Code.INVALID_ENV, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": ".."}, Code.INVALID_ENV, "CNI_IFNAME"),
+    ({**ENV, "CNI_IFNAME": "e:0"}, Code.INVALID_ENV, "CNI_IFNAME"),
+    ({**ENV, "CNI_ARGS": "K8S_POD_NAME"}, Code.INVALID_ENV, "KEY=VALUE"),
+    ({**ENV, "CNI_COMMAND": "CHECK", "CNI_NETNS": ""}, Code.INVALID_ENV, "CNI_NETNS"),
+])
+def test_env_errors(env, code, needle):
+    with pytest.raises(CniError) as ei:
+        parse_env(env)
+    assert ei.value.code == code
+    assert needle in ei.value.msg + ei.value.details
+
+
+def test_env_del_without_netns_is_fine():
+    e = parse_env({**ENV, "CNI_COMMAND": "DEL", "CNI_NETNS": ""})
+    assert e.netns == ""
+
+
+def test_env_version_needs_nothing_else():
+    assert parse_env({"CNI_COMMAND": "VERSION"}).command == "VERSION"
+    assert parse_env({"CNI_COMMAND": "gc"}).command == "GC"
+
+
+def test_cni_args_empty_pairs_and_values_with_equals():
+    assert parse_cni_args(";A=1;;B=x=y;") == {"A": "1", "B": "x=y"}
+
+
+# ------------------------------------------------------------------ conf
+
+def test_conf_defaults():
+    c = parse_conf(conf(), default_node="host-1")
+    assert c.cni_version == "1.0.0" and c.etcd_endpoints == ("198.18.0.10:2379",)
+    assert (c.mtu, c.route_protocol, c.state_dir, c.workload_prefix) == (
+        DEFAULT_MTU, DEFAULT_ROUTE_PROTOCOL, DEFAULT_STATE_DIR, "nrw")
+    assert c.node_name == "node-a" and c.ipam_prefix is None and c.etcd_timeout == 3.0
+
+
+def test_conf_node_name_precedence():
+    assert parse_conf(conf(node_name=None), default_node="host-1").node_name == "host-1"
+    env = {"NODEROUTER_NODE_NAME": "from-env"}
+    assert parse_conf(conf(), env=env, default_node="host-1").node_name == "from-env"
+
+
+def test_conf_endpoints_forms():
+    c = parse_conf(conf(etcd_endpoints="198.18.0.10:2379, https://198.18.0.11:2379"))
+    assert c.etcd_endpoints == ("198.18.0.10:2379", "https://198.18.0.11:2379")
+
+
+@pytest.mark.parametrize("raw, code", [
+    ("{not json", Code.DECODE),
+    (b"\xff\xfe", Code.DECODE),
+    ("[1, 2]", Code.DECODE),
+    (conf(cniVersion=None), Code.INVALID_CONFIG),
+    (conf(cniVersion="0.2.0"), Code.INCOMPATIBLE_VERSION),
+    (conf(cniVersion="2.0.0"), Code.INCOMPATIBLE_VERSION),
+    (conf(cniVersion="banana"), Code.INCOMPATIBLE_VERSION),
+    (conf(type="bridge"), Code.INVALID_CONFIG),
+    (conf(etcd_endpoints=None), Code.INVALID_CONFIG),
+    (conf(etcd_endpoints=[]), Code.INVALID_CONFIG),
+    (conf(etcd_endpoints=["198.18.0.10"]), Code.INVALID_CONFIG),
+    (conf(etcd_endpoints=["198.18.0.10:99999"]), Code.INVALID_CONFIG),
+    (conf(etcd_endpoints=5), Code.INVALID_CONFIG),
+    (conf(etcd_cert="/c"), Code.INVALID_CONFIG),
+    (conf(etcd_cert="/c", etcd_key="/k"), Code.INVALID_CONFIG),
+    (conf(etcd_timeout=0), Code.INVALID_CONFIG),
+    (conf(mtu=100), Code.INVALID_CONFIG),
+    (conf(mtu="1450"), Code.INVALID_CONFIG),
+    (conf(mtu=True), Code.INVALID_CONFIG),
+    (conf(route_protocol=255), Code.INVALID_CONFIG),
+    (conf(workload_prefix="toolong"), Code.INVALID_CONFIG),
+    (conf(workload_prefix="a-b"), Code.INVALID_CONFIG),
+    (conf(state_dir="relative/dir"), Code.INVALID_CONFIG),
+    (conf(node_name="bad name"), Code.INVALID_CONFIG),
+    (conf(ipam_pool="2001:db8::/64"), Code.INVALID_CONFIG),
+    (conf(ipam_pool="nope"), Code.INVALID_CONFIG),
+    (conf(log_level="loud"), Code.INVALID_CONFIG),
+    (conf(prevResult=[]), Code.INVALID_CONFIG),
+    (conf(**{"cni.dev/valid-attachments": {}}), Code.INVALID_CONFIG),
+])
+def test_conf_errors(raw, code):
+    assert code_of(parse_conf, raw) == code
+
+
+def test_command_version_gates():
+    assert code_of(parse_conf, conf(cniVersion="0.3.1"), "CHECK") == Code.INCOMPATIBLE_VERSION
+    assert parse_conf(conf(cniVersion="0.4.0"), "CHECK").cni_version == "0.4.0"
+    for cmd in ("STATUS", "GC"):
+        assert code_of(parse_conf, conf(), cmd) == Code.INCOMPATIBLE_VERSION
+        assert parse_conf(conf(cniVersion="1.1.0"), cmd).cni_version == "1.1.0"
+
+
+def test_valid_attachments_both_spellings():
+    doc = {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}
+    assert parse_conf(conf(cniVersion="1.1.0", **doc), "GC").valid_attachments == (("a", "eth0"),)
+    doc = {"cni.dev/attachments": [{"containerID": "b"}]}
+    assert parse_conf(conf(cniVersion="1.1.0", **doc), "GC").valid_attachments == (("b", ""),)
+
+
+def test_unknown_keys_are_reported_not_fatal():
+    raw = conf(etcd_endpoint="typo", ipam={"type": "x"})
+    assert unknown_keys(raw) == ["etcd_endpoint"]
+    parse_conf(raw)
+
+
+def test_request_version_best_effort():
+    assert request_version(conf(cniVersion="0.4.0")) == "0.4.0"
+    assert request_version("{broken") == "1.1.0"
+    assert request_version(conf(cniVersion="7.0.0")) == "1.1.0"
+
+
+# ------------------------------------------------------------------ names
+
+def test_host_veth_name():
+    name = host_veth_name("nrw", "abc123")
+    assert name == "nrw" + hashlib.sha1(b"abc123").hexdigest()[:11]
+    assert len(name) == 14 and host_veth_name("nrw", "abc123") == name
+    assert len(host_veth_name("abcd", "x" * 237)) == 15
+    assert host_veth_name("nrw", "abc124") != name
+
+
+def test_pod_handle_is_calicos_form():
+    assert pod_handle("abc") == "k8s-pod-network.abc"
+
+
+# ------------------------------------------------------------------ results
+
+ATT = Attachment(ip="198.19.0.5", host_ifname="nrw0123456789a", host_mac="ee:ee:ee:ee:ee:ee",
+                 ifname="eth0", pod_mac="02:00:00:00:00:01", netns="/run/netns/p", mtu=1450)
+
+
+def test_result_1_0_0():
+    r = build_result("1.0.0", ATT)
+    assert r == {
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "nrw0123456789a", "mac": "ee:ee:ee:ee:ee:ee"},
+                       {"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/run/netns/p"}],
+        "ips": [{"address": "198.19.0.5/32", "gateway": "169.254.1.1", "interface": 1}],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}],
+        "dns": {},
+    }
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0"])
+def test_result_pre_1_0_has_ip_version(version):
+    r = build_result(version, ATT)
+    assert r["cniVersion"] == version and r["ips"][0]["version"] == "4"
+    assert "mtu" not in r["interfaces"][1]
+
+
+def test_result_1_1_0_has_interface_mtu():
+    assert build_result("1.1.0", ATT)["interfaces"][1]["mtu"] == 1450
+
+
+def test_result_ips_from_prev_result():
+    assert result_ips(build_result("0.4.0", ATT)) == ["198.19.0.5"]
+    assert code_of(result_ips, {"ips": [{"address": "nope"}]}) == Code.INVALID_CONFIG
+    assert code_of(result_ips, {"ips": "x"}) == Code.INVALID_CONFIG
+
+
+def test_error_object_shape():
+    e = CniError(Code.TRY_AGAIN_LATER, "etcd is unreachable", "etcd at x did not answer")
+    assert e.to_dict("0.4.0") == {"cniVersion": "0.4.0", "code": 11,
+                                  "msg": "etcd is unreachable",
+                                  "details": "etcd at x did not answer"}
+    # An unknown request version is answered in ours.
+    assert error_object(1, "m", "", "9.9.9")["cniVersion"] == "1.1.0"
+
+
+def test_version_answer():
+    assert version_answer("0.3.1") == {"cniVersion": "0.3.1",
+                                       "supportedVersions": list(SUPPORTED_VERSIONS)}
+    assert {"0.3.1", "0.4.0", "1.0.0", "1.1.0"} <= set(SUPPORTED_VERSIONS)
+
+
+def test_run_rejects_bad_requests_before_touching_anything():
+    """``run`` fails in parsing for these (no kernel, no etcd is reached)."""
+    for env, raw, code in [
+        ({**ENV}, b"{", Code.DECODE),
+        ({**ENV}, conf(cniVersion="9.9.9").encode(), Code.INCOMPATIBLE_VERSION),
+        ({**ENV, "CNI_CONTAINERID": ""}, conf().encode(), Code.INVALID_ENV),
+        ({**ENV, "CNI_NETNS": ""}, conf().encode(), Code.INVALID_ENV),
+    ]:
+        assert code_of(run, env, raw) == code
+    assert run({"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}') == (
+        0, version_answer("1.0.0"))
+
+
+# ------------------------------------------------------------------ records
+
+REC = WorkloadRecord(container_id="abc123", ifname="eth0", netns="/run/netns/p",
+                     host_ifname="nrw0123456789a", ip="198.19.0.5",
+                     handle="k8s-pod-network.abc123", mtu=1450, route_protocol=73,
+                     node="node-a", network="k8s-pod-network",
+                     attrs={"namespace": "ns", "pod": "web", "node": "node-a",
+                            "ifname": "eth0"})
+
+
+def test_record_round_trip(tmp_path):
+    d = str(tmp_path / "state")
+    path = write_record(d, REC)
+    assert path == os.path.join(d, "abc123.json") and os.listdir(d) == ["abc123.json"]
+    assert read_record(d, "abc123") == REC
+    assert json.load(open(path))["version"] == 1
+    assert [(c, r) for c, r, _ in list_records(d)] == [("abc123", REC)]
+    assert remove_record(d, "abc123") is True and remove_record(d, "abc123") is False
+    assert read_record(d, "abc123") is None and list(list_records(d)) == []
+
+
+def test_record_overwrite_is_atomic_rename(tmp_path):
+    d = str(tmp_path)
+    write_record(d, REC)
+    ino = os.stat(os.path.join(d, "abc123.json")).st_ino
+    write_record(d, WorkloadRecord(**{**REC.__dict__, "ip": "198.19.0.6"}))
+    assert os.stat(os.path.join(d, "abc123.json")).st_ino != ino   # a new file, renamed in
+    assert read_record(d, "abc123").ip == "198.19.0.6"
+    assert os.listdir(d) == ["abc123.json"]                          # no temp files left
+
+
+def test_list_records_skips_temp_and_reports_corrupt(tmp_path):
+    d = str(tmp_path)
+    write_record(d, REC)
+    (tmp_path / ".abc.1234.tmp").write_text("{half")
+    (tmp_path / "broken.json").write_text("{half")
+    (tmp_path / "other.txt").write_text("x")
+    got = {c: (r is not None, bool(e)) for c, r, e in list_records(d)}
+    assert got == {"abc123": (True, False), "broken": (False, True)}
+    with pytest.raises(StateError):
+        read_record(d, "broken")
+
+
+def test_list_records_missing_dir(tmp_path):
+    assert list(list_records(str(tmp_path / "nope"))) == []
+
+
+def test_record_version_mismatch_is_an_error(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({**json.loads(REC.to_json()), "version": 2}))
+    with pytest.raises(StateError):
+        read_record(str(tmp_path), "x")
