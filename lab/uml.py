@@ -376,8 +376,10 @@ class UmlKernel:
             cid = next(self._ids)
             cmd_path = self.scratch / "cmd" / f"{cid}.sh"
             cmd_path.write_text("\n".join([*header, script, ""]))
+            with self._cond:
+                start = len(self._lines)  # the answer can only come after the send
             self._send(f"{cid} {max(1, int(timeout + 0.999))}")
-            rc = self._wait_done(cid, timeout + 15)
+            rc = self._wait_done(cid, timeout + 15, start)
         out = self.scratch / "out" / f"{cid}.out"
         err = self.scratch / "out" / f"{cid}.err"
         result = UmlResult(
@@ -470,9 +472,9 @@ class UmlKernel:
                     )
                 self._cond.wait(left)
 
-    def _wait_done(self, cid: int, timeout: float) -> int:
+    def _wait_done(self, cid: int, timeout: float, start: int) -> int:
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = start
         with self._cond:
             while True:
                 for line in self._lines[seen:]:
