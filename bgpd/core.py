@@ -222,7 +222,13 @@ class SpeakerCore:
         rec.last_error = reason or rec.last_error
         rec.rejected_now.clear()
         held = self.rib.count(rec.address)
-        if rec.gr_time and held and was in ("established", "connected"):
+        if was != "established" and rec.gr_deadline is not None:
+            # Down again before it came back (e.g. connected, then failed): the restart timer
+            # that is already running keeps running -- a flapping peer must not extend it.
+            self.log.info("peer_down", peer=rec.address, reason=reason, held_stale=held,
+                          until=rec.gr_deadline)
+            return
+        if rec.gr_time and held and was == "established":
             self.rib.mark_stale(rec.address)
             rec.gr_deadline = now + rec.gr_time
             self.log.info("peer_down", peer=rec.address, reason=reason, held_stale=held,

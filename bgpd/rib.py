@@ -7,7 +7,9 @@ across their next hops (from different peers). No further tie-break is needed be
 kernel route carries all of them.
 
 Changes are tracked: ``take_changes()`` returns ``{prefix: Route | None}`` for prefixes whose
-best route (next hops) actually changed since the last call -- what the dataplane needs.
+best route (next hops) changed since the last call -- what the dataplane needs. ``routes()``
+is a copy of the maintained best-route map (cheap: no re-ranking of unchanged prefixes) and
+does not consume changes.
 
 Graceful restart: ``mark_stale(peer)`` keeps the peer's paths but flags them; a re-announce
 clears the flag; ``sweep_stale(peer)`` (on End-of-RIB or when the restart time runs out)
@@ -46,6 +48,7 @@ class Rib:
         self._stale: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
         self._best: dict[str, Route] = {}
+        self._changes: dict[str, Route | None] = {}  # since the last take_changes()
 
     # -- updates --------------------------------------------------------
     def add(self, peer: str, prefixes: Iterable[str], nexthop: str, attrs: Attributes) -> None:
@@ -127,14 +130,24 @@ class Rib:
                      tuple(sorted(peer for peer, _ in chosen)))
 
     def routes(self) -> dict[str, Route]:
-        """The current best routes (computed now; change tracking is not touched)."""
-        return {p: r for p in self._table if (r := self.best(p)) is not None}
+        """The current best routes (a copy; change tracking is not affected)."""
+        self._refresh()
+        return dict(self._best)
 
     def __len__(self) -> int:
         return len(self._table)
 
     def take_changes(self) -> dict[str, Route | None]:
-        changes: dict[str, Route | None] = {}
+        """Best-route changes since the last call: {prefix: Route, or None when gone}."""
+        self._refresh()
+        changes, self._changes = self._changes, {}
+        return changes
+
+    def _refresh(self) -> None:
+        """Bring the best-route map up to date for dirty prefixes; record what changed."""
+        if not self._dirty:
+            return
+        changes = self._changes
         best_map = self._best
         table = self._table
         for prefix in self._dirty:
@@ -155,4 +168,3 @@ class Rib:
                 best_map[prefix] = new
                 changes[prefix] = new
         self._dirty = set()
-        return changes

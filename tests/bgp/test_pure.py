@@ -275,3 +275,27 @@ def test_core_peer_set_change():
     c.apply(upd(P2, ["198.19.7.0/26"]), 0)
     c.set_config(cfg(PeerConfig(P1, 65001), PeerConfig("198.18.1.3", 65003)), 1)
     assert c.routes() == {} and set(c.peers) == {P1, "198.18.1.3"}
+
+
+def test_rib_routes_does_not_consume_changes():
+    rib = Rib()
+    rib.add("p1", ["198.19.2.0/26"], "198.18.1.1", A)
+    assert set(rib.routes()) == {"198.19.2.0/26"}
+    assert set(rib.take_changes()) == {"198.19.2.0/26"}
+    rib.remove("p1", ["198.19.2.0/26"])
+    assert rib.routes() == {}
+    assert rib.take_changes() == {"198.19.2.0/26": None}
+
+
+def test_core_gr_timer_not_extended_by_failed_reconnects():
+    c = core()
+    c.apply(PeerOpen(P1, 65001, 9, P1, graceful_restart=60), 0)
+    c.apply(PeerState(P1, "up"), 0)
+    c.apply(upd(P1, ["198.19.2.0/26"]), 0)
+    c.apply(PeerState(P1, "down"), 10)          # stale until 70
+    c.apply(PeerState(P1, "connected"), 30)
+    c.apply(PeerState(P1, "down"), 31)          # failed before up: timer keeps running
+    c.tick(69)
+    assert set(c.routes()) == {"198.19.2.0/26"}
+    c.tick(70)
+    assert c.routes() == {}
