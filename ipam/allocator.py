@@ -209,6 +209,7 @@ class Ipam:
         return self._resv if self._resv is not None else self._load_resv()
 
     def _reserved(self, block: IPNetwork) -> frozenset[int]:
+        self._reservations()    # (re)loads after invalidation, dropping stale ordinals
         k = str(block)
         if k not in self._resv_ord:
             self._resv_ord[k] = reserved_ordinals(block, self._reservations()[0])
@@ -494,6 +495,7 @@ class Ipam:
                     if any(parse_ip(ip) in p.cidr for p, _ in pools):
                         self.log.debug("allocate_existing", handle=handle, ip=ip)
                         return Lease(ip, seq, cidr, handle, False)
+            resv_mod = self._reservations()[1]
             choice, why = self._choose(pool, now) if pools else (None, [])
             if choice is None:
                 if not refreshed:
@@ -509,7 +511,8 @@ class Ipam:
             seq = new_block.seq
             base = hrec if hrec is not None else HandleRecord(handle)
             new_rec = base.with_ip(ip, str(block.cidr), seq, attrs)
-            resv_mod = self._reservations()[1]
+            if self._reservations()[1] != resv_mod:
+                continue    # reservations reloaded while choosing: choose again
             # Only the likely losers of a race are read back on failure (fewer
             # messages per call: protobuf is pure Python here); if neither moved,
             # the pool or the reservations did and are reloaded.
