@@ -276,7 +276,8 @@ class Lab:
             cfg.setdefault(section, {})[key] = value
         return yaml.safe_dump(cfg, sort_keys=False)
 
-    def start_noderouter(self, name: str, **overrides) -> Daemon:
+    def start_noderouter(self, name: str, env: dict[str, str] | None = None,
+                         **overrides) -> Daemon:
         import sys
 
         d = self.node_dir(name)
@@ -287,7 +288,8 @@ class Lab:
         daemon = Daemon(f"noderouter-{name}", [exe, "run", "--config", conf,
                                                "--run-dir", os.path.join(d, "run"),
                                                "--state-dir", self.cni_state_dir(name)],
-                        netns=self.node(name).netns, log_path=os.path.join(d, "noderouter.log"))
+                        netns=self.node(name).netns, log_path=os.path.join(d, "noderouter.log"),
+                        env={**os.environ, **env} if env else None)
         self.daemons[name] = daemon.start()
         return daemon
 
