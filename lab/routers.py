@@ -58,6 +58,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -115,6 +116,10 @@ class _RouterBase:
         ipaddress.IPv4Address(self.router_id)
         self.static_routes = _check_prefixes(self.static_routes)
         self.neighbors = list(self.neighbors)
+        for n in self.neighbors:
+            if n.route_reflector_client and n.asn != self.asn:
+                raise LabError(f"neighbor {n.address}: route_reflector_client needs an iBGP "
+                               f"neighbour (AS {n.asn} != our AS {self.asn})")
         os.makedirs(self.workdir, exist_ok=True)
 
     # -- shared helpers -------------------------------------------------
@@ -354,6 +359,15 @@ class FrrRouter(_RouterBase):
             os.chown(path, ent.pw_uid, ent.pw_gid)
         zsock = os.path.join(rd, "zserv.api")
         common = ["--vty_socket", rd, "-z", zsock, "-A", "127.0.0.1", "-P", "0"]
+        # Dry run first: FRR starts even with bad lines (it only logs them), and a ToR
+        # silently missing a neighbour option makes for a long debugging session.
+        dry = subprocess.run([f"{FRR_DIR}/bgpd", "-C", "-f", bconf, *common, "-n", "-Z"],
+                             capture_output=True, text=True, timeout=30)
+        bad = [line for line in (dry.stdout + dry.stderr).splitlines()
+               if "No such command" in line or line.startswith("%")]
+        if dry.returncode != 0 or bad:
+            shutil.rmtree(rd, ignore_errors=True)
+            raise LabError(f"FRR rejects the generated bgpd.conf ({bconf}):\n" + "\n".join(bad))
         wd = self.workdir
         z = Daemon("zebra", [f"{FRR_DIR}/zebra", *common, "-f", zconf,
                              "-i", os.path.join(rd, "zebra.pid")],
@@ -376,8 +390,6 @@ class FrrRouter(_RouterBase):
 
     def stop(self) -> None:
         super().stop()
-        import shutil
-
         if getattr(self, "rundir", None):
             shutil.rmtree(self.rundir, ignore_errors=True)
             self.rundir = None
