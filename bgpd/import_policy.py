@@ -112,13 +112,14 @@ class ImportPolicy:
             net = _net(prefix)
         except ValueError:
             return "malformed-prefix"
-        for own in self._own:
-            if _within(net, own):
+        value, _, length = net
+        for own_net, own_mask, own_len in self._own:
+            if length >= own_len and value & own_mask == own_net:
                 return "own-block"
-        if self._allowed_for(peer, net):
+        if self._allowed and self._allowed_for(peer, net):
             return None
-        for pool in self._pools:
-            if _within(net, pool):
+        for pool_net, pool_mask, pool_len in self._pools:
+            if length >= pool_len and value & pool_mask == pool_net:
                 return None
         return "outside-pools"
 

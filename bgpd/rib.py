@@ -23,15 +23,17 @@ prefixes whose best route does not change.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bgpd.events import Attributes
 
 Path = tuple[str, Attributes]  # (next hop, attributes)
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
+    """A best route. A NamedTuple, not a dataclass: 100k are made at session start and a
+    tuple is ~3x cheaper to build than a frozen dataclass."""
+
     prefix: str
     nexthops: tuple[str, ...]  # sorted, unique
     peers: tuple[str, ...]  # sorted, unique
