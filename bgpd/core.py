@@ -15,8 +15,9 @@ Rules it implements:
   reason (so a policy change -- e.g. we claim or release a block -- re-evaluates them) and
   counted by reason, globally and per peer.
 - Max-prefix: a peer whose accepted count would exceed its limit has all its routes dropped
-  (counted as ``max-prefix``), is flagged until its session restarts, and is torn down when
-  the config says so.
+  (counted as ``max-prefix``) and is torn down when the config says so. Its routes stay
+  rejected until a session comes up after ``max_prefix_hold_down`` seconds (ExaBGP
+  reconnects right after a teardown: clearing the flag on the next "up" would flap).
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ log = structlog.get_logger("bgpd.core")
 
 
 class SpeakerCore:
-    def __init__(self, config: SpeakerConfig, policy: ImportPolicy) -> None:
+    def __init__(self, config: SpeakerConfig, policy: ImportPolicy,
+                 max_prefix_hold_down: float = 300.0) -> None:
         self.config = config
+        self.max_prefix_hold_down = max_prefix_hold_down
         self.policy = policy
         self.rib = Rib()
         self.peers: dict[str, PeerRecord] = {p.address: PeerRecord(p.address, p.asn)
@@ -204,7 +207,12 @@ class SpeakerCore:
             return
         if ev.state == "up":
             rec.set_state("established", now)
-            rec.max_prefix_hit = False
+            if rec.max_prefix_hit and now - (rec.max_prefix_at or 0.0) >= self.max_prefix_hold_down:
+                rec.max_prefix_hit = False
+            if rec.max_prefix_hit:
+                # Still held down: keep rejecting its routes without another teardown, or a
+                # peer over the limit would flap (ExaBGP reconnects after a teardown).
+                rec.set_state("max-prefix", now)
             self._inc(f"peer_up.{ev.peer}")
             self.log.info("peer_up", peer=ev.peer, asn=rec.asn, graceful_restart=rec.gr_time)
             if self.desired:
@@ -295,6 +303,7 @@ class SpeakerCore:
             return
         dropped = self.rib.drop_peer(rec.address)
         rec.max_prefix_hit = True
+        rec.max_prefix_at = now
         rec.rejected_now.clear()
         self._reject(rec, "max-prefix", dropped)
         self._inc("max_prefix_events")

@@ -40,6 +40,7 @@ class PeerRecord:
     gr_time: int | None = None
     gr_deadline: float | None = None  # stale routes go at this time unless EoR came first
     max_prefix_hit: bool = False
+    max_prefix_at: float | None = None
     last_error: str = ""
     rejected_now: dict[str, tuple] = field(default_factory=dict)  # prefix -> (nh, attrs, reason)
     rejected_count: dict[str, int] = field(default_factory=dict)

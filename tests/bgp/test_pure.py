@@ -225,9 +225,16 @@ def test_core_max_prefix_drops_peer_routes():
     assert c.take_commands() == [f"neighbor {P1} teardown 1"]
     c.apply(upd(P1, ["198.19.5.0/26"]), 3)
     assert c.routes() == {}
+    # ExaBGP reconnects right after the teardown: still held down, no second teardown.
     c.apply(PeerState(P1, "down"), 4)
     c.apply(PeerState(P1, "up"), 5)
     c.apply(upd(P1, ["198.19.5.0/26"]), 6)
+    assert c.routes() == {} and c.take_commands()[-1].endswith("eor ipv4 unicast")
+    assert {s.address: s for s in c.status(6)}[P1].state == "max-prefix"
+    # After the hold-down a new session starts clean.
+    c.apply(PeerState(P1, "down"), 301)
+    c.apply(PeerState(P1, "up"), 302)
+    c.apply(upd(P1, ["198.19.5.0/26"]), 303)
     assert set(c.routes()) == {"198.19.5.0/26"}
 
 

@@ -285,3 +285,21 @@ def test_relay_death_restarts_exabgp_and_resyncs(fabric, cleanup):
     wait_for(lambda: "198.19.10.0/26" in sp.routes() and sp.peer(BIRD).stale == 0, T,
              what="routes relearned")
     b.wait_route(OWN_BLOCK, timeout=T)
+
+
+def test_max_prefix_teardown_once_then_held_down(fabric, cleanup):
+    many = [f"198.19.{40 + i}.0/24" for i in range(12)]
+    b = bird(fabric, many)
+    cleanup.append(b.start())
+    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1",
+                                           max_prefix=10, max_prefix_teardown=True)),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    cleanup.append(sp.start())
+    wait_for(lambda: sp.counters().get("max_prefix_events") == 1, T, what="max-prefix hit")
+    # Torn down, ExaBGP reconnects; the peer stays held down instead of flapping.
+    wait_for(lambda: sp.counters().get(f"peer_up.{BIRD}", 0) >= 2 and b.established(SPEAKER),
+             T, what="session back after the teardown")
+    wait_for(lambda: sp.peer(BIRD).rejected.get("max-prefix", 0) >= 23, T,
+             what="re-sent routes rejected while held down")
+    assert sp.peer(BIRD).state == "max-prefix" and sp.routes() == {}
+    assert sp.counters()["max_prefix_events"] == 1
