@@ -116,10 +116,11 @@ def run_bird(ns: dict[str, str], wd: str, n: int) -> dict:
         node.stop()
 
 
-def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "") -> dict:
+def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
+             env: tuple[tuple[str, str], ...] = ()) -> dict:
     # Same start as BIRD's (its kernel protocol removes its routes on stop): an empty table.
     sh(["ip", "-4", "route", "flush", "proto", str(OUR_PROTO)], netns=ns["ours"])
-    extra = (("exabgp.reactor.speed", speed),) if speed else ()
+    extra = ((("exabgp.reactor.speed", speed),) if speed else ()) + env
     cfg = SpeakerConfig(NODE_AS, NODE_OURS, NODE_OURS, (PeerConfig(TOR, TOR_AS, hold_time=30),),
                         extra_env=extra)
     wake = threading.Event()
@@ -172,6 +173,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--reactor-speed", default="",
                     help="ExaBGP exabgp.reactor.speed for our speaker (default: ours, 0.5)")
+    ap.add_argument("--exabgp-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra ExaBGP setting for our speaker, e.g. exabgp.api.compact=true")
     ap.add_argument("--gc-threshold", type=int, default=0,
                     help="gen-0 GC threshold for the daemon process (0: Python's default)")
     args = ap.parse_args()
@@ -192,7 +195,8 @@ def main() -> None:
         results = []
         for r in range(args.rounds):
             row = {"round": r + 1, "routes": args.routes,
-                   "bird": run_bird(ns, wd, args.routes), "ours": run_ours(ns, wd, args.routes, args.reactor_speed)}
+                   "bird": run_bird(ns, wd, args.routes), "ours": run_ours(ns, wd, args.routes, args.reactor_speed,
+                                   tuple(tuple(e.split("=", 1)) for e in args.exabgp_env))}
             row["ratio_ours_to_bird"] = round(row["ours"]["seconds"] / row["bird"]["seconds"], 2)
             print(json.dumps(row), flush=True)
             results.append(row)
