@@ -175,6 +175,7 @@ def main() -> None:
                     help="ExaBGP exabgp.reactor.speed for our speaker (default: ours, 0.5)")
     ap.add_argument("--exabgp-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra ExaBGP setting for our speaker, e.g. exabgp.api.compact=true")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     ap.add_argument("--gc-threshold", type=int, default=0,
                     help="gen-0 GC threshold for the daemon process (0: Python's default)")
     args = ap.parse_args()
@@ -206,6 +207,12 @@ def main() -> None:
         errors = owned.delete_all()
         if errors:
             print("namespace cleanup errors:", errors)
+        if args.keep:
+            print(f"logs kept in {wd}")
+        else:
+            import shutil
+
+            shutil.rmtree(wd, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ def main(out: str) -> None:
         owned.delete_all()
     with open(trace, "rb") as src, open(out, "wb") as dst:
         dst.write(src.read())
+    import shutil
+
+    shutil.rmtree(wd, ignore_errors=True)
     print(f"wrote {out}")
 
 
