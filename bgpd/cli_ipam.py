@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import sys
 
@@ -57,6 +58,10 @@ def _etcd_options(f):
 def _quiet_logs() -> None:
     # structlog's default writes every event to stdout, which would corrupt
     # `-o json`. Unless the process already set logging up, warnings only, to stderr.
+    # gRPC's C core logs every failed TLS handshake to stderr (~35 lines for one refused
+    # client certificate) before our one-line error: silence it unless the user asked
+    # for it. Read when grpc first initialises, which happens after this call.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     import structlog
 
     if not structlog.is_configured():

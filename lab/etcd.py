@@ -3,6 +3,11 @@
 Runs on 127.0.0.1 in the root namespace (loopback only, which changes nothing
 there) or on a given address inside a lab namespace. Data lives in a temp dir
 that ``stop()`` removes; the process is stopped by PID.
+
+``tls=True``: a throwaway CA, a server certificate for ``host`` and one client
+certificate are made with ``openssl`` in ``<data_dir>/pki`` (``ca_file``,
+``cert_file``, ``key_file`` are the client's); etcd serves https only and
+requires a client certificate signed by that CA (``--client-cert-auth``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -33,8 +39,13 @@ class EtcdServer:
     peer_port: int = 0
     name: str = "nr-etcd"
     data_dir: str | None = None
+    tls: bool = False
     daemon: Daemon | None = field(default=None, repr=False)
     _own_dir: bool = False
+    # With tls: the CA bundle and the client certificate/key (made by start()).
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -42,7 +53,38 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
+    def _make_pki(self) -> list[str]:
+        """CA, server and client certificates (EC P-256, 2 days) -> etcd's TLS flags."""
+        pki = os.path.join(self.data_dir, "pki")
+        os.makedirs(pki, mode=0o700, exist_ok=True)
+
+        def ossl(*args: str) -> None:
+            res = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                raise LabError(f"openssl {args[0]} failed: {res.stderr.strip()}")
+
+        def path(name: str) -> str:
+            return os.path.join(pki, name)
+
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        ossl("req", "-x509", *key, "-keyout", path("ca.key"), "-out", path("ca.crt"),
+             "-days", "2", "-subj", "/CN=noderouter-lab-ca")
+        for who, ext in (("server", f"subjectAltName=IP:{self.host}\n"
+                                    "extendedKeyUsage=serverAuth"),
+                         ("client", "extendedKeyUsage=clientAuth")):
+            with open(path(f"{who}.ext"), "w") as f:
+                f.write(ext + "\n")
+            ossl("req", "-new", *key, "-keyout", path(f"{who}.key"), "-out", path(f"{who}.csr"),
+                 "-subj", f"/CN=noderouter-lab-{who}")
+            ossl("x509", "-req", "-in", path(f"{who}.csr"), "-CA", path("ca.crt"),
+                 "-CAkey", path("ca.key"), "-CAcreateserial", "-days", "2",
+                 "-extfile", path(f"{who}.ext"), "-out", path(f"{who}.crt"))
+        self.ca_file, self.cert_file, self.key_file = (path("ca.crt"), path("client.crt"),
+                                                       path("client.key"))
+        return ["--cert-file", path("server.crt"), "--key-file", path("server.key"),
+                "--trusted-ca-file", path("ca.crt"), "--client-cert-auth"]
 
     def start(self, timeout: float = 20.0) -> EtcdServer:
         if not os.path.exists(ETCD_BIN):
@@ -69,6 +111,8 @@ class EtcdServer:
             "--unsafe-no-fsync",
             "--log-level", "warn",
         ]
+        if self.tls:
+            argv += self._make_pki()
         self.daemon = Daemon(self.name, argv, netns=self.netns,
                              log_path=os.path.join(self.data_dir, "etcd.log"))
         # etcd 3.4 on non-amd64 needs ETCD_UNSUPPORTED_ARCH; harmless elsewhere.
@@ -88,13 +132,23 @@ class EtcdServer:
             raise LabError(f"etcd exited: {self.daemon.log_tail() if self.daemon else ''}")
         if self.netns is not None:
             from lab.netns import sh
-            res = sh(["curl", "-s", "-m", "1", f"{self.url}/health"], netns=self.netns, check=False)
+            res = sh(["curl", "-s", "-m", "1", *self._curl_tls(), f"{self.url}/health"],
+                     netns=self.netns, check=False)
+            return '"true"' in res.stdout
+        if self.tls:
+            res = subprocess.run(["curl", "-s", "-m", "1", *self._curl_tls(),
+                                  f"{self.url}/health"], capture_output=True, text=True)
             return '"true"' in res.stdout
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
                 return b'"true"' in r.read()
         except OSError:
             return False
+
+    def _curl_tls(self) -> list[str]:
+        if not self.tls:
+            return []
+        return ["--cacert", self.ca_file, "--cert", self.cert_file, "--key", self.key_file]
 
     def stop(self) -> None:
         if self.daemon is not None:
