@@ -175,6 +175,7 @@ class Ipam:
         self._blocks: dict[str, tuple[Block, int]] = {}
         self._handles: OrderedDict[str, tuple[HandleRecord, int]] = OrderedDict()
         self._resv_ord: dict[str, frozenset[int]] = {}
+        self._hint: tuple[str, str] | None = None     # (block key, cidr) last allocated from
 
     # ================================================================ caches
 
@@ -556,6 +557,16 @@ class Ipam:
             pools, _why = self._eligible(pool_filter)
             by_cidr = {str(p.cidr): (p, m) for p, m in pools}
             aff, _amod = self._affinity()
+            # Fast path: the block the last allocation went to, if it still has room.
+            hint = self._hint
+            if hint is not None and aff.blocks.get(hint[1]) == CONFIRMED and hint[0] in self._blocks:
+                pc = self._pool_cidr_for(hint[1], by_cidr)
+                block, bmod = self._blocks[hint[0]]
+                if pc is not None and block.affinity == self.node and block.confirmed:
+                    o = block.pick(self._reserved(block.cidr), now)
+                    if o is not None:
+                        p, pmod = by_cidr[pc]
+                        return (p, pmod, hint[0], block, bmod, o), []
             own = []
             for c, st in sorted(aff.blocks.items()):
                 pc = self._pool_cidr_for(c, by_cidr)
@@ -581,6 +592,7 @@ class Ipam:
                     break
                 o = block.pick(self._reserved(block.cidr), now)
                 if o is not None:
+                    self._hint = (bkey, cidr)
                     return (p, pmod, bkey, block, bmod, o), []
                 cooling += block.cooling(now)
             if restart:
@@ -641,11 +653,10 @@ class Ipam:
         block was claimed, or our index changed under us), None when the pool
         has no free block."""
         aff, amod = self._affinity()
-        _, kvs = self.store.range(self.keys.blocks(pool.cidr))
-        taken = set()
-        for kv in kvs:
-            self._set_block(kv.key, kv)
-            taken.add(kv.key)
+        # Keys only: a pool's blocks can be megabytes of JSON, and a claim only
+        # needs to know which block keys exist.
+        _, kvs = self.store.range(self.keys.blocks(pool.cidr), keys_only=True)
+        taken = {kv.key for kv in kvs}
         order = ([pool.block_index(only)] if only is not None else claim_order(pool, self.node))
         for idx in order:
             cidr = pool.block_at(idx)

@@ -97,6 +97,7 @@ _SEL_TERM = re.compile(
     )\s*$""", re.X)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_selector(text: str) -> tuple[tuple[str, str, str], ...]:
     """A small subset of Calico's selector syntax, terms joined by ``&&``.
 
@@ -238,6 +239,12 @@ class Allocation:
     def to_dict(self) -> dict:
         return {"h": self.handle, "s": self.seq, "n": self.node, "a": dict(self.attrs), "t": self.at}
 
+    @functools.cached_property
+    def json_fragment(self) -> str:
+        # An allocation never changes, so its JSON is built once: a block of 64
+        # is re-encoded on every allocation and this was most of that cost.
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
     @classmethod
     def from_dict(cls, d: Mapping) -> Allocation:
         return cls(handle=d["h"], seq=int(d["s"]), node=d.get("n", ""), attrs=d.get("a", {}),
@@ -331,7 +338,14 @@ class Block:
                 "cooldown": {str(o): t for o, t in sorted(self.cooldown.items())}}
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        """Same document as ``json.dumps(self.to_dict())``, built from cached fragments."""
+        head = json.dumps({"cidr": str(self.cidr), "pool": str(self.pool), "affinity": self.affinity,
+                           "state": self.state, "claimed_at": self.claimed_at, "seq": self.seq,
+                           "cooldown": {str(o): t for o, t in sorted(self.cooldown.items())}},
+                          separators=(",", ":"))
+        allocs = ",".join(f'"{o}":{self.allocations[o].json_fragment}'
+                          for o in sorted(self.allocations))
+        return (head[:-1] + ',"allocations":{' + allocs + "}}").encode()
 
     @classmethod
     def from_dict(cls, d: Mapping) -> Block:

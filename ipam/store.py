@@ -85,7 +85,7 @@ class WatchEvent:
 
 class Store(Protocol):
     def get(self, key: str) -> KV | None: ...
-    def range(self, prefix: str) -> tuple[int, list[KV]]: ...
+    def range(self, prefix: str, keys_only: bool = False) -> tuple[int, list[KV]]: ...
     def txn(self, expect: Sequence[Expect], ops: Sequence[Put | Delete],
             read_on_failure: Sequence[str] = ()) -> TxnResult: ...
     def watch(self, prefix: str, start_revision: int) -> tuple[Iterator[WatchEvent], Callable]: ...
@@ -224,9 +224,10 @@ class EtcdStore:
             return self._kv(resp.kvs[0]) if resp.kvs else None
         return self._call(f"get {key}", fn)
 
-    def range(self, prefix: str) -> tuple[int, list[KV]]:
+    def range(self, prefix: str, keys_only: bool = False) -> tuple[int, list[KV]]:
+        """All keys under ``prefix`` at one revision (values empty with ``keys_only``)."""
         p = prefix.encode()
-        req = self._rpc.RangeRequest(key=p, range_end=_prefix_end(p))
+        req = self._rpc.RangeRequest(key=p, range_end=_prefix_end(p), keys_only=keys_only)
 
         def fn(t):
             resp = self._client.kvstub.Range(req, max(t, self.rpc_timeout), **self._meta())

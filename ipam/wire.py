@@ -15,7 +15,12 @@ from collections.abc import Sequence
 _MOD = 2
 
 
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL[n]
     if n < 0:
         n += 1 << 64
     out = bytearray()

@@ -172,3 +172,14 @@ def test_selector(sel, labels, want):
 def test_selector_parse_error_names_syntax():
     with pytest.raises(IpamInvalid, match="all\\(\\)"):
         selector_matches("rack ~ a", "n1")
+
+
+def test_block_json_fast_path_equals_plain_encoding():
+    import json
+
+    b = Block(net("198.19.0.0/28"), net("198.19.0.0/16"), "n1", CONFIRMED, claimed_at=1.5)
+    b = b.allocate(3, "h", "n1", {"pod": 'x"y'}, 2).allocate(1, "h2", "n1", {}, 3).release(3, 4, 10)
+    assert json.loads(b.to_json()) == b.to_dict()
+    assert Block.from_json(b.to_json()) == b
+    empty = Block(net("198.19.0.0/28"), net("198.19.0.0/16"), None)
+    assert json.loads(empty.to_json()) == empty.to_dict()
