@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import Any
 
 import structlog
 
@@ -88,30 +88,44 @@ def _on_signal(signum, _frame) -> None:
 
 # ------------------------------------------------------------------ logging
 
-class _Tee(io.TextIOBase):
-    def __init__(self, *streams: TextIO) -> None:
-        self.streams = streams
+class _LineSink(io.TextIOBase):
+    """Writes whole lines, one ``write(2)`` per line and stream: many plugin
+    processes append to the same log file at once, and structlog's print() writes
+    the message and its newline separately, which would interleave between them."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
+        self._buf = ""
 
     def write(self, s: str) -> int:
-        for st in self.streams:
-            try:
-                st.write(s)
-                st.flush()
-            except (OSError, ValueError):
-                pass
+        self._buf += s
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            data = (line + "\n").encode("utf-8", "replace")
+            for fd in self.fds:
+                try:
+                    os.write(fd, data)
+                except OSError:
+                    pass
         return len(s)
+
+
+_log_fds: dict[str, int] = {}
 
 
 def setup_logging(level: str = "info", log_file: str | None = None) -> None:
     """JSON lines to stderr (and ``log_file``): stdout is the CNI protocol."""
     import logging
 
-    streams: list[TextIO] = [sys.stderr]
+    fds = [2]
     if log_file:
         try:
-            streams.append(open(log_file, "a", buffering=1))  # noqa: SIM115 - process-long
+            if log_file not in _log_fds:
+                _log_fds[log_file] = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                             | os.O_CLOEXEC, 0o640)
+            fds.append(_log_fds[log_file])
         except OSError as exc:
-            sys.stderr.write(f"noderouter-cni: cannot open log file {log_file}: {exc}\n")
+            os.write(2, f"noderouter-cni: cannot open log file {log_file}: {exc}\n".encode())
     levels = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
               "error": logging.ERROR}
     structlog.configure(
@@ -121,7 +135,7 @@ def setup_logging(level: str = "info", log_file: str | None = None) -> None:
                     structlog.processors.format_exc_info,
                     structlog.processors.JSONRenderer(sort_keys=True)],
         wrapper_class=structlog.make_filtering_bound_logger(levels.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=_Tee(*streams)),
+        logger_factory=structlog.PrintLoggerFactory(file=_LineSink(fds)),
         cache_logger_on_first_use=False,
     )
 
@@ -234,6 +248,10 @@ def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore) -> dict[str, Any]:
                 # before it finished. Its address (same handle) is reused below.
                 blog.warning("cni_stale_veth_removed", host_ifname=host)
             undo: list[tuple[str, Callable[[], Any]]] = []
+            marks: list[tuple[str, float]] = [("start", time.monotonic())]
+
+            def mark(step: str) -> None:
+                marks.append((step, time.monotonic()))
             try:
                 attrs = {**k8s_attrs(env.args), "node": conf.node_name, "ifname": env.ifname}
                 lease = ds.call(f"allocating an address for {handle}",
@@ -241,25 +259,33 @@ def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore) -> dict[str, Any]:
                                                                  pool=conf.ipam_pool))
                 undo.append(("release", lambda: ds.call(
                     f"releasing {handle}", lambda ipam: ipam.release_handle(handle))))
+                mark("allocate")
                 ip = lease.ip
                 if ":" in ip:
                     raise CniError(Code.INVALID_CONFIG, f"IPAM handed out IPv6 {ip}",
                                    "this plugin is IPv4-only: set ipam_pool to an IPv4 pool")
                 k.create_veth(host, env.ifname, pod_fd, conf.mtu)
                 undo.append(("veth", lambda: k.delete_link(host)))
+                mark("veth")
                 pod_link = k.configure_pod(env.ifname, ip, conf.mtu)
+                mark("pod")
                 host_link = k.configure_host(host, conf.mtu)
+                mark("host")
                 rec = WorkloadRecord(container_id=cid, ifname=env.ifname, netns=env.netns,
                                      host_ifname=host, ip=ip, handle=handle, mtu=conf.mtu,
                                      route_protocol=conf.route_protocol, node=conf.node_name,
                                      network=conf.name, attrs=attrs)
                 _state(lambda: write_record(conf.state_dir, rec))
                 undo.append(("record", lambda: remove_record(conf.state_dir, cid)))
+                mark("record")
                 k.add_host_route(ip, host_link.index, conf.route_protocol)
+                mark("route")
             except BaseException as exc:
                 _undo(undo, blog, exc)
                 raise
             blog.info("cni_added", ip=ip, host_ifname=host, new_address=lease.new, **attrs)
+            blog.debug("cni_add_steps_ms", **{name: round((t - prev) * 1e3, 1) for
+                                               (_, prev), (name, t) in zip(marks, marks[1:], strict=False)})
             return build_result(conf.cni_version, _attachment(rec, host_link.mac, pod_link.mac))
     finally:
         os.close(pod_fd)
