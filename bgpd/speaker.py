@@ -67,6 +67,19 @@ def default_exabgp() -> str:
     return cand if os.path.exists(cand) else (shutil.which("exabgp") or "exabgp")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the thread that spawned it dies.
+
+    A daemon killed with SIGKILL runs no cleanup; without this its ExaBGP would live on,
+    keep port 179 and the sessions, and the restarted daemon's ExaBGP could not bind.
+    SIGTERM (not KILL) so ExaBGP closes its sessions and peers keep our routes (GR).
+    """
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class SpeakerError(RuntimeError):
     """The speaker could not start or talk to ExaBGP."""
 
@@ -215,7 +228,8 @@ class Speaker:
         try:
             # start_new_session: a terminal's Ctrl-C reaches the daemon, which stops ExaBGP.
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         finally:
             out.close()
 

@@ -302,7 +302,12 @@ class Dataplane:
             self.sysctls.ensure(node_sysctls(self.rp_filter))
             self._sysctls_done = True
         self.remote.complete_deferred_work()
-        self.tunnels.on_vteps(self.remote.vteps)
+        # Every known node's VTEP, not only those routes use right now: after a restart
+        # the routes come back from BGP a moment after the registry, and syncing only the
+        # in-use VTEPs would delete the neighbour/FDB entries live traffic still needs.
+        self.tunnels.on_vteps(tuple(sorted(
+            (n.vtep for n in self.remote.nodes.values() if n.vtep is not None),
+            key=lambda v: v.underlay)))
         self.tunnels.complete_deferred_work()
         self.workloads.complete_deferred_work()
         self.blackholes.complete_deferred_work()
