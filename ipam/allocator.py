@@ -21,7 +21,7 @@ import functools
 import ipaddress
 import json
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
@@ -176,6 +176,8 @@ class Ipam:
         self._handles: OrderedDict[str, tuple[HandleRecord, int]] = OrderedDict()
         self._resv_ord: dict[str, frozenset[int]] = {}
         self._hint: tuple[str, str] | None = None     # (block key, cidr) last allocated from
+        # Counters for metrics and tests: allocations, conflicts (lost CAS races), claims.
+        self.stats: Counter[str] = Counter()
 
     # ================================================================ caches
 
@@ -525,6 +527,9 @@ class Ipam:
             if res.succeeded:
                 self._blocks[bkey] = (new_block, res.revision)
                 self._set_handle(hkey, new_rec, res.revision)
+                self.stats["allocations"] += 1
+                if block.affinity != self.node:
+                    self.stats["borrowed"] += 1
                 self.log.debug("allocated", handle=handle, ip=ip, seq=seq, block=str(block.cidr),
                                borrowed=block.affinity != self.node, attempt=attempt)
                 return Lease(ip, seq, str(block.cidr), handle, True)
@@ -535,6 +540,7 @@ class Ipam:
             if (bkv.mod_revision if bkv else 0) == bmod and hmod == 0:
                 self._pools = None
                 self._resv = None
+            self.stats["conflicts"] += 1
             self.log.debug("allocate_conflict", handle=handle, block=str(block.cidr), attempt=attempt)
         raise IpamConflict(f"allocating for handle {handle}: {self.max_retries} compare-and-swap "
                            f"conflicts in a row; the blocks are too contended — retry, or give "
@@ -684,6 +690,7 @@ class Ipam:
                 continue
             self._blocks[bkey] = (block, res.revision)
             self._aff = (new_aff, res.revision)
+            self.stats["claims"] += 1
             self.log.info("block_claimed", block=str(cidr), pool=str(pool.cidr), state=PENDING)
             self._confirm(bkey, block, res.revision)
             return "restart"

@@ -88,8 +88,52 @@ def test_contention_8_nodes_1000_each(etcd_server, make_ipam, tmp_path):
     rep = admin.check(set(held), live_nodes=nodes)
     assert rep.clean, rep.to_dict()
     assert rep.allocations == len(held) == 8000 - n_rel
+    stats = Counter()
+    for n in nodes:
+        stats.update(json.loads((tmp_path / f"{n}.jsonl").read_text().splitlines()[-1])["stats"])
     print(f"\ncontention: 8 nodes x 1000 allocations, {n_rel} releases, {elapsed:.1f}s "
-          f"({8000 / elapsed:.0f} allocations/s aggregate)")
+          f"({8000 / elapsed:.0f} allocations/s aggregate), {dict(stats)}")
+
+
+def test_contention_on_shared_blocks_by_borrowers(etcd_server, make_ipam, tmp_path):
+    """Owners allocate in their blocks while block-less nodes borrow from the same
+    blocks: many processes race for the lowest free ordinal of one block."""
+    admin = make_ipam("admin")
+    admin.add_pool(POOL)
+    spare = make_ipam("spare", max_blocks_per_node=20)
+    for i in range(640):                      # ten confirmed blocks, then emptied
+        spare.allocate(f"k8s-pod-network.spare-{i}")
+    for i in range(640):
+        spare.release_handle(f"k8s-pod-network.spare-{i}")
+    specs = [(f"owner-{i}", 400, 20) for i in range(3)] + [(f"borrower-{i}", 200, 0) for i in range(3)]
+    files = {n: open(tmp_path / f"{n}.jsonl", "w") for n, _, _ in specs}
+    procs = [_worker(etcd_server.endpoint, n, count, i, files[n], max_blocks=mb)
+             for i, (n, count, mb) in enumerate(specs)]
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-2000:]
+    for f in files.values():
+        f.close()
+    held: dict[str, str] = {}
+    leases = []
+    for n, count, _ in specs:
+        h, allocs, _ = _replay((tmp_path / f"{n}.jsonl").read_text().splitlines())
+        assert len(allocs) == count
+        held.update(h)
+        leases += [(a["ip"], a["seq"]) for a in allocs]
+    assert len(set(leases)) == len(leases)
+    assert not [ip for ip, c in Counter(held.values()).items() if c > 1]
+    borrowed = {ip for n in ("borrower-0", "borrower-1", "borrower-2")
+                for ip in admin.borrowed_for_node(n)}
+    assert len(borrowed) == sum(1 for h in held if ".borrower-" in h)
+    d = admin.dump()
+    assert {h: sorted(r.ips) for h, (r, _) in d.handles.items()} == {h: [ip] for h, ip in held.items()}
+    rep = admin.check(set(held))
+    assert rep.clean, rep.to_dict()
+    stats = Counter()
+    for n, _, _ in specs:
+        stats.update(json.loads((tmp_path / f"{n}.jsonl").read_text().splitlines()[-1])["stats"])
+    print(f"\nshared blocks: {dict(stats)}")
 
 
 def test_sigkill_mid_allocation_check_and_gc(etcd_server, make_ipam):

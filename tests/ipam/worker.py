@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 ok = ipam.release_ip(ip, seq=seq)
                 emit(op="rel", h=h, ip=ip, seq=seq, how="ip", ok=ok)
-    emit(op="done")
+    emit(op="done", stats=dict(ipam.stats))
     return 0
 
 
