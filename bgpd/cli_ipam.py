@@ -8,6 +8,7 @@ finding problems), 2 usage.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import ipaddress
 import os
@@ -86,6 +87,10 @@ def _duration(text: str) -> float:
     if not m:
         raise click.BadParameter(f"{text!r}: use seconds or a number with s/m/h/d, e.g. 15m")
     return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _live_options(f):
@@ -229,7 +234,7 @@ def ipam_gc(ip, live, node, live_nodes, grace, dry_run, fmt) -> None:
             + [{"action": "skipped", "ip": r["ip"], "handle": r["handle"], "detail": r["reason"]}
                for r in rep.skipped]
             + [{"action": "waiting" if not dry_run else "leak", "ip": r["ip"],
-                "handle": r["handle"], "detail": f"grace ends at {r['due_at']:.0f}"}
+                "handle": r["handle"], "detail": f"grace ends {_when(r['due_at'])}"}
                for r in rep.waiting]
             + [{"action": "freed-block", "ip": c, "handle": None, "detail": None}
                for c in rep.freed_blocks]
