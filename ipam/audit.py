@@ -12,7 +12,12 @@ from collections import defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from ipam.model import TUNNEL_HANDLE_PREFIX, Block, HandleRecord
+from ipam.model import (
+    TUNNEL_HANDLE_PREFIX,
+    VXLAN_TUNNEL_HANDLE_PREFIX,
+    Block,
+    HandleRecord,
+)
 
 
 @dataclass
@@ -42,10 +47,11 @@ class CheckReport:
 
 
 def live_set(live_handles: Collection[str], live_nodes: Collection[str] | None) -> set[str]:
-    """Live handles, plus the tunnel-address handle of every live node."""
+    """Live handles, plus the tunnel-address handles (IPIP and VXLAN) of every live node."""
     live = set(live_handles)
     for n in live_nodes or ():
         live.add(TUNNEL_HANDLE_PREFIX + n)
+        live.add(VXLAN_TUNNEL_HANDLE_PREFIX + n)
     return live
 
 

@@ -26,6 +26,8 @@ DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
 POD_HANDLE_PREFIX = "k8s-pod-network."
 TUNNEL_HANDLE_PREFIX = "ipip-tunnel-addr-"
+# The VXLAN device's address (VTEP) of a node: live exactly as long as its node.
+VXLAN_TUNNEL_HANDLE_PREFIX = "vxlan-tunnel-addr-"
 _HANDLE_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,253}$")
 _NODE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 
