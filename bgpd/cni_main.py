@@ -410,7 +410,8 @@ def cmd_gc(conf: NetConf, ds: Datastore) -> None:
                        "the runtime must list the attachments that are still valid")
     valid_ids = {cid for cid, ifname in conf.valid_attachments if not ifname}
     valid = set(conf.valid_attachments)
-    errors = []
+    errors: list[str] = []
+    codes: set[int] = set()
     removed = 0
     for cid, rec, err in list(list_records(conf.state_dir)):
         if rec is None:
@@ -423,9 +424,11 @@ def cmd_gc(conf: NetConf, ds: Datastore) -> None:
             removed += 1
         except CniError as exc:
             errors.append(f"{cid}: {exc.msg} ({exc.details})")
+            codes.add(exc.code)
     _log().info("cni_gc", removed=removed, errors=len(errors))
     if errors:
-        raise CniError(Code.TRY_AGAIN_LATER if any("etcd" in e for e in errors) else Code.STATE,
+        # 11 if any failure is transient (etcd), so the runtime retries the GC.
+        raise CniError(Code.TRY_AGAIN_LATER if Code.TRY_AGAIN_LATER in codes else Code.STATE,
                        f"GC left {len(errors)} attachment(s) behind", "; ".join(errors))
 
 
