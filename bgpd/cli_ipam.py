@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import ipaddress
 import os
 import re
 import sys
@@ -119,9 +118,11 @@ def ipam() -> None:
 
 
 def _show_data(ip, node: str | None) -> dict:
+    from ipam.model import net_sort_key
+
     d = ip.dump()
     pools = []
-    for cidr, (p, _) in sorted(d.pools.items(), key=lambda kv: ipaddress.ip_network(kv[0])):
+    for cidr, (p, _) in sorted(d.pools.items(), key=lambda kv: net_sort_key(kv[0])):
         blocks = [b for b, _ in d.blocks.values() if b.pool == p.cidr]
         used = sum(len(b.allocations) for b in blocks)
         pools.append({"cidr": cidr, "block_size": p.block_size,
@@ -131,7 +132,7 @@ def _show_data(ip, node: str | None) -> dict:
                       "nat_outgoing": p.nat_outgoing, "strict_affinity": p.strict_affinity,
                       "node_selector": p.node_selector})
     blocks = []
-    for cidr, (b, _) in sorted(d.blocks.items(), key=lambda kv: ipaddress.ip_network(kv[0])):
+    for cidr, (b, _) in sorted(d.blocks.items(), key=lambda kv: net_sort_key(kv[0])):
         if node is not None and b.affinity != node and all(a.node != node for a in b.allocations.values()):
             continue
         borrowers = sorted({a.node for a in b.allocations.values() if a.node != b.affinity})
@@ -150,9 +151,11 @@ def ipam_show(ip, node, allocations, fmt) -> None:
     """Pools, blocks with their node affinity and state, usage."""
     data = _show_data(ip, node)
     if allocations:
+        from ipam.model import net_sort_key
+
         rows = []
         _, blocks = ip.snapshot()
-        for b in sorted(blocks, key=lambda b: b.cidr):
+        for b in sorted(blocks, key=lambda b: net_sort_key(b.cidr)):
             for o, a in sorted(b.allocations.items()):
                 if node is None or a.node == node or b.affinity == node:
                     rows.append({"ip": str(b.ip(o)), "handle": a.handle, "seq": a.seq,

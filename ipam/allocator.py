@@ -53,6 +53,7 @@ from ipam.model import (
     check_node,
     cidr_key,
     claim_order,
+    net_sort_key,
     overlapping,
     parse_ip,
     parse_network,
@@ -447,7 +448,7 @@ class Ipam:
         reasons: list[str] = []
         out = []
         want = parse_network(pool, "pool CIDR") if pool else None
-        for p, mod in sorted(self._pool_map().values(), key=lambda pm: pm[0].cidr):
+        for p, mod in sorted(self._pool_map().values(), key=lambda pm: net_sort_key(pm[0].cidr)):
             if want is not None and p.cidr != want:
                 continue
             if p.deleting:
@@ -955,7 +956,7 @@ class Ipam:
         node = node or self.node
         _, blocks = self.snapshot()
         return sorted((str(b.cidr) for b in blocks if b.affinity == node and b.confirmed),
-                      key=lambda c: ipaddress.ip_network(c))
+                      key=net_sort_key)
 
     def borrowed_for_node(self, node: str | None = None) -> list[str]:
         """Addresses (as /32 or /128) ``node`` holds in other nodes' blocks."""
@@ -969,7 +970,7 @@ class Ipam:
                 if a.node == node:
                     ip = b.ip(o)
                     out.append(f"{ip}/{ip.max_prefixlen}")
-        return sorted(out, key=lambda c: ipaddress.ip_network(c))
+        return sorted(out, key=net_sort_key)
 
     def handle_ips(self, handle: str) -> list[str]:
         rec, _ = self._handle(self.keys.handle(check_handle(handle)), fresh=True)

@@ -77,6 +77,13 @@ def tunnel_handle(node: str) -> str:
     return check_handle(TUNNEL_HANDLE_PREFIX + check_node(node))
 
 
+def net_sort_key(net: IPNetwork | IPAddress | str) -> tuple[int, int, int]:
+    """Sort key for networks/addresses of both IP versions (v4 first, then by address)."""
+    n = ipaddress.ip_network(net, strict=False) if not isinstance(
+        net, ipaddress.IPv4Network | ipaddress.IPv6Network) else net
+    return (n.version, int(n.network_address), n.prefixlen)
+
+
 @functools.lru_cache(maxsize=65536)
 def cidr_key(net: IPNetwork | str) -> str:
     """A CIDR as one etcd key segment: '/' becomes '-' (198.19.0.0/26 -> 198.19.0.0-26)."""

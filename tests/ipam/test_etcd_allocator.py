@@ -219,3 +219,17 @@ def test_snapshot_then_watch(make_ipam):
             break
     cancel()
     assert seen[0] == ("put", "pending") and ("put", "confirmed") in seen
+
+
+def test_ipv6_pool_and_dual_stack_handle(make_ipam):
+    a = make_ipam("node-a")
+    a.add_pool(POOL)
+    a.add_pool("fd00:198:19::/112")
+    v4 = a.allocate("k8s-pod-network.ds", pool=POOL)
+    v6 = a.allocate("k8s-pod-network.ds", pool="fd00:198:19::/112")
+    assert ipaddress.ip_address(v6).version == 6 and ipaddress.ip_address(v4).version == 4
+    assert a.handle_ips("k8s-pod-network.ds") == sorted([v4, v6])
+    assert any(ipaddress.ip_network(b).version == 6 for b in a.blocks_for_node())
+    assert a.check({"k8s-pod-network.ds"}).clean
+    assert sorted(a.release_handle("k8s-pod-network.ds")) == sorted([v4, v6])
+    assert a.check(set()).clean
