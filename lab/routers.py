@@ -110,6 +110,7 @@ class _RouterBase:
     export_static: bool = True
     export_learned: bool = False
     kernel_export: bool = False
+    gr_restart_time: int = 120   # graceful-restart time we announce (and keep peers' routes)
     daemons: list[Daemon] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -209,7 +210,8 @@ class BirdRouter(_RouterBase):
                      f"  hold time {n.hold_time};", "  keepalive time 3;",
                      "  connect retry time 2;", "  connect delay time 1;",
                      "  error wait time 1, 10;",
-                     "  graceful restart on;"]
+                     "  graceful restart on;",
+                     f"  graceful restart time {self.gr_restart_time};"]
             if n.password:
                 lines.append(f'  password "{n.password}";')
             if n.passive:
@@ -304,6 +306,7 @@ class FrrRouter(_RouterBase):
                "log stdout informational", "!", f"router bgp {self.asn}",
                f" bgp router-id {self.router_id}", " no bgp ebgp-requires-policy",
                " no bgp network import-check", " bgp graceful-restart",
+               f" bgp graceful-restart restart-time {self.gr_restart_time}",
                " bgp bestpath as-path multipath-relax"]
         for n in self.neighbors:
             a = n.address

@@ -69,6 +69,7 @@ class Lab:
     daemons: dict[str, Daemon] = field(default_factory=dict, repr=False)
     pool_cidr: str = str(POD_POOL)
     encap: str = "vxlan"    # mesh design: "vxlan" or "ipip" across racks (CrossSubnet)
+    tor_gr_time: int = 120  # graceful-restart time the ToRs announce
     pods: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -214,7 +215,8 @@ class Lab:
             router = cls(netns=self.ns(f"tor{rack.letter}"), workdir=workdir,
                          router_id=str(rack.tor_spine_address), asn=rack.tor_as,
                          neighbors=neighbors, static_routes=[str(rack.subnet)],
-                         export_static=True, export_learned=True, kernel_export=True)
+                         export_static=True, export_learned=True, kernel_export=True,
+                         gr_restart_time=self.tor_gr_time)
             self.tors[rack.letter] = router.start()
 
     def _wait_underlay(self, timeout: float = 60) -> None:
