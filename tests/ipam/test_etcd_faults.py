@@ -136,6 +136,27 @@ def test_contention_on_shared_blocks_by_borrowers(etcd_server, make_ipam, tmp_pa
     print(f"\nshared blocks: {dict(stats)}")
 
 
+def test_block_limit_is_exact_with_parallel_processes_of_one_node(etcd_server, make_ipam, tmp_path):
+    """Parallel CNI ADDs on one node: four processes, one node name, max 2 blocks.
+    The claim transaction compares the node's index, so no process can claim a
+    third block behind another's back."""
+    admin = make_ipam("admin")
+    admin.add_pool("198.19.0.0/24", 27)      # 8 blocks of 32
+    outs = [open(tmp_path / f"w{i}.jsonl", "w") for i in range(4)]
+    procs = [_worker(etcd_server.endpoint, "node-x", 15, i, outs[i], tag=f"x{i}", max_blocks=2,
+                     release_ratio=0) for i in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    for f in outs:
+        f.close()
+    assert len(admin.blocks_for_node("node-x")) == 2
+    d = admin.dump()
+    assert len(d.blocks) == 2 and len(d.handles) == 60
+    assert sorted(d.affinities["node-x"][0].blocks) == sorted(admin.blocks_for_node("node-x"))
+    assert admin.check({h for h in d.handles}).clean
+
+
 def test_sigkill_mid_allocation_check_and_gc(etcd_server, make_ipam):
     admin = make_ipam("admin")
     admin.add_pool(POOL)
