@@ -40,6 +40,8 @@ class EtcdServer:
     name: str = "nr-etcd"
     data_dir: str | None = None
     tls: bool = False
+    # A member of a cluster: "name=http://host:peerport,..." (default: a cluster of one).
+    initial_cluster: str | None = None
     daemon: Daemon | None = field(default=None, repr=False)
     _own_dir: bool = False
     # With tls: the CA bundle and the client certificate/key (made by start()).
@@ -86,7 +88,7 @@ class EtcdServer:
         return ["--cert-file", path("server.crt"), "--key-file", path("server.key"),
                 "--trusted-ca-file", path("ca.crt"), "--client-cert-auth"]
 
-    def start(self, timeout: float = 20.0) -> EtcdServer:
+    def start(self, timeout: float = 20.0, wait: bool = True) -> EtcdServer:
         if not os.path.exists(ETCD_BIN):
             raise LabError("etcd binary not found: run scripts/setup (installs etcd-server)")
         if not self.client_port:
@@ -105,7 +107,7 @@ class EtcdServer:
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer_url,
             "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"{self.name}={peer_url}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={peer_url}",
             "--initial-cluster-state", "new",
             # Small and fast for tests: no fsync storms on a shared 2-core box.
             "--unsafe-no-fsync",
@@ -119,6 +121,8 @@ class EtcdServer:
         env = dict(os.environ)
         self.daemon.env = env
         self.daemon.start()
+        if not wait:  # a cluster member is healthy only once a quorum runs
+            return self
         try:
             wait_for(self.healthy, timeout, interval=0.1, what=f"etcd at {self.url} to be healthy")
         except LabError:
@@ -168,6 +172,45 @@ class EtcdServer:
         wait_for(self.healthy, timeout, interval=0.1, what="etcd to come back")
 
     def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclass
+class EtcdCluster:
+    """A cluster of ``size`` members on 127.0.0.1 (each stopped by its PID)."""
+
+    size: int = 3
+    members: list[EtcdServer] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
+        ports = [(free_port(), free_port()) for _ in range(self.size)]
+        cluster = ",".join(f"nr-etcd{i}=http://127.0.0.1:{peer}"
+                           for i, (_, peer) in enumerate(ports))
+        self.members = [EtcdServer(name=f"nr-etcd{i}", client_port=client, peer_port=peer,
+                                   initial_cluster=cluster)
+                        for i, (client, peer) in enumerate(ports)]
+        try:
+            for m in self.members:
+                m.start(wait=False)
+            for m in self.members:
+                wait_for(m.healthy, timeout, interval=0.1, what=f"etcd member {m.name}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def __enter__(self) -> EtcdCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
