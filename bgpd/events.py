@@ -121,12 +121,22 @@ def parse_line(raw: bytes | str) -> Event:
     try:
         msg = json.loads(line)
         return _from_json(msg)
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+    # RecursionError: deeply nested JSON ('[' * 100000) blows the decoder's stack;
+    # OverflowError: int() of a float such as 1e400 (inf). Both used to escape and end
+    # the speaker's reader thread (tests/badinput/test_exabgp_pipe.py).
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError,
+            OverflowError) as exc:
         return Malformed(line[:300], f"{type(exc).__name__}: {exc}")
 
 
 def _nlris(items: list) -> tuple[str, ...]:
-    return tuple(item["nlri"] if isinstance(item, dict) else str(item) for item in items)
+    if not isinstance(items, list):  # a string would be iterated into one-letter "prefixes"
+        raise TypeError(f"NLRI list is a {type(items).__name__}")
+    out = tuple(item["nlri"] if isinstance(item, dict) else item for item in items)
+    for p in out:  # a dict/number NLRI would reach the import policy and raise there
+        if not isinstance(p, str):
+            raise TypeError(f"NLRI {p!r} is not a string")
+    return out
 
 
 def _attributes(attr: dict) -> Attributes:
