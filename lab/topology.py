@@ -62,6 +62,7 @@ class Lab:
     prefix: str = field(default_factory=run_prefix)
     workdir: str = ""
     bgp_password: str | None = None
+    etcd_tls: bool = False  # etcd over TLS with client certificates (--client-cert-auth)
     netns_set: NetnsSet = field(default_factory=NetnsSet, repr=False)
     nodes: list[LabNode] = field(default_factory=list)
     tors: dict[str, BirdRouter | FrrRouter] = field(default_factory=dict, repr=False)
@@ -197,7 +198,8 @@ class Lab:
     def _start_etcd(self) -> None:
         os.makedirs(os.path.join(self.workdir, "etcd"), exist_ok=True)
         self.etcd = EtcdServer(host=str(ETCD_ADDRESS), netns=self.ns("etcd"),
-                               data_dir=os.path.join(self.workdir, "etcd"), name="lab-etcd")
+                               data_dir=os.path.join(self.workdir, "etcd"), name="lab-etcd",
+                               tls=self.etcd_tls)
         self.etcd.start()
 
     def _start_tors(self) -> None:
@@ -264,6 +266,9 @@ class Lab:
             "status": {"socket": self.status_socket(name)},
             "logging": {"level": "info", "format": "json"},
         }
+        if self.etcd_tls:
+            cfg["etcd"].update(ca_file=self.etcd.ca_file, cert_file=self.etcd.cert_file,
+                               key_file=self.etcd.key_file)
         if self.bgp_password:
             cfg["bgp"]["mesh_password"] = self.bgp_password
         if self.design == "tor":
@@ -340,7 +345,9 @@ class Lab:
         return {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "noderouter-cni",
                 "etcd_endpoints": [self.etcd_endpoint], "node_name": name, "mtu": mtu,
                 "route_protocol": 73, "state_dir": self.cni_state_dir(name),
-                "log_file": os.path.join(self.node_dir(name), "cni.log")}
+                "log_file": os.path.join(self.node_dir(name), "cni.log"),
+                **({"etcd_ca": self.etcd.ca_file, "etcd_cert": self.etcd.cert_file,
+                    "etcd_key": self.etcd.key_file} if self.etcd_tls else {})}
 
     def cni(self, node: str, command: str, container_id: str, pod_netns: str | None,
             ifname: str = "eth0", conf: dict | None = None, extra_env: dict | None = None):
