@@ -310,26 +310,25 @@ class NodeDaemon:
             pass
 
     def _parse(self, name: str, key: str, value: bytes):
-        if name == "nodes":
-            return key.rsplit("/", 1)[1], NodeInfo.from_json(value)
-        if name == "pools":
-            p = Pool.from_dict(json.loads(value))
-            return str(p.cidr), p
-        b = Block.from_json(value)
-        return str(b.cidr), b
+        """(map key, record) of one etcd entry, or None (logged) when it is unusable:
+        one bad record must not hide the others."""
+        try:
+            if name == "nodes":
+                return key.rsplit("/", 1)[1], NodeInfo.from_json(value)
+            if name == "pools":
+                p = Pool.from_dict(json.loads(value))
+                return str(p.cidr), p
+            b = Block.from_json(value)
+            return str(b.cidr), b
+        except (RegistryError, ValueError, KeyError, TypeError) as exc:
+            self.log.warning("datastore_record_skipped", kind=name, key=key, error=str(exc))
+            return None
 
     def _target(self, name: str) -> dict:
         return {"nodes": self.nodes, "pools": self.pools, "blocks": self.blocks}[name]
 
     def _replace(self, name: str, kvs) -> None:
-        new = {}
-        for kv in kvs:
-            try:
-                k, v = self._parse(name, kv.key, kv.value)
-                new[k] = v
-            except (RegistryError, ValueError, KeyError, TypeError) as exc:
-                self.log.warning("datastore_record_skipped", kind=name, key=kv.key,
-                                 error=str(exc))
+        new = dict(filter(None, (self._parse(name, kv.key, kv.value) for kv in kvs)))
         with self.lock:
             target = self._target(name)
             target.clear()
@@ -347,12 +346,9 @@ class NodeDaemon:
                     cidr = key[: key.rfind("-")] + "/" + key[key.rfind("-") + 1:]
                     target.pop(str(ipaddress.ip_network(cidr)), None)
                 return
-            try:
-                k, v = self._parse(name, ev.key, ev.value)
-                target[k] = v
-            except (RegistryError, ValueError, KeyError, TypeError) as exc:
-                self.log.warning("datastore_record_skipped", kind=name, key=ev.key,
-                                 error=str(exc))
+            parsed = self._parse(name, ev.key, ev.value)
+            if parsed is not None:
+                target[parsed[0]] = parsed[1]
 
     # ------------------------------------------------------------------ the cycle
 
