@@ -213,8 +213,13 @@ class Speaker:
             pass
 
     def _write_config(self, config: SpeakerConfig) -> None:
+        # 0600: the file holds the peers' TCP MD5 passwords, and run_dir's 0700 only holds
+        # when we created it (makedirs ignores mode for an existing dir, e.g. a systemd
+        # RuntimeDirectory made 0755).
         tmp = self.conf_path + ".tmp"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a leftover tmp keeps its old mode through O_CREAT
+        with os.fdopen(fd, "w") as f:
             f.write(render(config))
         os.replace(tmp, self.conf_path)
 
