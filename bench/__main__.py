@@ -162,7 +162,16 @@ TIMEOUTS = {"routes": 600, "bgp": 900, "convergence": 1200, "ipam": 900, "pods":
 
 # ----------------------------------------------------------------- child process
 
+def _sigterm(*_args) -> None:
+    # The runner stops a child that overran with SIGTERM: unwind so that every
+    # benchmark's finally (namespaces by name, daemons by PID) still runs.
+    raise SystemExit("SIGTERM: benchmark stopped by the runner (timeout)")
+
+
 def child(name: str, quick: bool, out: str) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm)
     quiet_logs()
     t0 = time.monotonic()
     try:
