@@ -13,8 +13,10 @@ the top-level sections, e.g. ``NODEROUTER_NODE_NAME=node-a1``,
 from __future__ import annotations
 
 import dataclasses
+import grp
 import ipaddress
 import os
+import pwd
 import sys
 import types
 import typing
@@ -294,6 +296,15 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
         path = getattr(e, name)
         if path and not os.path.isfile(path):
             out.append((f"etcd.{name}", f"file {path!r} does not exist"))
+    # Checked here, like the etcd files: an unknown name used to surface only as a KeyError
+    # traceback from the status server, after the node had registered in etcd.
+    st = cfg.status
+    for key, lookup, kind in (("socket_owner", pwd.getpwnam, "user"),
+                              ("socket_group", grp.getgrnam, "group")):
+        try:
+            lookup(getattr(st, key))
+        except KeyError:
+            out.append((f"status.{key}", f"no {kind} named {getattr(st, key)!r} on this host"))
     m = cfg.metrics
     if m.listen and m.listen == m.health_listen:
         out.append(("metrics.health_listen", f"{m.health_listen} is also metrics.listen"))
