@@ -19,6 +19,7 @@ What it decides (the managers then decide *how*):
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -95,8 +96,74 @@ class Desired:
     pending: tuple[tuple[str, str], ...]       # (prefix, why it is not routed)
 
 
-def _inside(net: ipaddress.IPv4Network, pools: tuple[PoolView, ...]) -> bool:
-    return any(net.subnet_of(p.network) for p in pools)
+@dataclass(frozen=True)
+class LearnedContext:
+    """What the classification of a learned route depends on. It changes only when our
+    blocks, the pools or the node registry change, so the daemon can reclassify just the
+    routes that changed (a node with 100k learned routes must not redo them all for every
+    pod it creates)."""
+
+    own_name: str
+    own_ranges: tuple[tuple[int, int], ...]
+    pool_ranges: tuple[tuple[int, int], ...]
+    nodes_by_addr: Mapping[str, NodeInfo]
+    subnet_range: tuple[int, int]
+    uplink: str
+
+
+# What one learned route becomes: a remote block (encapsulation decided by the
+# RemoteBlockManager), a plain route, or a reason why it is not routed.
+Classified = RemoteBlock | Target | str
+
+
+def _ip_int(text: str) -> int:
+    return int.from_bytes(socket.inet_aton(text), "big")
+
+
+def _range(prefix: str) -> tuple[int, int]:
+    """``a.b.c.d/len`` as (first, last) address; ipaddress costs ~10x more per route."""
+    addr, _, plen = prefix.partition("/")
+    size = 1 << (32 - int(plen or 32))
+    first = _ip_int(addr) & ~(size - 1) & 0xFFFFFFFF
+    return first, first + size - 1
+
+
+def _within(r: tuple[int, int], ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(lo <= r[0] and r[1] <= hi for lo, hi in ranges)
+
+
+def learned_context(inp: Inputs) -> LearnedContext:
+    own = inp.own
+    return LearnedContext(
+        own_name=own.name,
+        own_ranges=tuple(_range(b.cidr) for b in inp.blocks
+                         if b.node == own.name and b.confirmed),
+        pool_ranges=tuple(_range(p.cidr) for p in inp.pools),
+        nodes_by_addr=by_address(inp.nodes),
+        subnet_range=_range(own.subnet),
+        uplink=inp.uplink)
+
+
+def classify(prefix: str, nexthops: tuple[str, ...], ctx: LearnedContext) -> Classified:
+    r = _range(prefix)
+    if _within(r, ctx.own_ranges):
+        # Defence in depth: the import policy already refuses these.
+        return "inside one of our own blocks"
+    if not nexthops:
+        return "no next hop"
+    # One next hop per route today; the lowest address, so every node picks the same.
+    nexthop = min(nexthops, key=_ip_int)
+    node = ctx.nodes_by_addr.get(nexthop)
+    if node is not None and node.name != ctx.own_name and _within(r, ctx.pool_ranges):
+        return RemoteBlock(prefix, node.name)
+    lo, hi = ctx.subnet_range
+    ifname = ctx.uplink if lo <= _ip_int(nexthop) <= hi else None
+    return Target(dst=prefix, gateway=nexthop, ifname=ifname)
+
+
+def classify_all(learned: tuple[LearnedRoute, ...], ctx: LearnedContext
+                 ) -> dict[str, Classified]:
+    return {r.prefix: classify(r.prefix, r.nexthops, ctx) for r in learned}
 
 
 def _remote_node(n: NodeInfo) -> RemoteNode:
@@ -104,49 +171,35 @@ def _remote_node(n: NodeInfo) -> RemoteNode:
     return RemoteNode(n.name, n.address, vtep)
 
 
+def _sorted(values, prefix_of):
+    return tuple(sorted(values, key=lambda v: _range(prefix_of(v))[0] * 64 +
+                        int(prefix_of(v).partition("/")[2] or 32)))
+
+
 def calculate(inp: Inputs) -> Desired:
     own = inp.own
     own_blocks = tuple(sorted((b.cidr for b in inp.blocks if b.node == own.name and b.confirmed),
                               key=ipaddress.IPv4Network))
-    own_nets = [ipaddress.IPv4Network(b) for b in own_blocks]
     workloads = tuple(WorkloadEndpoint(w.name, w.host_ifname, (w.ip,))
                       for w in sorted(inp.workloads, key=lambda w: ipaddress.IPv4Address(w.ip)))
-    subnet = ipaddress.IPv4Network(own.subnet)
-    nodes_by_addr = by_address(inp.nodes)
-    remote: list[RemoteBlock] = []
-    plain: list[Target] = []
-    pending: list[tuple[str, str]] = []
-    for route in sorted(inp.learned, key=lambda r: ipaddress.IPv4Network(r.prefix)):
-        net = ipaddress.IPv4Network(route.prefix)
-        if any(net.subnet_of(b) for b in own_nets):
-            # Defence in depth: the import policy already refuses these.
-            pending.append((route.prefix, "inside one of our own blocks"))
-            continue
-        if not route.nexthops:
-            continue
-        # One next hop per route today; the lowest address, so every node picks the same.
-        nexthop = min(route.nexthops, key=ipaddress.IPv4Address)
-        node = nodes_by_addr.get(nexthop)
-        if node is not None and node.name != own.name and _inside(net, inp.pools):
-            remote.append(RemoteBlock(route.prefix, node.name))
-            continue
-        ifname = inp.uplink if ipaddress.IPv4Address(nexthop) in subnet else None
-        plain.append(Target(dst=route.prefix, gateway=nexthop, ifname=ifname))
-
+    classified = classify_all(inp.learned, learned_context(inp))
+    remote = [c for c in classified.values() if isinstance(c, RemoteBlock)]
+    plain = [c for c in classified.values() if isinstance(c, Target)]
+    pending = [(p, c) for p, c in classified.items() if isinstance(c, str)]
     active = [p for p in inp.pools if not p.disabled]
     return Desired(
         own_blocks=own_blocks,
         workloads=workloads,
         pool_encaps={p.cidr: p.encap for p in inp.pools},
-        remote_blocks=tuple(remote),
+        remote_blocks=_sorted(remote, lambda b: b.cidr),
         remote_nodes=tuple(_remote_node(n) for _, n in sorted(inp.nodes.items())
                            if n.name != own.name),
-        plain_routes=tuple(plain),
+        plain_routes=_sorted(plain, lambda t: t.dst),
         announce=frozenset(own_blocks) | frozenset(f"{ip}/32" for ip in inp.borrowed),
         mesh_peers=mesh_peers(own, inp.nodes.values()) if inp.mesh else (),
         need_ipip=any(p.ipip_mode != "Never" for p in active),
         need_vxlan=any(p.vxlan_mode != "Never" for p in active),
         nat_pools=tuple(p.cidr for p in inp.pools if p.nat_outgoing),
         all_pools=tuple(p.cidr for p in inp.pools),
-        pending=tuple(pending),
+        pending=_sorted(pending, lambda pc: pc[0]),
     )

@@ -31,9 +31,10 @@ from bgpd.calculator import (
     BlockView,
     Desired,
     Inputs,
-    LearnedRoute,
     PoolView,
     calculate,
+    classify,
+    learned_context,
 )
 from bgpd.exabgp_config import PeerConfig as SpeakerPeer
 from bgpd.exabgp_config import PrefixFilter, SpeakerConfig, peer_filters
@@ -48,6 +49,8 @@ from bgpd.syncer import PrefixSyncer
 from bgpd.workloads import WorkloadDir
 from config import Config
 from config.logs import get_logger
+from felix_like.managers import CLASS_BGP, RemoteBlock
+from felix_like.routetable import Target
 from ipam.allocator import Ipam, Keys
 from ipam.errors import IpamError
 from ipam.model import Block, Pool
@@ -106,6 +109,9 @@ class NodeDaemon:
         self._next_full_resync = self._started_at + cfg.dataplane.resync_interval
         self._all_established_at: float | None = None
         self._learned_in_sync = False
+        # Learned routes, classified (see calculator.classify) under this context.
+        self._learned: dict[str, object] = {}
+        self._learned_ctx = None
         self._routes_marked = False
         self._ready_sent = False
         self._last_error = ""
@@ -367,12 +373,10 @@ class NodeDaemon:
             for o, a in b.allocations.items():
                 if a.node == cfg.node.name:
                     borrowed.append(str(b.ip(o)))
-        rib = self.speaker.routes() if self.speaker else {}
-        learned = tuple(LearnedRoute(p, tuple(r.nexthops)) for p, r in rib.items())
         pools = tuple(PoolView(c, p.ipip_mode, p.vxlan_mode, p.nat_outgoing, p.disabled)
                       for c, p in self.pools.items())
         return Inputs(own=own, uplink=cfg.underlay.interface, pools=pools, blocks=blocks,
-                      nodes=dict(self.nodes), learned=learned,
+                      nodes=dict(self.nodes),
                       workloads=self.workload_dir.workloads(), borrowed=tuple(borrowed),
                       mesh=cfg.bgp.mesh)
 
@@ -395,12 +399,9 @@ class NodeDaemon:
 
     def run_cycle(self, now: float) -> str | None:
         """One loop iteration; returns a summary line when something was done."""
-        from felix_like.managers import CLASS_BGP
-
         if self.workload_dir.poll():
             self._dirty = True
-        if self.speaker and self.speaker.take_route_changes():
-            self._dirty = True
+        changes = self.speaker.take_route_changes() if self.speaker else {}
         parts = []
         if now >= self._next_full_resync:
             # Drift repair: someone deleted a route of ours, flushed the VXLAN neighbours
@@ -412,15 +413,19 @@ class NodeDaemon:
             self._dirty = False
             if self._ensure_tunnels() and self.registration:
                 self.registration.update(self._node_info())
-            desired = calculate(self._inputs())
+            inputs = self._inputs()
+            desired = calculate(inputs)
             old = self.desired
             self.desired = desired
             dp = self.dp
             dp.blackholes.on_update(desired.own_blocks)
             dp.workloads.replace_all(desired.workloads)
-            dp.remote.replace_all(desired.pool_encaps, desired.remote_blocks,
+            ctx = learned_context(inputs)
+            if ctx != self._learned_ctx:
+                self._reclassify_learned(ctx)
+                changes = {}
+            dp.remote.replace_all(desired.pool_encaps, self._remote_blocks(),
                                   desired.remote_nodes)
-            self.routes.set_routes(CLASS_BGP, desired.plain_routes)
             dp.nat.on_update(desired.all_pools, desired.nat_pools)
             own = frozenset(desired.own_blocks)
             if old is None or own != frozenset(old.own_blocks) or \
@@ -434,6 +439,8 @@ class NodeDaemon:
                 self.speaker.update_config(self._speaker_config())
                 self._applied_peers = new_peers
                 parts.append(f"peers {len(new_peers)}")
+        if changes and self._learned_ctx is not None:
+            self._apply_learned_changes(changes)
         # Stale routes of ours go only once every source is complete.
         if (not self._routes_marked and self.datastore_in_sync and self.desired is not None
                 and self._learned_complete(now)):
@@ -486,6 +493,38 @@ class NodeDaemon:
             self._ready_sent = True
             self.log.info("daemon_ready")
         self.notifier.watchdog(now)
+
+    # ------------------------------------------------------------------ learned routes
+
+    def _reclassify_learned(self, ctx) -> None:
+        """All learned routes again: the context (our blocks, pools, nodes) changed."""
+        rib = self.speaker.routes() if self.speaker else {}
+        self._learned = {p: classify(p, tuple(r.nexthops), ctx) for p, r in rib.items()}
+        self._learned_ctx = ctx
+        self.routes.set_routes(CLASS_BGP, [c for c in self._learned.values()
+                                           if isinstance(c, Target)])
+
+    def _remote_blocks(self) -> list[RemoteBlock]:
+        return [c for c in self._learned.values() if isinstance(c, RemoteBlock)]
+
+    def _apply_learned_changes(self, changes) -> None:
+        """Only the routes that changed: O(changes), not O(RIB), per update."""
+        ctx = self._learned_ctx
+        for prefix, route in changes.items():
+            new = classify(prefix, tuple(route.nexthops), ctx) if route is not None else None
+            old = self._learned.pop(prefix, None)
+            if new is not None:
+                self._learned[prefix] = new
+            if new == old:
+                continue
+            if isinstance(old, RemoteBlock):
+                self.dp.remote.on_block_remove(prefix)
+            elif isinstance(old, Target):
+                self.routes.route_remove(CLASS_BGP, prefix)
+            if isinstance(new, RemoteBlock):
+                self.dp.remote.on_block_update(new)
+            elif isinstance(new, Target):
+                self.routes.route_update(CLASS_BGP, new)
 
     def route_counts(self) -> dict[str, int]:
         from felix_like.managers import CLASS_ORDER

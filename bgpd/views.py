@@ -103,7 +103,8 @@ def status_view(d: NodeDaemon) -> dict:
         "vtep": {"address": d.vtep[0], "mac": d.vtep[1]} if d.vtep else None,
         "workloads": len(d.workload_dir.records),
         "routes": d.route_counts(),
-        "pending": [{"prefix": p, "why": w} for p, w in (d.desired.pending if d.desired else ())],
+        "pending": [{"prefix": p, "why": why} for p, why in d._learned.items()  # noqa: SLF001
+                    if isinstance(why, str)],
         "sync": {"datastore": d.datastore_in_sync, "routes_swept": d._routes_marked,  # noqa: SLF001
                  "ready": ready, **readiness},
         "exabgp_pid": d.speaker.exabgp_pid if d.speaker else None,
