@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -162,15 +163,25 @@ TIMEOUTS = {"routes": 600, "bgp": 900, "convergence": 1200, "ipam": 900, "pods":
 
 # ----------------------------------------------------------------- child process
 
+_CHILD_PID = 0
+
+
 def _sigterm(*_args) -> None:
     # The runner stops a child that overran with SIGTERM: unwind so that every
     # benchmark's finally (namespaces by name, daemons by PID) still runs.
+    # Only in the benchmark process itself: a fork of it (pyroute2's netns helper
+    # inherits this handler and is ended with SIGTERM) must die plainly, or it
+    # would unwind the copied stack and run the benchmark's teardown early.
+    if os.getpid() != _CHILD_PID:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise SystemExit("SIGTERM: benchmark stopped by the runner (timeout)")
 
 
 def child(name: str, quick: bool, out: str) -> int:
-    import signal
-
+    global _CHILD_PID
+    _CHILD_PID = os.getpid()
     signal.signal(signal.SIGTERM, _sigterm)
     quiet_logs()
     t0 = time.monotonic()
