@@ -24,6 +24,14 @@ constructor cost of a dataclass is a measurable share of the budget.
 
     RouteKey  = (table, dst: 4 bytes, prefix_len, metric)
     RouteForm = (rtn_type, gateway: 4 bytes or b"", oif or 0, onlink: bool)
+    multipath = (RTN_UNICAST, hops, MULTIPATH_OIF, False)
+                hops = sorted tuple of (gateway: 4 bytes, oif, onlink), two or more
+
+A multipath (ECMP) route goes out as one RTA_MULTIPATH attribute of rtnexthop
+entries (weight 1 each) and comes back from a dump in the kernel's order; the
+parser sorts the hops so a resync compares them order-insensitively. A form's
+second member is then a tuple instead of bytes; the oif sentinel tells the two
+shapes apart without a type check on the single-path hot path.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ RTA_GATEWAY = 5
 RTA_PRIORITY = 6
 RTA_MULTIPATH = 9
 RTA_TABLE = 15
+RTNH_HDR_LEN = 8  # struct rtnexthop: len u16, flags u8, hops u8, ifindex s32
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
 RTN_UNREACHABLE = 7
@@ -87,9 +96,11 @@ RT_TABLE_MAIN = 254
 _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _ERR = struct.Struct("=i")
-# RTA_MULTIPATH in a dumped route: we never create one, so its mere presence is
-# a difference; this sentinel oif makes the form compare unequal to any target.
+# The oif of a multipath form: its next hops (gateway, oif, onlink each) are in
+# the form's gateway slot. Never a real ifindex (those are > 0).
 MULTIPATH_OIF = -1
+_RTNH_GW = struct.Struct("=HBBiHH4s")  # rtnexthop + RTA_GATEWAY
+_RTNH = struct.Struct("=HBBi")
 
 # Message shapes: header, rtmsg, then RTA_TABLE, RTA_DST, RTA_PRIORITY and the
 # optional RTA_GATEWAY / RTA_OIF, each a 4-byte rtattr header + 4-byte payload.
@@ -146,6 +157,11 @@ def pack_route_ops(ops: Sequence[RouteOp], protocol: int, first_seq: int) -> byt
             continue
         rtype, gw, oif, onlink = form  # type: ignore[misc]
         flags = add_flags if op == OP_ADD else rep_flags
+        if oif == MULTIPATH_OIF:
+            append(_pack_multipath(flags, seq, rtable, protocol, rtype, table, dst, plen,
+                                   metric, gw))  # type: ignore[arg-type]
+            seq += 1
+            continue
         scope = RT_SCOPE_LINK if (rtype == RTN_UNICAST and not gw) else RT_SCOPE_UNIVERSE
         rflags = RTNH_F_ONLINK if onlink else 0
         if gw and oif:
@@ -170,6 +186,48 @@ def pack_route_ops(ops: Sequence[RouteOp], protocol: int, first_seq: int) -> byt
                                 8, RTA_PRIORITY, metric))
         seq += 1
     return out
+
+
+def _pack_multipath(flags: int, seq: int, rtable: int, protocol: int, rtype: int, table: int,
+                    dst: bytes, plen: int, metric: int,
+                    hops: tuple[tuple[bytes, int, bool], ...]) -> bytes:
+    """One RTM_NEWROUTE with RTA_MULTIPATH; every hop has a gateway (routetable checks)."""
+    nh = b"".join(_RTNH_GW.pack(_RTNH_GW.size, RTNH_F_ONLINK if onlink else 0, 0, oif,
+                                8, RTA_GATEWAY, gw) for gw, oif, onlink in hops)
+    body = (_RTMSG.pack(socket.AF_INET, plen, 0, 0, rtable, protocol, RT_SCOPE_UNIVERSE,
+                        rtype, 0)
+            + struct.pack("=HHIHH4sHHI", 8, RTA_TABLE, table, 8, RTA_DST, dst,
+                          8, RTA_PRIORITY, metric)
+            + struct.pack("=HH", 4 + len(nh), RTA_MULTIPATH) + nh)
+    return _HDR.pack(16 + len(body), RTM_NEWROUTE, flags, seq, 0) + body
+
+
+def parse_multipath(buf: bytes, start: int, end: int) -> tuple[tuple[bytes, int, bool], ...]:
+    """The rtnexthop entries of one RTA_MULTIPATH payload, sorted (order-insensitive).
+
+    Per-hop flags other than ONLINK (LINKDOWN, DEAD, OFFLOAD) are state, not
+    configuration, and weights are not compared: we only ever install weight 1.
+    """
+    hops = []
+    uhh = struct.Struct("=HH").unpack_from
+    a = start
+    while a + RTNH_HDR_LEN <= end:
+        nlen, nflags, _w, oif = _RTNH.unpack_from(buf, a)
+        if nlen < RTNH_HDR_LEN:
+            break
+        gw = b""
+        b = a + RTNH_HDR_LEN
+        nend = min(a + nlen, end)
+        while b + 4 <= nend:
+            alen, atype = uhh(buf, b)
+            if alen < 4:
+                break
+            if atype == RTA_GATEWAY:
+                gw = bytes(buf[b + 4:b + 8])
+            b += (alen + 3) & ~3
+        hops.append((gw, oif, bool(nflags & RTNH_F_ONLINK)))
+        a += (nlen + 3) & ~3
+    return tuple(sorted(hops))
 
 
 # Fast paths for the layouts the kernel emits for our own routes (fib_dump_info
@@ -261,11 +319,17 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
                         elif atype == RTA_PRIORITY:
                             metric = u32(buf, a + 4)[0]
                         elif atype == RTA_MULTIPATH:
+                            gw = parse_multipath(buf, a + 4, a + alen)  # type: ignore[assignment]
                             oif = MULTIPATH_OIF
                         a += (alen + 3) & ~3
                 if tables is None or table in tables:
-                    out[(table, dst, plen, metric)] = (rtype, gw, oif,
-                                                        bool(rflags & RTNH_F_ONLINK))
+                    if oif == MULTIPATH_OIF:
+                        # Route-level flags of a multipath route say nothing about
+                        # its hops; onlink lives in each hop.
+                        out[(table, dst, plen, metric)] = (rtype, gw, oif, False)
+                    else:
+                        out[(table, dst, plen, metric)] = (rtype, gw, oif,
+                                                            bool(rflags & RTNH_F_ONLINK))
         off += (mlen + 3) & ~3
     return done, interrupted
 

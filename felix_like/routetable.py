@@ -18,6 +18,11 @@ Review notes / invariants:
   request, matched by netlink sequence number in ``nlwire``).
 - Decisions (``plan``) are pure; the driver does the I/O. Unit tests drive the
   same class against a fake kernel.
+- ECMP: a ``Target`` with two or more ``nexthops`` is one multipath route
+  (RTA_MULTIPATH). Its hops are compared as a sorted set, so the kernel's order
+  in a dump never causes a replace. A single next hop is the plain form, the
+  one the kernel would dump anyway. The single-gateway path pays nothing for
+  multipath: one extra member in the validation-cache key.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Protocol
 import structlog
 
 from felix_like.nlwire import (
+    MULTIPATH_OIF,
     OP_ADD,
     OP_DELETE,
     OP_REPLACE,
@@ -57,11 +63,22 @@ class RouteTableError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class NextHop:
+    """One next hop of a multipath route: a gateway, optionally a device and onlink."""
+
+    gateway: str
+    ifname: str | None = None
+    onlink: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """One desired IPv4 route.
 
     ``dst`` is a CIDR with no host bits ("198.19.1.0/26"); ``ifname`` is resolved
     to an index at apply time so a target may name a device that appears later.
+    ``nexthops`` (instead of gateway/ifname/onlink) makes an ECMP route; their
+    order does not matter and duplicates collapse.
     """
 
     dst: str
@@ -71,6 +88,7 @@ class Target:
     onlink: bool = False
     table: int = RT_TABLE_MAIN
     metric: int = 0
+    nexthops: tuple[NextHop, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +119,11 @@ class RouteDriver(Protocol):
 
 
 # A desired route before interface resolution: (rtn_type, gateway bytes, ifname, onlink).
-_Want = tuple[int, bytes, str | None, bool]
+# Multipath: (RTN_UNICAST, sorted ((gateway bytes, ifname, onlink), ...), MULTIPATH, False).
+_Want = tuple
+# The ifname slot of a multipath want: never a device name (names cannot hold NUL),
+# so the single-path code (``ifindex.get(ifname)``) needs no type check.
+MULTIPATH = "\0multipath"
 
 
 def _parse_dst(dst: str) -> tuple[bytes, int]:
@@ -119,7 +141,43 @@ def _parse_dst(dst: str) -> tuple[bytes, int]:
     return raw, plen
 
 
+def _ipv4(dst: str, addr: str) -> bytes:
+    try:
+        if addr.count(".") != 3:
+            raise ValueError("not dotted quad")
+        return socket.inet_aton(addr)
+    except (OSError, ValueError) as exc:
+        raise RouteTableError(f"route target {dst!r}: gateway {addr!r} is not IPv4") from exc
+
+
+def _parse_multipath(t: Target) -> _Want:
+    if t.gateway or t.ifname or t.onlink:
+        raise RouteTableError(f"route target {t.dst!r}: give either gateway/ifname/onlink "
+                              f"or nexthops, not both")
+    if t.type != "unicast":
+        raise RouteTableError(f"route target {t.dst!r}: a {t.type} route takes no next hops")
+    hops = set()
+    for nh in t.nexthops:
+        if not isinstance(nh, NextHop) or not nh.gateway:
+            raise RouteTableError(f"route target {t.dst!r}: next hop {nh!r} needs a gateway")
+        hops.add((_ipv4(t.dst, nh.gateway), nh.ifname, bool(nh.onlink)))
+    if len(hops) == 1:
+        # One hop is a plain route: that is also what the kernel would dump.
+        return (RTN_UNICAST, *hops.pop())
+    return (RTN_UNICAST, tuple(sorted(hops, key=lambda h: (h[0], h[1] or "", h[2]))),
+            MULTIPATH, False)
+
+
+def _want_ifnames(want: _Want) -> tuple[str, ...]:
+    """The devices a want routes through (for link changes)."""
+    if want[2] is MULTIPATH:
+        return tuple(h[1] for h in want[1] if h[1] is not None)
+    return () if want[2] is None else (want[2],)
+
+
 def _parse_want(t: Target) -> _Want:
+    if t.nexthops:
+        return _parse_multipath(t)
     try:
         gw = socket.inet_aton(t.gateway) if t.gateway else b""
         rtype = ROUTE_TYPES[t.type]
@@ -138,6 +196,25 @@ def parse_target(t: Target) -> tuple[RouteKey, _Want]:
     """Validate and convert a Target to its key and unresolved form."""
     dst, plen = _parse_dst(t.dst)
     return (t.table, dst, plen, t.metric), _parse_want(t)
+
+
+def _resolve_multipath(hops, get_index) -> RouteForm | None:
+    """The kernel form of a multipath want, or None while one of its devices is missing.
+
+    All hops or none: installing a subset would move traffic for a moment and
+    then again when the device appears.
+    """
+    out = []
+    for gw, ifname, onlink in hops:
+        if ifname is None:
+            out.append((gw, 0, onlink))
+            continue
+        idx = get_index(ifname)
+        if idx is None:
+            return None
+        out.append((gw, idx, onlink))
+    out.sort()
+    return (RTN_UNICAST, tuple(out), MULTIPATH_OIF, False)  # type: ignore[return-value]
 
 
 def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, RouteForm],
@@ -171,6 +248,12 @@ def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, Route
         else:
             idx = get_index(ifname)
             if idx is None:
+                if ifname is MULTIPATH:
+                    form = _resolve_multipath(gw, get_index)
+                    if form is not None:
+                        if have != form:
+                            append((OP_ADD if have is None else OP_REPLACE, key, form))
+                        continue
                 # The device is not there (yet): leave any current route alone
                 # and wait for it rather than error-looping.
                 waiting.add(key)
@@ -229,7 +312,7 @@ class RouteTable:
         tables = self.tables
         parse_dst = _parse_dst
         for t in targets:
-            wk = (t.gateway, t.ifname, t.type, t.onlink)
+            wk = (t.gateway, t.ifname, t.type, t.onlink, t.nexthops)
             want = want_cache.get(wk)
             if want is None:
                 want = want_cache[wk] = _parse_want(t)
@@ -304,7 +387,8 @@ class RouteTable:
             for n in wanted:
                 self._ifindex.pop(n, None)  # forces a link re-read at the next apply
         self._dirty.update(k for cls in self._desired.values() for k, w in cls.items()
-                           if w[2] is not None and (wanted is None or w[2] in wanted))
+                           if w[2] is not None and (wanted is None or w[2] in wanted or (
+                               w[2] is MULTIPATH and not wanted.isdisjoint(_want_ifnames(w)))))
 
     def seconds_until_resync(self) -> float:
         """For the daemon loop's sleep: 0 when a resync is due or queued."""
@@ -355,7 +439,9 @@ class RouteTable:
                 wants = {k: get(k) for k in self._dirty}
             else:
                 wants = {k: self._winner(k) for k in self._dirty}
-            if any(w is not None and w[2] is not None and w[2] not in self._ifindex
+            ifindex = self._ifindex
+            if any(w is not None and w[2] is not None and w[2] not in ifindex and (
+                    w[2] is not MULTIPATH or any(n not in ifindex for n in _want_ifnames(w)))
                    for w in wants.values()):
                 self._ifindex = self.driver.link_indexes()
         ops, waiting, stale = plan(wants, self._actual, self._ifindex, self._in_sync, resync)

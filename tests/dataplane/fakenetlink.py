@@ -6,6 +6,10 @@ its protocol; NLM_F_REPLACE overwrites whatever is there (the kernel does not
 check protocols on replace, so the reconciler must not replace foreign routes);
 a delete naming a protocol fails with ESRCH unless the route has that protocol;
 dumps filter by protocol and table; an oif that is not a link fails with ENODEV.
+Multipath routes (oif ``MULTIPATH_OIF``, hops in the gateway slot) are stored in
+the order they were sent and dumped with their hops sorted, as ``nlwire``'s
+parser returns them; any hop through a missing link fails the route (ENODEV) and
+a hop without a gateway is refused (EINVAL: we never send one).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from felix_like.nlwire import (
+    MULTIPATH_OIF,
     OP_ADD,
     OP_DELETE,
     OP_REPLACE,
@@ -44,6 +49,18 @@ def dev(oif: int) -> RouteForm:
 BLACKHOLE: RouteForm = (RTN_BLACKHOLE, b"", 0, False)
 
 
+def multipath(*hops: tuple[str, int] | tuple[str, int, bool]) -> RouteForm:
+    """An ECMP form as a dump returns it: hops (gateway, oif[, onlink]) sorted."""
+    return (RTN_UNICAST, tuple(sorted((socket.inet_aton(h[0]), h[1], bool(h[2:3] and h[2]))
+                                      for h in hops)), MULTIPATH_OIF, False)  # type: ignore
+
+
+def _as_dumped(form: RouteForm) -> RouteForm:
+    if form[2] == MULTIPATH_OIF:
+        return (form[0], tuple(sorted(form[1])), form[2], form[3])  # type: ignore[arg-type]
+    return form
+
+
 @dataclass
 class FakeKernel:
     links: dict[str, int] = field(default_factory=lambda: {"lo": 1, "eth0": 2})
@@ -67,7 +84,7 @@ class FakeKernel:
             if self.interrupt_dumps:
                 self.interrupt_dumps -= 1
                 return {}, True
-            return {k: f for k, (p, f) in self.routes.items()
+            return {k: _as_dumped(f) for k, (p, f) in self.routes.items()
                     if p == protocol and k[0] in tables}, False
 
         return dump_with_retry(attempt, max_attempts=3)
@@ -94,7 +111,13 @@ class FakeKernel:
             del self.routes[k]
             return 0
         assert form is not None
-        if form[2] and form[2] not in self.links.values():
+        if form[2] == MULTIPATH_OIF:
+            hops = form[1]
+            if len(hops) < 2 or any(not gw for gw, _o, _l in hops):  # type: ignore[misc]
+                return errno.EINVAL
+            if any(o and o not in self.links.values() for _g, o, _l in hops):  # type: ignore[misc]
+                return errno.ENODEV
+        elif form[2] and form[2] not in self.links.values():
             return errno.ENODEV
         if kind == OP_ADD and present is not None:
             return errno.EEXIST

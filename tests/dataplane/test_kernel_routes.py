@@ -190,3 +190,61 @@ def test_100k_routes_round_trip(node):
     res = rt.apply()
     assert res.deleted == 100_000 and not res.failed
     assert ours(ns) == {}
+
+
+def _hops(route: dict) -> list[tuple[str, str]]:
+    return sorted((h["gateway"], h["dev"]) for h in route.get("nexthops", []))
+
+
+def test_multipath_add_replace_dump_delete_against_real_netlink(node):
+    from felix_like.routetable import NextHop
+
+    ns, driver = node
+    sh(["ip", "addr", "add", "198.18.3.11/24", "dev", "nr2"], netns=ns)
+    rt = table(driver)
+    rt.mark_in_sync()
+    ecmp = Target("198.19.5.0/26", nexthops=(NextHop("198.18.1.2", "nr0"),
+                                             NextHop("198.18.1.1", "nr0")))
+    rt.set_routes("bgp", [ecmp, Target("198.19.6.0/26", gateway="198.18.1.1", ifname="nr0")])
+    res = rt.apply()
+    assert res.added == 2 and not res.failed
+    got = ours(ns)
+    assert _hops(got["198.19.5.0/26"]) == [("198.18.1.1", "nr0"), ("198.18.1.2", "nr0")]
+    # Dump round trip: a resync and a brand-new reconciler both see nothing to do,
+    # although the kernel dumps the hops in the order we sent them (unsorted).
+    rt.queue_resync()
+    res = rt.apply()
+    assert res.resynced and res.added == res.replaced == res.deleted == 0 and not res.failed
+    fresh = table(driver)
+    fresh.set_routes("bgp", [ecmp, Target("198.19.6.0/26", gateway="198.18.1.1", ifname="nr0")])
+    res = fresh.apply()
+    assert res.added == res.replaced == res.deleted == res.stale_kept == 0
+    # single -> multi (with an onlink hop on another device), multi -> single.
+    rt.set_routes("bgp", [
+        Target("198.19.5.0/26", gateway="198.18.1.2", ifname="nr0"),
+        Target("198.19.6.0/26", nexthops=(NextHop("198.18.1.1", "nr0"),
+                                          NextHop("198.18.7.1", "nr2", onlink=True),
+                                          NextHop("198.18.3.1", "nr2")))])
+    res = rt.apply()
+    assert res.replaced == 2 and not res.failed
+    got = ours(ns)
+    assert "nexthops" not in got["198.19.5.0/26"]
+    assert got["198.19.5.0/26"]["gateway"] == "198.18.1.2"
+    assert _hops(got["198.19.6.0/26"]) == [("198.18.1.1", "nr0"), ("198.18.3.1", "nr2"),
+                                           ("198.18.7.1", "nr2")]
+    onlink = [h for h in got["198.19.6.0/26"]["nexthops"] if h["gateway"] == "198.18.7.1"]
+    assert "onlink" in onlink[0]["flags"]
+    rt.queue_resync()
+    res = rt.apply()
+    assert res.added == res.replaced == res.deleted == 0 and not res.failed
+    # Drift: someone drops a hop; the resync restores all three.
+    sh(["ip", "route", "replace", "198.19.6.0/26", "proto", str(OURS),
+        "nexthop", "via", "198.18.1.1", "dev", "nr0",
+        "nexthop", "via", "198.18.3.1", "dev", "nr2"], netns=ns)
+    rt.queue_resync()
+    assert rt.apply().replaced == 1
+    assert len(ours(ns)["198.19.6.0/26"]["nexthops"]) == 3
+    # Delete.
+    rt.set_routes("bgp", [])
+    res = rt.apply()
+    assert res.deleted == 2 and not res.failed and ours(ns) == {}

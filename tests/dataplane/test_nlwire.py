@@ -11,6 +11,7 @@ import socket
 import struct
 
 from felix_like.nlwire import (
+    MULTIPATH_OIF,
     NLM_F_ACK,
     NLM_F_DUMP_INTR,
     NLM_F_EXCL,
@@ -22,10 +23,12 @@ from felix_like.nlwire import (
     OP_ADD,
     OP_DELETE,
     OP_REPLACE,
+    RTA_MULTIPATH,
     RTM_DELROUTE,
     RTM_NEWROUTE,
     RTN_BLACKHOLE,
     RTN_UNICAST,
+    RTNH_F_ONLINK,
     RouteSocket,
     pack_route_ops,
     parse_route_dump,
@@ -163,3 +166,41 @@ def test_dump_parser_ignores_replies_of_another_exchange():
     out: dict = {}
     done, _ = parse_route_dump(route + done_msg, len(route) + 20, out, 73, None, seq=5)
     assert done and out == {}
+
+
+def test_multipath_packs_rta_multipath_and_parses_back_sorted():
+    hops = ((socket.inet_aton("198.18.1.1"), 2, False), (socket.inet_aton("198.18.1.2"), 2, False),
+            (socket.inet_aton("198.18.9.1"), 7, True))
+    form = (RTN_UNICAST, hops, MULTIPATH_OIF, False)
+    k = (254, socket.inet_aton("198.19.3.0"), 26, 0)
+    buf = bytes(pack_route_ops([(OP_ADD, k, form)], 73, first_seq=1))
+    (mtype, flags, _s, msg), = split(buf)
+    assert mtype == RTM_NEWROUTE and flags & NLM_F_EXCL
+    attrs = {}
+    off = 28
+    while off < len(msg):
+        alen, atype = struct.unpack_from("=HH", msg, off)
+        attrs[atype] = msg[off + 4:off + alen]
+        off += (alen + 3) & ~3
+    assert RTA_MULTIPATH in attrs and 5 not in attrs and 4 not in attrs  # no RTA_GATEWAY/OIF
+    nh = attrs[RTA_MULTIPATH]
+    assert len(nh) == 3 * 16
+    assert struct.unpack_from("=HBBi", nh, 32) == (16, RTNH_F_ONLINK, 0, 7)
+    out: dict = {}
+    parse_route_dump(buf, len(buf), out, 73, None)
+    assert out == {k: form}
+
+
+def test_multipath_dump_is_order_insensitive():
+    k = (254, socket.inet_aton("198.19.3.0"), 26, 0)
+    a, b = (socket.inet_aton("198.18.1.1"), 2, False), (socket.inet_aton("198.18.1.2"), 3, False)
+    one = bytes(pack_route_ops([(OP_REPLACE, k, (RTN_UNICAST, (b, a), MULTIPATH_OIF, False))],
+                               73, first_seq=1))
+    two = bytes(pack_route_ops([(OP_REPLACE, k, (RTN_UNICAST, (a, b), MULTIPATH_OIF, False))],
+                               73, first_seq=1))
+    assert one != two
+    got1: dict = {}
+    got2: dict = {}
+    parse_route_dump(one, len(one), got1, 73, None)
+    parse_route_dump(two, len(two), got2, 73, None)
+    assert got1 == got2 == {k: (RTN_UNICAST, (a, b), MULTIPATH_OIF, False)}

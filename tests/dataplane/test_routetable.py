@@ -7,8 +7,8 @@ import errno
 import pytest
 
 from felix_like.nlwire import OP_ADD, OP_DELETE, OP_REPLACE, DumpInterrupted
-from felix_like.routetable import RouteTable, RouteTableError, Target
-from tests.dataplane.fakenetlink import BLACKHOLE, FakeKernel, dev, key, via
+from felix_like.routetable import NextHop, RouteTable, RouteTableError, Target
+from tests.dataplane.fakenetlink import BLACKHOLE, FakeKernel, dev, key, multipath, via
 
 OURS = 73
 BIRD = 12
@@ -245,3 +245,117 @@ def test_links_changed_for_one_device_only_revisits_its_routes():
     k.executed.clear()
     rt.apply()
     assert k.executed == [(OP_REPLACE, key("198.19.100.5/32"), dev(8))]
+
+
+# --- ECMP (multipath) ------------------------------------------------------------------
+
+def _ecmp(dst: str = "198.19.3.0/26", *gws: str, ifname: str | None = "eth0") -> Target:
+    return Target(dst, nexthops=tuple(NextHop(g, ifname) for g in (gws or ("198.18.1.1",
+                                                                             "198.18.1.2"))))
+
+
+def test_multipath_target_is_one_ecmp_route_and_hop_order_does_not_matter():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [_ecmp("198.19.3.0/26", "198.18.1.2", "198.18.1.1")])
+    res = rt.apply()
+    assert res.added == 1 and not res.failed
+    assert k.of_protocol(OURS) == {
+        key("198.19.3.0/26"): multipath(("198.18.1.1", 2), ("198.18.1.2", 2))}
+    # Same hops, other order: nothing dirty; a full resync reads back an equal route.
+    k.executed.clear()
+    rt.set_routes("bgp", [_ecmp("198.19.3.0/26", "198.18.1.1", "198.18.1.2")])
+    assert rt.pending() == 0
+    rt.queue_resync()
+    res = rt.apply()
+    assert res.resynced and k.executed == []
+
+
+def test_single_to_multi_and_back_are_replaces():
+    k = FakeKernel()
+    rt = make(k)
+    rt.mark_in_sync()
+    rt.set_routes("bgp", [Target("198.19.3.0/26", gateway="198.18.1.1", ifname="eth0")])
+    rt.apply()
+    k.executed.clear()
+    rt.set_routes("bgp", [_ecmp()])
+    rt.apply()
+    rt.set_routes("bgp", [Target("198.19.3.0/26", gateway="198.18.1.2", ifname="eth0")])
+    rt.apply()
+    assert [op[0] for op in k.executed] == [OP_REPLACE, OP_REPLACE]
+    assert k.of_protocol(OURS) == {key("198.19.3.0/26"): via("198.18.1.2", 2)}
+
+
+def test_one_next_hop_or_duplicates_collapse_to_the_plain_form():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [
+        Target("198.19.3.0/26", nexthops=(NextHop("198.18.1.1", "eth0"),)),
+        _ecmp("198.19.4.0/26", "198.18.1.1", "198.18.1.1")])
+    rt.apply()
+    assert k.of_protocol(OURS) == {key("198.19.3.0/26"): via("198.18.1.1", 2),
+                                   key("198.19.4.0/26"): via("198.18.1.1", 2)}
+
+
+def test_multipath_hops_are_compared_one_by_one():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [_ecmp("198.19.3.0/26", "198.18.1.1", "198.18.1.2")])
+    rt.apply()
+    k.executed.clear()
+    rt.set_routes("bgp", [_ecmp("198.19.3.0/26", "198.18.1.1", "198.18.1.3")])
+    rt.apply()
+    assert [op[0] for op in k.executed] == [OP_REPLACE]
+    # Someone changes a hop behind our back: a resync repairs it.
+    k.routes[key("198.19.3.0/26")] = (OURS, multipath(("198.18.1.1", 2), ("198.18.1.9", 2)))
+    rt.queue_resync()
+    res = rt.apply()
+    assert res.replaced == 1
+    assert k.of_protocol(OURS)[key("198.19.3.0/26")] == multipath(("198.18.1.1", 2),
+                                                                  ("198.18.1.3", 2))
+
+
+def test_multipath_waits_for_all_its_devices_and_follows_link_changes():
+    k = FakeKernel()
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.3.0/26", nexthops=(
+        NextHop("198.18.1.1", "eth0"), NextHop("198.18.9.1", "eth9", onlink=True)))])
+    res = rt.apply()
+    assert res.waiting_for_interface == 1 and k.of_protocol(OURS) == {}
+    k.links["eth9"] = 9
+    rt.on_links_changed(["eth9"])
+    assert rt.pending() == 1
+    res = rt.apply()
+    assert res.added == 1
+    assert k.of_protocol(OURS)[key("198.19.3.0/26")] == multipath(("198.18.1.1", 2),
+                                                                  ("198.18.9.1", 9, True))
+    # A change of an unrelated device leaves it alone; of one of its devices, not.
+    rt.on_links_changed(["nrpod0"])
+    assert rt.pending() == 0
+    k.links["eth9"] = 19
+    rt.on_links_changed(["eth9"])
+    assert rt.apply().replaced == 1
+
+
+@pytest.mark.parametrize("bad", [
+    Target("198.19.3.0/26", gateway="198.18.1.1",
+           nexthops=(NextHop("198.18.1.1"), NextHop("198.18.1.2"))),
+    Target("198.19.3.0/26", type="blackhole",
+           nexthops=(NextHop("198.18.1.1"), NextHop("198.18.1.2"))),
+    Target("198.19.3.0/26", nexthops=(NextHop("198.18.1.1"), NextHop("fe80::1"))),
+    Target("198.19.3.0/26", nexthops=(NextHop("198.18.1.1"), NextHop(""))),
+])
+def test_invalid_multipath_targets_are_refused(bad):
+    rt = make(FakeKernel())
+    with pytest.raises(RouteTableError):
+        rt.set_routes("bgp", [bad])
+
+
+def test_multipath_delete():
+    k = FakeKernel()
+    rt = make(k)
+    rt.mark_in_sync()
+    rt.set_routes("bgp", [_ecmp()])
+    rt.apply()
+    rt.set_routes("bgp", [])
+    assert rt.apply().deleted == 1 and k.of_protocol(OURS) == {}
