@@ -128,7 +128,14 @@ class _Converter:
             return float(value)
         if tp in (str, Secret):
             if not isinstance(value, str):
-                self.fail(key, line, f"expected a string, got {value!r} (quote it)")
+                # A secret is never echoed, even when it has the wrong type (an unquoted
+                # numeric password is a YAML int, and this message goes to the journal).
+                shown = repr(value) if tp is not Secret else (
+                    "true/false" if isinstance(value, bool) else
+                    "a number" if isinstance(value, (int, float)) else
+                    "a list" if isinstance(value, list) else
+                    "a mapping" if isinstance(value, dict) else "another type") + " (not shown)"
+                self.fail(key, line, f"expected a string, got {shown} (quote it)")
                 return value
             return Secret(value) if tp is Secret else value
         if tp is ipaddress.IPv4Address:

@@ -103,6 +103,17 @@ def _listen(v: str):
     return _endpoint(v)
 
 
+def _md5_password(v: str):
+    # What ExaBGP's config tokenizer and Linux TCP MD5 (80-byte keys) take; the same rule as
+    # bgpd.exabgp_config.check_password, checked here so a bad password is refused with the
+    # rest of the config instead of when the speaker starts.
+    import re
+    if not re.fullmatch(r"[!$%&()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]{1,80}", v):
+        return ("1-80 printable characters without whitespace, quotes, ';', '#', '\\' "
+                "or braces")
+    return None
+
+
 def _mode(v: int):
     return None if 0 <= v <= 0o777 else "a file mode such as 0660"
 
@@ -131,7 +142,8 @@ class PeerConfig:
     address: IPv4Address = param(help="The peer's address.")
     as_number: int = param(check=in_range(1, 4294967295), help="The peer's AS number.")
     description: str = param("", help="A name for the peer shown in status output.")
-    password: Secret | None = param(None, help="TCP MD5 password (never logged or shown).")
+    password: Secret | None = param(None, check=_md5_password,
+                                    help="TCP MD5 password (never logged or shown).")
     hold_time: int | None = param(None, check=_hold_time,
                                   help="Hold time in seconds (default: bgp.hold_time).")
     graceful_restart: bool | None = param(
@@ -153,7 +165,8 @@ class PeerConfig:
 class BgpSection:
     mesh: bool = param(True, help="Full mesh with every node in the registry "
                                   "(the higher address is passive).")
-    mesh_password: Secret | None = param(None, help="TCP MD5 password for mesh sessions.")
+    mesh_password: Secret | None = param(None, check=_md5_password,
+                                         help="TCP MD5 password for mesh sessions.")
     listen_port: int = param(179, check=in_range(1, 65535), help="BGP listen port.")
     hold_time: int = param(90, check=_hold_time, help="Default hold time in seconds.")
     graceful_restart: bool = param(True, help="Offer graceful restart by default.")
