@@ -174,6 +174,37 @@ def test_tor_lab_never_shows_the_password(tor_lab):
     assert_no_secret(tor_lab, WRONG)
 
 
+def test_debug_logging_and_reload_never_show_the_password(tor_lab):
+    import signal
+
+    lab = tor_lab
+    node = "node-a1"
+    rack = lab.node(node).rack
+    restart(lab, node, **{"logging.level": "debug"})
+    wait_for(lambda: peers(lab, node)[str(rack.tor_address)]["state"] == "established", T,
+             what="session with debug logging")
+    # A reload that changes the password (and back): config diffs are a classic leak.
+    conf = os.path.join(lab.node_dir(node), "node.yaml")
+    good = open(conf).read()
+    assert PASSWORD in good
+    def reloads() -> int:
+        return open(lab.daemons[node].log_path).read().count('"config_reloaded"')
+
+    for text in (good.replace(PASSWORD, WRONG), good):
+        n = reloads()
+        with open(conf, "w") as f:
+            f.write(text)
+        lab.daemons[node].signal(signal.SIGHUP)
+        wait_for(lambda n=n: reloads() > n, T, what="config_reloaded")
+    wait_for(lambda: peers(lab, node)[str(rack.tor_address)]["state"] == "established", T,
+             what="session after reloads")
+    log = open(lab.daemons[node].log_path).read()
+    assert '"level": "debug"' in log  # debug really was on
+    assert_no_secret(lab, PASSWORD)
+    assert_no_secret(lab, WRONG)
+    restart(lab, node)
+
+
 def test_mesh_sessions_with_md5(mesh_lab):
     lab = mesh_lab
     a1, a2 = lab.node("node-a1"), lab.node("node-a2")
