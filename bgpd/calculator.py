@@ -12,7 +12,8 @@ What it decides (the managers then decide *how*):
 - learned routes, split by next hop: a next hop that is a registered node and a
   prefix inside a pool is a *remote block* — ``RemoteBlockManager`` shapes it
   with the pool's encapsulation (direct, IPIP, VXLAN: one place decides that);
-  any other next hop (a ToR, a route reflector's client) is plain routing.
+  any other next hop (a ToR, a route reflector's client) is plain routing; equal
+  paths via several such next hops become one ECMP route (``Target.nexthops``).
 - mesh peers from the node registry; which tunnel devices the pools need.
 """
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 from bgpd.node_registry import MeshPeer, NodeInfo, by_address, mesh_peers
 from felix_like.managers import RemoteBlock, RemoteNode, WorkloadEndpoint
-from felix_like.routetable import Target
+from felix_like.routetable import NextHop, Target
 from tunnels.encap import EncapMode, PoolEncap, Vtep
 
 
@@ -151,14 +152,32 @@ def classify(prefix: str, nexthops: tuple[str, ...], ctx: LearnedContext) -> Cla
         return "inside one of our own blocks"
     if not nexthops:
         return "no next hop"
-    # One next hop per route today; the lowest address, so every node picks the same.
-    nexthop = min(nexthops, key=_ip_int)
-    node = ctx.nodes_by_addr.get(nexthop)
-    if node is not None and node.name != ctx.own_name and _within(r, ctx.pool_ranges):
-        return RemoteBlock(prefix, node.name)
     lo, hi = ctx.subnet_range
-    ifname = ctx.uplink if lo <= _ip_int(nexthop) <= hi else None
-    return Target(dst=prefix, gateway=nexthop, ifname=ifname)
+    if len(nexthops) == 1:  # the common case: no sorting, no multipath
+        nexthop = nexthops[0]
+        node = ctx.nodes_by_addr.get(nexthop)
+        if node is not None and node.name != ctx.own_name and _within(r, ctx.pool_ranges):
+            return RemoteBlock(prefix, node.name)
+        ifname = ctx.uplink if lo <= _ip_int(nexthop) <= hi else None
+        return Target(dst=prefix, gateway=nexthop, ifname=ifname)
+    hops = sorted(nexthops, key=_ip_int)
+    if _within(r, ctx.pool_ranges):
+        nodes = ctx.nodes_by_addr
+        for nh in hops:
+            node = nodes.get(nh)
+            if node is not None and node.name != ctx.own_name:
+                # A block learned from a node keeps one next hop: it has exactly one
+                # owner, and RemoteBlockManager shapes the route per node (direct,
+                # IPIP onlink via tunl0, VXLAN via that node's VTEP with its static
+                # neighbour/FDB entries) -- hops through two nodes would send part of
+                # the traffic to a node that does not host the pods (two nodes claim
+                # one block only while its affinity moves). The owner also beats a
+                # ToR that re-announces the block: direct, no hairpin. The lowest
+                # address, so every node picks the same.
+                return RemoteBlock(prefix, node.name)
+    # Equal paths via routers (two ToRs, RRs' clients): one ECMP route over all of them.
+    return Target(dst=prefix, nexthops=tuple(
+        NextHop(nh, ctx.uplink if lo <= _ip_int(nh) <= hi else None) for nh in hops))
 
 
 def classify_all(learned: tuple[LearnedRoute, ...], ctx: LearnedContext

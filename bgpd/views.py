@@ -69,8 +69,10 @@ def routes_view(d: NodeDaemon, request: dict) -> list[dict]:
         route = learned.get(p)
         rows.append({
             "prefix": p, "class": cls,
-            "via": (t.gateway or (t.type if t.type != "unicast" else "direct")) if t else None,
-            "dev": t.ifname if t else None,
+            "via": (t.gateway or ",".join(h.gateway for h in t.nexthops)  # ECMP: all hops
+                    or (t.type if t.type != "unicast" else "direct")) if t else None,
+            "dev": (t.ifname or ",".join(h.ifname or "" for h in t.nexthops) or None)
+            if t else None,
             "learned_from": list(route.peers) if route is not None else [],
             "nexthops": list(route.nexthops) if route is not None else [],
             "announced": p in announced,

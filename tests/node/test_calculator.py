@@ -106,3 +106,35 @@ def test_node_record_round_trip_and_validation():
         NodeInfo("node-x", "198.18.3.1", "198.18.1.0/24", 64601)
     with pytest.raises(RegistryError, match="bad node record"):
         NodeInfo.from_json(b"{not json")
+
+
+def test_equal_paths_via_two_tors_become_one_ecmp_route_with_sorted_hops():
+    from felix_like.routetable import NextHop
+
+    learned = (LearnedRoute("198.19.9.0/26", ("198.18.1.2", "198.18.1.1")),
+               LearnedRoute("198.19.10.0/26", ("198.18.7.1", "198.18.1.2")),   # one off-subnet
+               LearnedRoute("0.0.0.0/0", ("198.18.1.1",)))
+    d = calculate(inputs(learned=learned))
+    assert d.remote_blocks == ()
+    assert d.plain_routes == (
+        Target("0.0.0.0/0", gateway="198.18.1.1", ifname="eth0"),
+        Target("198.19.9.0/26", nexthops=(NextHop("198.18.1.1", "eth0"),
+                                          NextHop("198.18.1.2", "eth0"))),
+        Target("198.19.10.0/26", nexthops=(NextHop("198.18.1.2", "eth0"),
+                                           NextHop("198.18.7.1", None))))
+    # The order the RIB lists the hops in does not matter: every node decides the same.
+    again = calculate(inputs(learned=(LearnedRoute("198.19.9.0/26", ("198.18.1.1",
+                                                                      "198.18.1.2")),)))
+    assert again.plain_routes == (d.plain_routes[1],)
+
+
+def test_a_block_learned_from_nodes_keeps_one_next_hop():
+    # Two nodes announce one block (affinity moving) / a ToR re-announces it: one owner,
+    # the lowest node address, never an ECMP route across nodes or via the ToR.
+    learned = (LearnedRoute("198.19.3.0/26", ("198.18.2.11", "198.18.1.12")),
+               LearnedRoute("198.19.2.0/26", ("198.18.1.1", "198.18.1.12")))
+    d = calculate(inputs(learned=learned))
+    assert d.remote_blocks == (RemoteBlock("198.19.2.0/26", "node-a2"),
+                               RemoteBlock("198.19.3.0/26", "node-a2"))
+    assert d.plain_routes == ()
+
