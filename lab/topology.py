@@ -18,6 +18,12 @@ neighbour per node of its rack (the nodes' noderouter dials it): the fabric
 learns pod blocks and routes them with no encapsulation. In the ``mesh`` design
 the ToRs know only the underlay and nodes full-mesh among themselves.
 
+``second_tor=True`` adds a second ToR to rack A (``tora2``, FRR, the rack A AS
+64701 like the first): on the rack A bridge at 198.18.1.2 and on the spine at
+198.18.0.21, eBGP with rack B's ToR like the first. In the ``tor`` design the
+rack A nodes then peer with both ToRs, so they learn every remote route twice
+with equal paths (ECMP), and rack B's ToR reaches rack A via both.
+
 Everything is created inside namespaces named ``<prefix>-<role>``; the prefix is
 unique per run. ``Lab.down()`` stops every daemon by PID and deletes every
 namespace by name, and is safe to call at any point of a failed ``up()``.
@@ -72,6 +78,7 @@ class Lab:
     encap: str = "vxlan"    # mesh design: "vxlan" or "ipip" across racks (CrossSubnet)
     tor_gr_time: int = 120  # graceful-restart time the ToRs announce
     pods: dict[str, dict] = field(default_factory=dict)
+    second_tor: bool = False  # a second ToR (FRR) in rack A: lab.tors["a2"]
 
     def __post_init__(self) -> None:
         if not 1 <= self.racks <= 2:
@@ -86,6 +93,25 @@ class Lab:
     def ns(self, role: str) -> str:
         return f"{self.prefix}-{role}"
 
+    @staticmethod
+    def second_tor_address(rack: RackPlan) -> str:
+        return str(rack.subnet.network_address + 2)
+
+    @staticmethod
+    def second_tor_spine_address(rack: RackPlan) -> str:
+        # .2/.3 are the first ToRs, .10 etcd: .2x is free for second ToRs.
+        return str(SPINE_SUBNET.network_address + 20 + rack.index)
+
+    def _second_tor_racks(self) -> list[RackPlan]:
+        return [r for r in self.rack_plans if self.second_tor and r.letter == "a"]
+
+    def tor_peers(self, rack: RackPlan) -> list[tuple[str, str, int]]:
+        """(role, address on the rack, AS) of the rack's ToRs, first ToR first."""
+        peers = [(f"tor{rack.letter}", str(rack.tor_address), rack.tor_as)]
+        if rack in self._second_tor_racks():
+            peers.append((f"tor{rack.letter}2", self.second_tor_address(rack), rack.tor_as))
+        return peers
+
     @property
     def etcd_endpoint(self) -> str:
         return f"{ETCD_ADDRESS}:2379"
@@ -99,7 +125,8 @@ class Lab:
     # ------------------------------------------------------------------ lifecycle
 
     def up(self) -> Lab:
-        wanted = [self.ns(r) for r in ["spine", "etcd"] + [f"tor{r.letter}" for r in self.rack_plans]]
+        wanted = [self.ns(r) for r in ["spine", "etcd"] + [f"tor{r.letter}" for r in self.rack_plans]
+                  + [f"tor{r.letter}2" for r in self._second_tor_racks()]]
         clash = [n for n in wanted if netns_exists(n)]
         if clash:
             raise LabError(f"namespaces {clash} already exist: another lab run uses prefix "
@@ -194,6 +221,13 @@ class Lab:
             sysctl(node_ns, "net.ipv4.ip_forward", "1")
             self.nodes.append(LabNode(name, node_ns, rack, str(addr), str(rack.subnet),
                                       str(rack.tor_address), rack.node_as))
+        if rack in self._second_tor_racks():
+            tor2 = self.netns_set.add(self.ns(f"tor{rack.letter}2"))
+            sysctl(tor2, "net.ipv4.ip_forward", "1")
+            self._attach(self.ns("spine"), "br0", f"sp-tor{rack.letter}2", tor2, "spine0",
+                         f"{self.second_tor_spine_address(rack)}/{SPINE_SUBNET.prefixlen}")
+            self._attach(tor, "rack0", f"p-tor{rack.letter}2", tor2, "rack0",
+                         f"{self.second_tor_address(rack)}/{rack.subnet.prefixlen}")
 
     def _start_etcd(self) -> None:
         os.makedirs(os.path.join(self.workdir, "etcd"), exist_ok=True)
@@ -202,24 +236,37 @@ class Lab:
                                tls=self.etcd_tls)
         self.etcd.start()
 
+    def _spine_peers(self, rack: RackPlan) -> list[tuple[str, int]]:
+        """(spine address, AS) of every ToR of ``rack``."""
+        out = [(str(rack.tor_spine_address), rack.tor_as)]
+        if rack in self._second_tor_racks():
+            out.append((self.second_tor_spine_address(rack), rack.tor_as))
+        return out
+
     def _start_tors(self) -> None:
-        for rack in self.rack_plans:
-            neighbors = [BgpNeighbor(str(other.tor_spine_address), other.tor_as,
-                                     password=self.bgp_password)
-                         for other in self.rack_plans if other != rack]
+        roles = [(rack, rack.letter, BirdRouter if rack.letter == "a" else FrrRouter,
+                  str(rack.tor_spine_address)) for rack in self.rack_plans]
+        roles += [(rack, f"{rack.letter}2", FrrRouter, self.second_tor_spine_address(rack))
+                  for rack in self._second_tor_racks()]
+        for rack, role, cls, spine_address in roles:
+            # eBGP to every ToR of the other racks (ToRs of one rack share its AS:
+            # they do not peer with each other, and AS-loop detection keeps them
+            # from learning their own rack back through another rack).
+            neighbors = [BgpNeighbor(addr, asn, password=self.bgp_password)
+                         for other in self.rack_plans if other != rack
+                         for addr, asn in self._spine_peers(other)]
             if self.design == "tor":
                 neighbors += [BgpNeighbor(n.address, n.as_number, password=self.bgp_password,
                                           passive=True)
                               for n in self.nodes if n.rack == rack]
-            cls = BirdRouter if rack.letter == "a" else FrrRouter
-            workdir = os.path.join(self.workdir, f"tor{rack.letter}")
+            workdir = os.path.join(self.workdir, f"tor{role}")
             os.makedirs(workdir, exist_ok=True)
-            router = cls(netns=self.ns(f"tor{rack.letter}"), workdir=workdir,
-                         router_id=str(rack.tor_spine_address), asn=rack.tor_as,
+            router = cls(netns=self.ns(f"tor{role}"), workdir=workdir,
+                         router_id=spine_address, asn=rack.tor_as,
                          neighbors=neighbors, static_routes=[str(rack.subnet)],
                          export_static=True, export_learned=True, kernel_export=True,
                          gr_restart_time=self.tor_gr_time)
-            self.tors[rack.letter] = router.start()
+            self.tors[role] = router.start()
 
     def _wait_underlay(self, timeout: float = 60) -> None:
         if len(self.rack_plans) < 2:
@@ -227,6 +274,9 @@ class Lab:
         a, b = self.rack_plans
         self.tors["a"].wait_established(str(b.tor_spine_address), timeout)
         self.tors["b"].wait_established(str(a.tor_spine_address), timeout)
+        if "a2" in self.tors:
+            self.tors["a2"].wait_established(str(b.tor_spine_address), timeout)
+            self.tors["b"].wait_established(self.second_tor_spine_address(a), timeout)
         # The underlay is routed once each ToR's kernel has the other rack's subnet.
         for rack, other in ((a, b), (b, a)):
             tor_ns = self.ns(f"tor{rack.letter}")
@@ -272,12 +322,14 @@ class Lab:
         if self.bgp_password:
             cfg["bgp"]["mesh_password"] = self.bgp_password
         if self.design == "tor":
-            peer = {"address": str(rack.tor_address), "as_number": rack.tor_as,
-                    "description": f"tor-{rack.letter}", "hold_time": 9,
-                    "import_allow": ["0.0.0.0/0"]}
-            if self.bgp_password:
-                peer["password"] = self.bgp_password
-            cfg["bgp"]["peers"] = [peer]
+            cfg["bgp"]["peers"] = []
+            for role, address, asn in self.tor_peers(rack):
+                peer = {"address": address, "as_number": asn,
+                        "description": role.replace("tor", "tor-", 1), "hold_time": 9,
+                        "import_allow": ["0.0.0.0/0"]}
+                if self.bgp_password:
+                    peer["password"] = self.bgp_password
+                cfg["bgp"]["peers"].append(peer)
         for dotted, value in overrides.items():
             section, key = dotted.split(".", 1)
             cfg.setdefault(section, {})[key] = value
