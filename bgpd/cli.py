@@ -5,7 +5,13 @@ Exit codes: 0 ok, 1 failure, 2 usage error (click's default for bad usage).
 
 from __future__ import annotations
 
+import os
+
 import click
+
+# gRPC's C core logs to stderr on its own (fork handlers, absl init): the CLI's
+# stderr carries one clear line per error, and the daemon logs through structlog.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

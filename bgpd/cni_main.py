@@ -38,7 +38,11 @@ from typing import Any
 
 import structlog
 
-from bgpd.cni import (
+# stdout is the CNI protocol and stderr the runtime's log: gRPC's C core must not write
+# its own lines there (fork handlers, absl init). Set before grpc is ever imported.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from bgpd.cni import (  # noqa: E402 - after the environment above
     Attachment,
     CniEnv,
     CniError,

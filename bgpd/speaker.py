@@ -329,7 +329,14 @@ class Speaker:
                     if self._inflight:
                         self._inflight[0].answers.append(ev.text)
             with self.lock:
-                self.core.apply(ev, self.clock())
+                try:
+                    self.core.apply(ev, self.clock())
+                except Exception:  # noqa: BLE001 - one bad event must not deafen BGP
+                    # The reader is the only thread draining ExaBGP: if it died, sessions
+                    # would stay up while nothing is learned. Log, count, keep reading.
+                    self.core.counters["apply_errors"] = \
+                        self.core.counters.get("apply_errors", 0) + 1
+                    self.log.exception("event_apply_failed", event=type(ev).__name__)
                 has_cmds = self.core.has_commands()
             if has_cmds:
                 self._flush_commands()

@@ -28,9 +28,15 @@ MAX_REQUEST = 64 * 1024
 
 
 class _Handler(socketserver.StreamRequestHandler):
+    # A client that connects and says nothing must not hold a thread forever.
+    timeout = 10
+
     def handle(self) -> None:
         server: StatusServer = self.server.owner  # type: ignore[attr-defined]
-        line = self.rfile.readline(MAX_REQUEST)
+        try:
+            line = self.rfile.readline(MAX_REQUEST)
+        except TimeoutError:
+            return
         try:
             request = json.loads(line or b"{}")
             if not isinstance(request, dict):
