@@ -4,9 +4,10 @@ The speaker's reader thread only records RIB changes; the daemon's loop drains t
 ``Speaker.take_route_changes()`` and hands them here, then calls ``table.apply()`` -- so
 netlink work never happens on the thread that reads ExaBGP's pipe.
 
-Review notes: ``felix_like``'s ``Target`` carries one gateway, so an ECMP route is installed
-via its first next hop (sorted) until the reconciler grows multipath; the RIB keeps all of
-them (``Route.nexthops``). Routes are class ``bgp`` so a local workload /32 (a class ranked
+Review notes: an ECMP route (several ``Route.nexthops``) is one multipath ``Target``
+(``Target.nexthops``); a single next hop keeps the plain form. The daemon itself goes
+through ``bgpd.calculator.classify`` (which also adds the uplink device); this module is the
+thin path used by the speaker tests and bench/bench_bgp.py. Routes are class ``bgp`` so a local workload /32 (a class ranked
 before it) wins over a borrowed /32 learned from a peer.
 """
 
@@ -15,13 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bgpd.rib import Route
-from felix_like.routetable import RouteTable, Target
+from felix_like.routetable import NextHop, RouteTable, Target
 
 ROUTE_CLASS = "bgp"
 
 
 def target(route: Route) -> Target:
-    return Target(dst=route.prefix, gateway=route.nexthops[0])
+    if len(route.nexthops) == 1:
+        return Target(dst=route.prefix, gateway=route.nexthops[0])
+    return Target(dst=route.prefix, nexthops=tuple(NextHop(nh) for nh in route.nexthops))
 
 
 def apply_changes(table: RouteTable, changes: Mapping[str, Route | None]) -> int:

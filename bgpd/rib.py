@@ -13,7 +13,11 @@ does not consume changes.
 
 Graceful restart: ``mark_stale(peer)`` keeps the peer's paths but flags them; a re-announce
 clears the flag; ``sweep_stale(peer)`` (on End-of-RIB or when the restart time runs out)
-removes the ones still flagged.
+removes the ones still flagged. A stale path stays in use while it is the only best path
+(GR's case: the restarting peer still forwards), but leaves an ECMP set that has a fresh
+equal path: GR cannot tell a restart from a dead router, and moving the flows to a live
+equal path loses nothing either way, while keeping them on a dead one blackholes them for
+the whole restart time (measured: tests/faults/test_ecmp_tor.py).
 
 Review notes: this sits on the 100k-routes path. A path is ``(nexthop, Attributes)`` with the
 Attributes object shared by all prefixes of one UPDATE; no per-prefix objects are made for
@@ -100,6 +104,7 @@ class Rib:
     def mark_stale(self, peer: str) -> int:
         prefixes = self._by_peer.get(peer, set())
         self._stale[peer] = set(prefixes)
+        self._dirty.update(prefixes)  # a stale path may leave an ECMP set
         return len(prefixes)
 
     def sweep_stale(self, peer: str) -> int:
@@ -128,6 +133,11 @@ class Rib:
             return Route(prefix, (nh,), (peer,))
         top = min(_rank(a) for _, a in paths.values())
         chosen = [(peer, nh) for peer, (nh, a) in paths.items() if _rank(a) == top]
+        if len(chosen) > 1 and self._stale:
+            stale = self._stale
+            fresh = [(peer, nh) for peer, nh in chosen if prefix not in stale.get(peer, ())]
+            if fresh:
+                chosen = fresh
         return Route(prefix, tuple(sorted({nh for _, nh in chosen})),
                      tuple(sorted(peer for peer, _ in chosen)))
 

@@ -25,7 +25,7 @@ from bgpd.exabgp_config import (
     render,
 )
 from bgpd.import_policy import ImportPolicy
-from bgpd.rib import Rib
+from bgpd.rib import Rib, Route
 
 A = Attributes(as_path=(65001,), as_path_len=1)
 LONG = Attributes(as_path=(65002, 65003), as_path_len=2)
@@ -152,6 +152,25 @@ def test_rib_no_change_no_report():
     rib.take_changes()
     rib.add("p1", ["198.19.2.0/26"], "198.18.1.1", A)
     assert rib.take_changes() == {}
+
+
+def test_rib_stale_path_leaves_ecmp_while_a_fresh_equal_path_exists():
+    rib = Rib()
+    rib.add("p1", ["198.19.2.0/26", "198.19.3.0/26"], "198.18.1.1", A)
+    rib.add("p2", ["198.19.2.0/26"], "198.18.1.2", A)
+    assert rib.take_changes()["198.19.2.0/26"].nexthops == ("198.18.1.1", "198.18.1.2")
+    rib.mark_stale("p1")  # p1's session ended, GR holds its paths
+    # The ECMP route drops the stale hop at once; the prefix only p1 has keeps it.
+    assert rib.take_changes() == {"198.19.2.0/26": Route("198.19.2.0/26", ("198.18.1.2",),
+                                                         ("p2",))}
+    rib.add("p1", ["198.19.2.0/26"], "198.18.1.1", A)  # p1 back, re-announced: fresh again
+    assert rib.take_changes()["198.19.2.0/26"].nexthops == ("198.18.1.1", "198.18.1.2")
+    rib.mark_stale("p1")
+    rib.take_changes()
+    rib.remove("p2", ["198.19.2.0/26"])  # the last fresh path goes: the stale one is used
+    assert rib.take_changes()["198.19.2.0/26"].nexthops == ("198.18.1.1",)
+    assert rib.sweep_stale("p1") == 2
+    assert rib.take_changes() == {"198.19.2.0/26": None, "198.19.3.0/26": None}
 
 
 def test_rib_stale_sweep():

@@ -14,10 +14,12 @@ lab's rack A bridge lives in the first ToR's namespace, so cutting links would c
 whole rack; flushing its learned routes kills its transit data path and nothing else.)
 
 What happens, and what the test asserts:
-- a1 holds the dead ToR's paths stale for the ToR's graceful-restart time (GR cannot
-  tell a crash from a restart), so its kernel route keeps both next hops until then;
-  rack B's ToR (FRR, GR helper) does the same for the return path. A flow hashed to the
-  dead ToR loses packets for about that long. The figures are printed, not asserted.
+- a1's session to the dead ToR ends at once; GR holds that ToR's paths stale for its
+  restart time (GR cannot tell a crash from a restart), but our RIB takes a stale path
+  out of an ECMP set that has a fresh equal path (``bgpd.rib``), so a1's kernel route
+  drops to the surviving ToR right away. Rack B's ToR (FRR, a plain GR helper) keeps the
+  dead ToR in its ECMP set for the whole restart time: a return path hashed to it is
+  lost until then. Times and packets lost are printed, not asserted.
 - After the stale paths are swept the route stays via the surviving ToR (one next hop,
   proto 73) and a fresh flow loses nothing: asserted.
 - The ToR returns: both next hops come back and traffic flows both ways: asserted.
@@ -73,6 +75,10 @@ def chosen_gateway(netns: str, dst: str, src: str, iif: str) -> str:
     return json.loads(out)[0].get("gateway", "")
 
 
+def rx_packets(netns: str, ifname: str = "eth0") -> int:
+    return int(sh(["cat", f"/sys/class/net/{ifname}/statistics/rx_packets"], netns=netns).stdout)
+
+
 def flush_learned_routes(netns: str, proto: str) -> None:
     """Delete the ToR's BGP-learned routes one by one (``ip route flush`` fails with
     EINVAL on FRR's routes: zebra installs them with kernel nexthop objects)."""
@@ -111,7 +117,11 @@ def test_one_of_two_tors_dies_traffic_moves_to_the_other_and_ecmp_returns(lab):
           f"{ret} ({'the same ToR' if ret == spine[dead] else 'the other ToR'}); "
           f"killing ToR {dead} ({type(tor).__name__})")
 
+    # Echo requests reaching b1's pod tell the forward direction (a1's own choice of next
+    # hop) apart from the return direction (rack B's ToR's choice).
+    rx0 = rx_packets(b1_pod["netns"])
     flow = PingFlow(a1_pod["netns"], b1_pod["ip"]).start()
+    started = time.monotonic()
     try:
         wait_for(lambda: lab.ping(a1_pod["netns"], b1_pod["ip"]), 10, what="flow established")
         for d in tor.daemons:
@@ -129,10 +139,14 @@ def test_one_of_two_tors_dies_traffic_moves_to_the_other_and_ecmp_returns(lab):
         fabric_converged = time.monotonic() - t0
     finally:
         during = flow.stop()
+        ran = time.monotonic() - started
+    # The extra pings of wait_for(lab.ping) also reach b1's pod: count them as sent.
+    delivered = rx_packets(b1_pod["netns"]) - rx0
     print(f"ToR {dead} power cut: a1's kernel route down to the surviving ToR after "
           f"{a1_converged:.1f}s (GR {GR_TIME}s), rack B's ToR after {fabric_converged:.1f}s; "
-          f"flow: {during.lost} of {during.sent} packets lost "
-          f"(~{during.lost * 0.01:.1f}s at 10 ms)")
+          f"flow ran {ran:.1f}s: {during.lost} of {during.sent} echoes lost round trip "
+          f"(ping slows down while ICMP errors come back); requests that reached b1's pod: "
+          f"{delivered} (forward path, incl. ARP and the probe pings)")
 
     # The stale paths are gone: the route stays via the surviving ToR and traffic flows.
     route = our_route(lab, "node-a1", b1_block)
