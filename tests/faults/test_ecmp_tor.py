@@ -167,3 +167,58 @@ def test_one_of_two_tors_dies_traffic_moves_to_the_other_and_ecmp_returns(lab):
     print(f"ToR {dead} back: both next hops on a1 again after {time.monotonic() - t1:.1f}s")
     assert lab.ping(a1_pod["netns"], b1_pod["ip"], count=3)
     assert lab.ping(b1_pod["netns"], a1_pod["ip"], count=3)
+
+
+def test_a_tor_control_plane_crash_loses_nothing(lab):
+    """GR's own case: the ToR's daemons die but its kernel keeps forwarding. a1 moves the
+    flow to the other ToR at once (fresh beats stale), rack B's ToR keeps the stale path,
+    which still forwards: not one packet lost until the stale paths are swept. The ToR's
+    return (its zebra/BIRD restart reprograms its kernel) is measured separately."""
+    b1_block = lab.status("node-b1")["blocks"][0]
+    a1_block = lab.status("node-a1")["blocks"][0]
+    a1_pod, b1_pod = lab.pods["node-a1/p1"], lab.pods["node-b1/p1"]
+    a1_ns = lab.node("node-a1").netns
+    torb_ns = lab.tors["b"].netns
+    spine = {TOR_A1: "198.18.0.2", TOR_A2: lab.second_tor_spine_address(lab.rack_plans[0])}
+    wait_for(lambda: hops(our_route(lab, "node-a1", b1_block)) == (TOR_A1, TOR_A2), 60,
+             interval=0.5, what=f"{b1_block} on a1 via both rack A ToRs")
+    wait_for(lambda: sorted(kernel_routes(torb_ns).get(a1_block, ())) == sorted(spine.values()),
+             60, interval=0.5, what=f"{a1_block} on rack B's ToR via both rack A ToRs")
+    pod_veth = our_route(lab, "node-a1", f"{a1_pod['ip']}/32")["dev"]
+    dead = chosen_gateway(a1_ns, b1_pod["ip"], a1_pod["ip"], pod_veth)
+    survivor = TOR_A2 if dead == TOR_A1 else TOR_A1
+    tor = lab.tors["a" if dead == TOR_A1 else "a2"]
+
+    flow = PingFlow(a1_pod["netns"], b1_pod["ip"]).start()
+    try:
+        wait_for(lambda: lab.ping(a1_pod["netns"], b1_pod["ip"]), 10, what="flow established")
+        for d in tor.daemons:
+            d.signal(signal.SIGKILL)
+        t0 = time.monotonic()
+        wait_for(lambda: hops(our_route(lab, "node-a1", b1_block)) == (survivor,),
+                 HOLD + GR_TIME + 20, interval=0.2, what="a1 via the surviving ToR only")
+        a1_moved = time.monotonic() - t0
+        wait_for(lambda: kernel_routes(torb_ns).get(a1_block, ()) == (spine[survivor],),
+                 HOLD + GR_TIME + 20, interval=0.2, what="rack B's ToR via the survivor only")
+        swept = time.monotonic() - t0
+    finally:
+        crash = flow.stop()
+    print(f"ToR {dead} daemons SIGKILLed (kernel still forwarding): a1 via the survivor after "
+          f"{a1_moved:.1f}s, rack B's ToR after {swept:.1f}s; "
+          f"{crash.lost} of {crash.sent} packets lost")
+    assert crash.sent > 0 and crash.lost == 0
+
+    back = PingFlow(a1_pod["netns"], b1_pod["ip"]).start()
+    try:
+        tor.stop()
+        tor.start()
+        wait_for(lambda: hops(our_route(lab, "node-a1", b1_block)) == (TOR_A1, TOR_A2), 90,
+                 interval=0.5, what=f"{b1_block} on a1 via both rack A ToRs again")
+        wait_for(lambda: sorted(kernel_routes(torb_ns).get(a1_block, ()))
+                 == sorted(spine.values()), 90, interval=0.5,
+                 what="rack B's ToR via both rack A ToRs again")
+    finally:
+        returned = back.stop()
+    print(f"ToR {dead} restarted: both next hops back; {returned.lost} of {returned.sent} "
+          f"packets lost while it came back")
+    assert lab.ping(b1_pod["netns"], a1_pod["ip"], count=3)
