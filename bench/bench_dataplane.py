@@ -28,7 +28,6 @@ import json
 import re
 import shlex
 import subprocess
-import time
 
 from bench.common import figure, goal, pct, quiet_logs
 
@@ -52,30 +51,36 @@ def _iperf_mbps(text: str) -> float:
 
 
 def host_pair(src_ns: str, dst_ns: str, dst_ip: str, seconds: float) -> dict:
+    import tempfile
+
     from lab.netns import sh
+    from lab.procs import wait_for
 
     ping = sh(["ping", "-c", "100", "-i", "0.01", "-W", "1", dst_ip], netns=src_ns,
               check=False, timeout=30)
+    errf = tempfile.TemporaryFile(mode="w+")
     server = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-B", dst_ip,
-                               "-p", "5201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "-p", "5201"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=errf)
     try:
-        for _ in range(50):
-            res = sh(["iperf3", "-c", dst_ip, "-p", "5201", "-t", str(seconds), "-J"],
-                     netns=src_ns, check=False, timeout=seconds + 30)
-            if res.returncode == 0:
-                break
-            if "Connection refused" not in res.stdout + res.stderr:
-                raise RuntimeError(f"iperf3 to {dst_ip} failed: {res.stdout[-300:]}"
-                                   f"{res.stderr[-300:]}")
-            time.sleep(0.1)  # server not listening yet
+        def listening() -> bool:
+            if server.poll() is not None:
+                errf.seek(0)
+                raise RuntimeError(f"iperf3 server in {dst_ns} exited: {errf.read()[-300:]}")
+            return f"{dst_ip}:5201" in sh(["ss", "-ltnH"], netns=dst_ns).stdout
+        wait_for(listening, 20, interval=0.05, what=f"iperf3 listening on {dst_ip}")
+        res = sh(["iperf3", "-c", dst_ip, "-p", "5201", "-t", str(seconds), "-J"],
+                 netns=src_ns, check=False, timeout=seconds + 30)
         return {"throughput_mbps": _iperf_mbps(res.stdout), **_ping_stats(ping.stdout)}
     finally:
-        server.terminate()
+        if server.poll() is None:
+            server.terminate()
         try:
             server.wait(5)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        errf.close()
 
 
 def _mtu(ns: str, dev: str) -> int | None:
