@@ -434,11 +434,11 @@ class NodeDaemon:
             if old is None or old.announce != desired.announce:
                 self.speaker.set_desired(desired.announce)
                 parts.append(f"announce {len(desired.announce)}")
-            new_peers = self._speaker_config().peers
-            if new_peers != self._applied_peers:
-                self.speaker.update_config(self._speaker_config())
-                self._applied_peers = new_peers
-                parts.append(f"peers {len(new_peers)}")
+            speaker_config = self._speaker_config()
+            if speaker_config.peers != self._applied_peers:
+                self.speaker.update_config(speaker_config)
+                self._applied_peers = speaker_config.peers
+                parts.append(f"peers {len(speaker_config.peers)}")
         if changes and self._learned_ctx is not None:
             self._apply_learned_changes(changes)
         # Stale routes of ours go only once every source is complete.
