@@ -114,6 +114,8 @@ class Speaker:
         self.lock = threading.RLock()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self._config_gen = 0      # bumped on every config file write
+        self._spawned_gen = 0     # the generation the running ExaBGP was started with
         self._stopping = threading.Event()
         self._conn: socket.socket | None = None
         self._conn_ready = threading.Event()
@@ -222,6 +224,7 @@ class Speaker:
         with os.fdopen(fd, "w") as f:
             f.write(render(config))
         os.replace(tmp, self.conf_path)
+        self._config_gen += 1
 
     def _spawn(self) -> subprocess.Popen:
         env = dict(os.environ)
@@ -245,6 +248,7 @@ class Speaker:
             self._relay_lost.clear()
             started = time.monotonic()
             with self.lock:
+                self._spawned_gen = self._config_gen
                 self.proc = self._spawn()
                 self.starts += 1
             self.log.info("exabgp_started", pid=self.proc.pid, start=self.starts)
@@ -320,7 +324,15 @@ class Speaker:
                     # Anything announced before this connection is lost with the old ExaBGP;
                     # peers coming up will get the full desired set.
                     self.core.take_commands()
+                    # The config changed after this ExaBGP was spawned (peers from the
+                    # registry arrive while it starts): it may have parsed the old file, and
+                    # update_config() could not reload it before the API was connected.
+                    stale_config = self._config_gen != self._spawned_gen
+                    self._spawned_gen = self._config_gen
                 self._conn_ready.set()
+                if stale_config:
+                    self.log.info("config_changed_during_start_reloading")
+                    self._send(cmds.RELOAD)
                 continue
             if isinstance(ev, Ack):
                 self._ack(ev.ok)
