@@ -1,7 +1,7 @@
 """Benchmark: pod creation — CNI ADD/DEL latency of ``noderouter-cni`` vs the reference
 ``bridge`` + ``host-local`` plugins (Debian's containernetworking-plugins), same run.
 
-    .venv/bin/python -m bench.bench_cni [--pods N] [--parallel P] [--json]
+    .venv/bin/python -m bench.bench_cni [--pods N] [--parallel P] [--direct] [--json]
 
 Everything lives in a throwaway "node" namespace (etcd on its loopback, our pool
 198.19.0.0/17, the reference's host-local range 198.19.128.0/17 on bridge nrbr0)
@@ -10,6 +10,11 @@ and N throwaway pod namespaces; every plugin invocation is ``ip netns exec <node
 plugin: N ADDs one after another, N DELs one after another, then N ADDs and N DELs
 with P at a time. Reported: p50/p99/max latency per invocation and the phase's
 total wall time. The reference does no datastore round trip: it is the floor.
+
+``noderouter-cni`` is measured as deployed: the daemon's CNI server
+(``python -m bgpd.cni_server``, the same ``CniServer`` ``noderouter run`` starts)
+listens in the node namespace and the plugin's fast path hands each call to it.
+``--direct`` also measures the plugin on its own (no daemon: its fallback path).
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Bench:
         self.node = ""
         self.pods: list[str] = []
         self.etcd: EtcdServer | None = None
+        self.server: subprocess.Popen | None = None
+        self.socket = os.path.join(self.tmp, "cni.sock")
 
     def setup(self) -> None:
         self.node = self.ns.add(run_prefix("nrcb"))
@@ -77,8 +84,25 @@ class Bench:
                 f"Ipam(EtcdStore('{self.etcd.endpoint}'), 'bench').add_pool('{OUR_POOL}')")
         subprocess.run(["ip", "netns", "exec", self.node, sys.executable, "-c", code],
                        check=True, capture_output=True, cwd=REPO)
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.node, sys.executable, "-m", "bgpd.cni_server",
+             "--socket", self.socket, "--log-level", "warning"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp,
+                                                                           "server.log"), "w"))
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.socket):
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the CNI server did not start")
+            time.sleep(0.05)
 
     def teardown(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            self.server.terminate()          # our own child, by its PID
+            try:
+                self.server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+                self.server.wait()
         if self.etcd is not None:
             self.etcd.stop()
         errors = self.ns.delete_all()
@@ -88,12 +112,13 @@ class Bench:
 
     # ------------------------------------------------------------ invocations
 
-    def ours_conf(self) -> str:
+    def ours_conf(self, daemon: bool = True) -> str:
         assert self.etcd is not None
         return json.dumps({"cniVersion": "1.0.0", "name": "k8s-pod-network",
                            "type": "noderouter-cni", "etcd_endpoints": [self.etcd.endpoint],
                            "node_name": "bench-node", "log_level": "warning",
-                           "state_dir": os.path.join(self.tmp, "state")})
+                           "state_dir": os.path.join(self.tmp, "state"),
+                           "daemon_socket": self.socket if daemon else None})
 
     def ref_conf(self) -> str:
         return json.dumps({"cniVersion": "1.0.0", "name": "refnet", "type": "bridge",
@@ -133,13 +158,15 @@ class Bench:
         }
 
 
-def run(pods: int, parallel: int) -> dict[str, Any]:
+def run(pods: int, parallel: int, direct: bool = False) -> dict[str, Any]:
     b = Bench(pods, parallel)
     try:
         b.setup()
         out: dict[str, Any] = {"pods": pods, "parallel": parallel,
                                "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
         out["noderouter-cni"] = b.plugin(PLUGIN, b.ours_conf())
+        if direct:
+            out["noderouter-cni (direct)"] = b.plugin(PLUGIN, b.ours_conf(daemon=False))
         bridge = os.path.join(REF_DIR, "bridge")
         if os.path.exists(bridge):
             out["bridge+host-local"] = b.plugin(bridge, b.ref_conf())
@@ -158,25 +185,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pods", type=int, default=1000)
     ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--direct", action="store_true",
+                    help="also measure the plugin without the daemon (slow: ~0.4 s a call)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_cni needs root (it creates network namespaces)")
-    res = run(args.pods, args.parallel)
+    res = run(args.pods, args.parallel, args.direct)
     if args.json:
         print(json.dumps(res, indent=2))
         return
     print(f"pods: {res['pods']}  parallel: {res['parallel']}  cpus: {res['cpus']}  "
           f"load avg {res['loadavg_start']:.1f} -> {res['loadavg_end']:.1f}")
-    print(f"  {'plugin':20s} {'phase':16s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} "
+    print(f"  {'plugin':24s} {'phase':16s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} "
           f"{'total s':>8s}")
-    for plugin in ("noderouter-cni", "bridge+host-local"):
-        phases = res[plugin]
+    for plugin in ("noderouter-cni", "noderouter-cni (direct)", "bridge+host-local"):
+        phases = res.get(plugin)
+        if phases is None:
+            continue
         if isinstance(phases, str):
-            print(f"  {plugin:20s} {phases}")
+            print(f"  {plugin:24s} {phases}")
             continue
         for phase, s in phases.items():
-            print(f"  {plugin:20s} {phase:16s} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} "
+            print(f"  {plugin:24s} {phase:16s} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} "
                   f"{s['max_ms']:8.1f} {s['total_s']:8.2f}")
     print(f"  goals: {res['goals']}")
 

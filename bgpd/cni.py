@@ -228,7 +228,7 @@ _RUNTIME_KEYS = {"cniVersion", "cniVersions", "name", "type", "args", "capabilit
                  "cni.dev/valid-attachments", "cni.dev/attachments"}
 _OUR_KEYS = {"etcd_endpoints", "etcd_ca", "etcd_cert", "etcd_key", "etcd_timeout",
              "node_name", "mtu", "route_protocol", "state_dir", "workload_prefix",
-             "ipam_prefix", "ipam_pool", "log_file", "log_level"}
+             "ipam_prefix", "ipam_pool", "log_file", "log_level", "daemon_socket"}
 
 
 def decode_json(raw: bytes | str, what: str = "network configuration") -> Any:

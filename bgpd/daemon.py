@@ -120,6 +120,7 @@ class NodeDaemon:
         self._stores: list[EtcdStore] = []
         self.speaker: Speaker | None = None
         self.status_server: StatusServer | None = None
+        self.cni_server = None                         # bgpd.cni_server.CniServer
         self.health_server: HealthServer | None = None
         self.registration: NodeRegistration | None = None
         self.vtep: tuple[str, str] | None = None       # (address, mac) of our vxlan device
@@ -192,6 +193,10 @@ class NodeDaemon:
 
         views.register_all(self.status_server, self)
         self.status_server.start()
+        if st.cni_socket:
+            from bgpd.cni_server import CniServer
+
+            self.cni_server = CniServer(st.cni_socket).start()
         if cfg.metrics.listen:
             self.metrics.serve(cfg.metrics.listen)
         if cfg.metrics.health_listen:
@@ -617,6 +622,8 @@ class NodeDaemon:
             s.stop()
         if self.registration:
             self.registration.stop(deregister=withdraw)
+        if self.cni_server:
+            self.cni_server.stop()
         if self.status_server:
             self.status_server.stop()
         if self.health_server:

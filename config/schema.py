@@ -235,6 +235,12 @@ class StatusSection:
     socket_mode: int = param(0o660, check=_mode, help="File mode of the status socket.")
     socket_owner: str = param("root", help="Owner user of the status socket.")
     socket_group: str = param("root", help="Owner group of the status socket.")
+    cni_socket: str | None = param(
+        "/run/noderouter/cni.sock",
+        help="Unix socket (root-only, 0600) where the daemon serves noderouter-cni's fast "
+             "path: the plugin hands ADD/DEL/CHECK to the running daemon instead of loading "
+             "etcd and netlink libraries itself (the CNI conf's daemon_socket must name the "
+             "same path). null disables it; the plugin then always works on its own.")
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,10 @@ class Lab:
     def status_socket(self, name: str) -> str:
         return os.path.join(self.node_dir(name), "status.sock")
 
+    def cni_socket(self, name: str) -> str:
+        """The daemon's CNI fast-path socket (status.cni_socket = daemon_socket)."""
+        return os.path.join(self.node_dir(name), "cni.sock")
+
     def cni_state_dir(self, name: str) -> str:
         return os.path.join(self.node_dir(name), "cni")
 
@@ -313,7 +317,7 @@ class Lab:
                        "vxlan_mode": mode if self.encap == "vxlan" else "Never",
                        "ipip_mode": mode if self.encap == "ipip" else "Never"}],
             "dataplane": {"resync_interval": 30},
-            "status": {"socket": self.status_socket(name)},
+            "status": {"socket": self.status_socket(name), "cni_socket": self.cni_socket(name)},
             "logging": {"level": "info", "format": "json"},
         }
         if self.etcd_tls:
@@ -398,6 +402,7 @@ class Lab:
                 "etcd_endpoints": [self.etcd_endpoint], "node_name": name, "mtu": mtu,
                 "route_protocol": 73, "state_dir": self.cni_state_dir(name),
                 "log_file": os.path.join(self.node_dir(name), "cni.log"),
+                "daemon_socket": self.cni_socket(name),
                 **({"etcd_ca": self.etcd.ca_file, "etcd_cert": self.etcd.cert_file,
                     "etcd_key": self.etcd.key_file} if self.etcd_tls else {})}
 

@@ -1,0 +1,548 @@
+"""The CNI commands (ADD, DEL, CHECK, VERSION, STATUS, GC), shared by both callers.
+
+* the plugin's direct path (``main_direct``): ``noderouter-cni`` when no daemon
+  answers on its socket (``bgpd.cni_main`` decides, before importing this module);
+* the daemon's CNI server (``bgpd.cni_server``), through ``serve_request`` with a
+  long-lived ``Datastore`` per worker thread.
+
+See ``bgpd.cni`` for why the plugin can talk to etcd directly and for the error
+codes, and ``bgpd.cni_state`` for the workload record the daemon reads.
+
+ADD order (and its undo, run in reverse on any failure or SIGTERM/SIGINT):
+
+1. validate env + conf, open the pod netns (code 3 if it is gone) — nothing touched yet;
+2. allocate by handle ``k8s-pod-network.<containerID>`` (idempotent per handle) → release;
+3. veth (peer created inside the pod netns) → delete the host veth (takes the peer along);
+4. pod side: /32, MTU, 169.254.1.1 scope link, default via it; host side: proxy ARP, up;
+5. workload record (atomic) → remove it;
+6. host /32 route with our protocol (after the record: the daemon's sweep keeps it).
+
+DEL order: host veth (its routes go with it) → any leftover host route of ours →
+release the handle → remove the record. The record goes last so a DEL that fails on
+etcd (code 11) is retried by the runtime and still knows the veth name and address.
+
+ADD for a container that already has a record (the spec says a runtime must not do
+this without a DEL, but a runtime that lost our answer — timeout, restart — does):
+if the request names the same interface and netns and the kernel and IPAM match the
+record, the same result is returned and nothing is allocated (a fresh error would make
+the runtime DEL and re-ADD, churning the pod's address for nothing). Anything else is
+error 102 with the differences listed: we cannot know which side is right, and the
+runtime's answer to an error is the DEL that makes the state clean again.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+# stdout is the CNI protocol and stderr the runtime's log: gRPC's C core must not write
+# its own lines there (fork handlers, absl init). Set before grpc is ever imported.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+from bgpd.cni import (  # noqa: E402 - after the environment above
+    Attachment,
+    CniEnv,
+    CniError,
+    Code,
+    NetConf,
+    build_result,
+    dumps,
+    error_object,
+    host_veth_name,
+    k8s_attrs,
+    parse_conf,
+    parse_env,
+    pod_handle,
+    request_version,
+    result_ips,
+    unknown_keys,
+    version_answer,
+)
+from bgpd.cni_state import (
+    StateError,
+    WorkloadRecord,
+    list_records,
+    read_record,
+    remove_record,
+    write_record,
+)
+
+LOG_ENV = "NODEROUTER_CNI_LOG"          # a file to append JSON log lines to (besides stderr)
+NETWORK_NAME = "k8s-pod-network"
+
+# A lazy proxy, never bound at import: a logger bound before setup_logging() would
+# keep structlog's default (console) renderer.
+log = structlog.get_logger("bgpd.cni")
+
+
+def _log(**context):
+    return log.bind(component="cni", **context)
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGINT during a command: unwind (ADD undoes its work) and report."""
+
+
+def _on_signal(signum, _frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+# ------------------------------------------------------------------ logging
+
+class _LineSink(io.TextIOBase):
+    """Writes whole lines, one ``write(2)`` per line and stream: many plugin
+    processes append to the same log file at once, and structlog's print() writes
+    the message and its newline separately, which would interleave between them."""
+
+    def __init__(self, fds: list[int]) -> None:
+        self.fds = fds
+        self._buf = ""
+
+    def write(self, s: str) -> int:
+        self._buf += s
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            data = (line + "\n").encode("utf-8", "replace")
+            for fd in self.fds:
+                try:
+                    os.write(fd, data)
+                except OSError:
+                    pass
+        return len(s)
+
+
+_log_fds: dict[str, int] = {}
+
+
+def setup_logging(level: str = "info", log_file: str | None = None) -> None:
+    """JSON lines to stderr (and ``log_file``): stdout is the CNI protocol."""
+    import logging
+
+    fds = [2]
+    if log_file:
+        try:
+            if log_file not in _log_fds:
+                _log_fds[log_file] = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                                             | os.O_CLOEXEC, 0o640)
+            fds.append(_log_fds[log_file])
+        except OSError as exc:
+            os.write(2, f"noderouter-cni: cannot open log file {log_file}: {exc}\n".encode())
+    levels = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+              "error": logging.ERROR}
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars,
+                    structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(sort_keys=True)],
+        wrapper_class=structlog.make_filtering_bound_logger(levels.get(level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(file=_LineSink(fds)),
+        cache_logger_on_first_use=False,
+    )
+
+
+# ------------------------------------------------------------------ datastore
+
+def _ipam_errors(what: str, exc: Exception) -> CniError:
+    from ipam.errors import (
+        IpamConflict,
+        IpamExhausted,
+        IpamInvalid,
+        IpamStoreUnavailable,
+    )
+
+    if isinstance(exc, IpamStoreUnavailable):
+        return CniError(Code.TRY_AGAIN_LATER, f"{what}: etcd is unreachable", str(exc))
+    if isinstance(exc, IpamConflict):
+        return CniError(Code.TRY_AGAIN_LATER, f"{what}: the IPAM data is contended", str(exc))
+    if isinstance(exc, IpamExhausted):
+        return CniError(Code.IPAM_EXHAUSTED, f"{what}: no address available", str(exc))
+    if isinstance(exc, IpamInvalid):
+        return CniError(Code.INVALID_CONFIG, f"{what}: {exc}", "")
+    return CniError(Code.DATASTORE, f"{what}: {exc}", type(exc).__name__)
+
+
+class Datastore:
+    """The IPAM over etcd, opened on first use (VERSION/DEL-without-etcd never pay)."""
+
+    def __init__(self, conf: NetConf) -> None:
+        self.conf = conf
+        self._ipam = None
+
+    def ipam(self):
+        if self._ipam is None:
+            from ipam.allocator import DEFAULT_PREFIX, Ipam
+            from ipam.errors import IpamError
+            from ipam.store import EtcdStore
+
+            try:
+                store = EtcdStore(list(self.conf.etcd_endpoints), ca=self.conf.etcd_ca,
+                                  cert=self.conf.etcd_cert, key=self.conf.etcd_key,
+                                  timeout=self.conf.etcd_timeout)
+                self._ipam = Ipam(store, self.conf.node_name,
+                                  prefix=self.conf.ipam_prefix or DEFAULT_PREFIX)
+            except IpamError as exc:
+                raise _ipam_errors("connecting to etcd", exc) from None
+        return self._ipam
+
+    def call(self, what: str, fn: Callable[[Any], Any]) -> Any:
+        from ipam.errors import IpamError
+
+        try:
+            return fn(self.ipam())
+        except IpamError as exc:
+            raise _ipam_errors(what, exc) from None
+
+    def close(self) -> None:
+        if self._ipam is not None:
+            try:
+                self._ipam.store.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+
+# ------------------------------------------------------------------ commands
+
+def _state(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except StateError as exc:
+        raise CniError(Code.STATE, str(exc)) from None
+
+
+def _attachment(rec: WorkloadRecord, host_mac: str, pod_mac: str) -> Attachment:
+    return Attachment(ip=rec.ip, host_ifname=rec.host_ifname, host_mac=host_mac,
+                      ifname=rec.ifname, pod_mac=pod_mac, netns=rec.netns, mtu=rec.mtu)
+
+
+def _same_attachment(rec: WorkloadRecord, env: CniEnv) -> list[str]:
+    from bgpd.cni_netns import same_netns
+
+    diff = []
+    if rec.ifname != env.ifname:
+        diff.append(f"attached as {rec.ifname}, request names {env.ifname}")
+    if rec.netns != env.netns and not same_netns(rec.netns, env.netns):
+        diff.append(f"attached in netns {rec.netns}, request names {env.netns}")
+    return diff
+
+
+def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore) -> dict[str, Any]:
+    from bgpd.cni_netns import Kernel, open_netns
+
+    cid = env.container_id
+    blog = _log(container=cid, ifname=env.ifname)
+    handle = pod_handle(cid)
+    host = host_veth_name(conf.workload_prefix, cid)
+    pod_fd = open_netns(env.netns)
+    try:
+        with Kernel(pod_fd) as k:
+            rec = _state(lambda: read_record(conf.state_dir, cid))
+            if rec is not None:
+                return _add_again(env, conf, ds, k, rec, blog)
+            if k.pod_link(env.ifname) is not None:
+                raise CniError(Code.ALREADY_ATTACHED,
+                               f"interface {env.ifname} already exists in {env.netns}",
+                               "another plugin or an earlier attachment uses this name; "
+                               "pick another CNI_IFNAME or DEL the old attachment")
+            if k.delete_link(host):
+                # Same name = same container ID; no record = an ADD that was killed
+                # before it finished. Its address (same handle) is reused below.
+                blog.warning("cni_stale_veth_removed", host_ifname=host)
+            undo: list[tuple[str, Callable[[], Any]]] = []
+            marks: list[tuple[str, float]] = [("start", time.monotonic())]
+
+            def mark(step: str) -> None:
+                marks.append((step, time.monotonic()))
+            try:
+                attrs = {**k8s_attrs(env.args), "node": conf.node_name, "ifname": env.ifname}
+                lease = ds.call(f"allocating an address for {handle}",
+                                lambda ipam: ipam.allocate_lease(handle, attrs,
+                                                                 pool=conf.ipam_pool))
+                undo.append(("release", lambda: ds.call(
+                    f"releasing {handle}", lambda ipam: ipam.release_handle(handle))))
+                mark("allocate")
+                ip = lease.ip
+                if ":" in ip:
+                    raise CniError(Code.INVALID_CONFIG, f"IPAM handed out IPv6 {ip}",
+                                   "this plugin is IPv4-only: set ipam_pool to an IPv4 pool")
+                k.create_veth(host, env.ifname, pod_fd, conf.mtu)
+                undo.append(("veth", lambda: k.delete_link(host)))
+                mark("veth")
+                pod_link = k.configure_pod(env.ifname, ip, conf.mtu)
+                mark("pod")
+                host_link = k.configure_host(host, conf.mtu)
+                mark("host")
+                rec = WorkloadRecord(container_id=cid, ifname=env.ifname, netns=env.netns,
+                                     host_ifname=host, ip=ip, handle=handle, mtu=conf.mtu,
+                                     route_protocol=conf.route_protocol, node=conf.node_name,
+                                     network=conf.name, attrs=attrs)
+                _state(lambda: write_record(conf.state_dir, rec))
+                undo.append(("record", lambda: remove_record(conf.state_dir, cid)))
+                mark("record")
+                k.add_host_route(ip, host_link.index, conf.route_protocol)
+                mark("route")
+            except BaseException as exc:
+                _undo(undo, blog, exc)
+                raise
+            blog.info("cni_added", ip=ip, host_ifname=host, new_address=lease.new, **attrs)
+            blog.debug("cni_add_steps_ms", **{name: round((t - prev) * 1e3, 1) for
+                                               (_, prev), (name, t) in zip(marks, marks[1:], strict=False)})
+            return build_result(conf.cni_version, _attachment(rec, host_link.mac, pod_link.mac))
+    finally:
+        os.close(pod_fd)
+
+
+def _undo(steps: list[tuple[str, Callable[[], Any]]], blog, exc: BaseException) -> None:
+    """Roll back in reverse; keep going past failures (each is logged) so as much
+    as possible is cleaned, and never mask the original error."""
+    blog.warning("cni_add_failed_undoing", error=str(exc), steps=[n for n, _ in steps])
+    for name, fn in reversed(steps):
+        try:
+            fn()
+        except BaseException as uexc:  # noqa: BLE001 - undo must not stop half-way
+            blog.error("cni_undo_step_failed", step=name, error=str(uexc))
+
+
+def _add_again(env: CniEnv, conf: NetConf, ds: Datastore, k, rec: WorkloadRecord,
+               blog) -> dict[str, Any]:
+    diff = _same_attachment(rec, env)
+    if not diff:
+        problems, hl, pl = k.inspect(host=rec.host_ifname, ifname=rec.ifname, ip=rec.ip,
+                                     mtu=rec.mtu, protocol=rec.route_protocol)
+        diff += problems
+        if not problems:
+            held = ds.call(f"reading {rec.handle}", lambda ipam: ipam.handle_ips(rec.handle))
+            if rec.ip not in held:
+                diff.append(f"IPAM does not hold {rec.ip} for {rec.handle} (holds "
+                            f"{', '.join(held) or 'nothing'})")
+    if diff:
+        raise CniError(Code.ALREADY_ATTACHED,
+                       f"container {env.container_id} is already attached and differs "
+                       f"from this request; DEL it first", "; ".join(diff))
+    blog.info("cni_add_repeated", ip=rec.ip, host_ifname=rec.host_ifname)
+    return build_result(conf.cni_version, _attachment(rec, hl.mac, pl.mac))
+
+
+def teardown(conf: NetConf, ds: Datastore, cid: str, rec: WorkloadRecord | None,
+             blog) -> None:
+    """Everything DEL removes, in DEL's order; missing pieces are fine."""
+    from bgpd.cni_netns import Kernel
+
+    host = rec.host_ifname if rec else host_veth_name(conf.workload_prefix, cid)
+    handle = rec.handle if rec else pod_handle(cid)
+    with Kernel() as k:
+        removed_veth = k.delete_link(host)
+        removed_route = False
+        if rec is not None:
+            removed_route = k.delete_host_route(rec.ip, rec.route_protocol)
+    released = ds.call(f"releasing the address of {handle}",
+                       lambda ipam: ipam.release_handle(handle))
+    removed_rec = _state(lambda: remove_record(conf.state_dir, cid))
+    blog.info("cni_deleted", host_ifname=host, veth=removed_veth, route=removed_route,
+              released=released, record=removed_rec)
+
+
+def cmd_del(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
+    cid = env.container_id
+    blog = _log(container=cid, ifname=env.ifname)
+    try:
+        rec = read_record(conf.state_dir, cid)
+    except StateError as exc:
+        # A corrupt record must not block DEL forever: fall back to derived names.
+        blog.warning("cni_record_unreadable", error=str(exc))
+        rec = None
+    if rec is not None and rec.ifname != env.ifname:
+        # The spec keys attachments by (network, container, ifname): this DEL is for
+        # an attachment we never made; the handle belongs to the one we did.
+        blog.info("cni_del_other_ifname", attached=rec.ifname)
+        return
+    teardown(conf, ds, cid, rec, blog)
+
+
+def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
+    from bgpd.cni_netns import Kernel, open_netns
+
+    cid = env.container_id
+    rec = _state(lambda: read_record(conf.state_dir, cid))
+    if rec is None:
+        raise CniError(Code.UNKNOWN_CONTAINER, f"container {cid} is not attached by "
+                       f"{conf.type or 'noderouter-cni'}", f"no record in {conf.state_dir}")
+    pod_fd = open_netns(env.netns)
+    try:
+        with Kernel(pod_fd) as k:
+            problems = _same_attachment(rec, env)
+            p2, _hl, _pl = k.inspect(host=rec.host_ifname, ifname=rec.ifname, ip=rec.ip,
+                                     mtu=rec.mtu, protocol=rec.route_protocol)
+            problems += p2
+    finally:
+        os.close(pod_fd)
+    if conf.prev_result is not None:
+        ips = result_ips(conf.prev_result)
+        if ips != [rec.ip]:
+            problems.append(f"prevResult lists {ips}, the attachment has [{rec.ip}]")
+    held = ds.call(f"reading {rec.handle}", lambda ipam: ipam.handle_ips(rec.handle))
+    if rec.ip not in held:
+        problems.append(f"IPAM does not hold {rec.ip} for {rec.handle}")
+    if problems:
+        raise CniError(Code.CHECK_FAILED, f"container {cid}: {len(problems)} problem(s)",
+                       "; ".join(problems))
+
+
+def cmd_status(conf: NetConf, ds: Datastore) -> None:
+    """Ready to serve ADD: etcd answers, an enabled IPv4 pool exists, state dir usable."""
+    try:
+        pools = ds.call("listing IP pools", lambda ipam: ipam.list_pools())
+    except CniError as exc:
+        raise CniError(Code.NOT_AVAILABLE, exc.msg, exc.details) from None
+    usable = [p for p in pools if not p.disabled and not p.deleting and p.cidr.version == 4]
+    if not usable:
+        raise CniError(Code.NOT_AVAILABLE, "no enabled IPv4 IP pool exists",
+                       "add one: noderouter pool add <cidr>")
+    parent = conf.state_dir if os.path.isdir(conf.state_dir) else os.path.dirname(conf.state_dir)
+    if not os.access(parent, os.W_OK):
+        raise CniError(Code.NOT_AVAILABLE, f"state dir {conf.state_dir} is not writable")
+
+
+def cmd_gc(conf: NetConf, ds: Datastore) -> None:
+    """Tear down every recorded attachment not in ``cni.dev/valid-attachments``."""
+    if conf.valid_attachments is None:
+        # Without the list, "everything not listed" would be everything: refuse.
+        raise CniError(Code.INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
+                       "the runtime must list the attachments that are still valid")
+    valid_ids = {cid for cid, ifname in conf.valid_attachments if not ifname}
+    valid = set(conf.valid_attachments)
+    errors: list[str] = []
+    codes: set[int] = set()
+    removed = 0
+    for cid, rec, err in list(list_records(conf.state_dir)):
+        if rec is None:
+            errors.append(err)
+            continue
+        if cid in valid_ids or (cid, rec.ifname) in valid:
+            continue
+        try:
+            teardown(conf, ds, cid, rec, _log(container=cid, ifname=rec.ifname, gc=True))
+            removed += 1
+        except CniError as exc:
+            errors.append(f"{cid}: {exc.msg} ({exc.details})")
+            codes.add(exc.code)
+    _log().info("cni_gc", removed=removed, errors=len(errors))
+    if errors:
+        # 11 if any failure is transient (etcd), so the runtime retries the GC.
+        raise CniError(Code.TRY_AGAIN_LATER if Code.TRY_AGAIN_LATER in codes else Code.STATE,
+                       f"GC left {len(errors)} attachment(s) behind", "; ".join(errors))
+
+
+# ------------------------------------------------------------------ entry point
+
+def execute(cenv: CniEnv, conf: NetConf, ds: Datastore) -> tuple[int, dict[str, Any] | None]:
+    """Dispatch one parsed command: (exit code, document for stdout or None)."""
+    t0 = time.monotonic()
+    try:
+        if cenv.command == "ADD":
+            return 0, cmd_add(cenv, conf, ds)
+        if cenv.command == "DEL":
+            cmd_del(cenv, conf, ds)
+        elif cenv.command == "CHECK":
+            cmd_check(cenv, conf, ds)
+        elif cenv.command == "STATUS":
+            cmd_status(conf, ds)
+        elif cenv.command == "GC":
+            cmd_gc(conf, ds)
+        return 0, None
+    finally:
+        _log().debug("cni_done", command=cenv.command, seconds=round(time.monotonic() - t0, 4))
+
+
+def run(env: Mapping[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | None]:
+    """One invocation: (exit code, document for stdout or None). Raises CniError."""
+    cenv = parse_env(env)
+    if cenv.command == "VERSION":
+        # stdin is {"cniVersion": ...} (or nothing); answer in that version if we speak it.
+        return 0, version_answer(request_version(stdin) if stdin.strip() else "1.1.0")
+    conf = parse_conf(stdin, cenv.command, env, default_node=socket.gethostname())
+    setup_logging(conf.log_level, conf.log_file or env.get(LOG_ENV))
+    extra = unknown_keys(stdin)
+    if extra:
+        _log().warning("cni_conf_unknown_keys", keys=extra)
+    ds = Datastore(conf)
+    try:
+        return execute(cenv, conf, ds)
+    finally:
+        ds.close()
+
+
+def answer(fn: Callable[[], tuple[int, dict[str, Any] | None]], env: Mapping[str, str],
+           stdin: bytes) -> tuple[int, str | None]:
+    """Run ``fn`` and turn every outcome into (exit code, text for stdout or None):
+    CNI errors, SIGTERM/SIGINT and bugs all become the spec's error object."""
+    version = request_version(stdin)
+    command = env.get("CNI_COMMAND", "")
+    try:
+        code, doc = fn()
+    except CniError as exc:
+        _log().error("cni_error", command=command, container=env.get("CNI_CONTAINERID"),
+                     code=exc.code, msg=exc.msg, details=exc.details)
+        code, doc = 1, exc.to_dict(version)
+    except Terminated as exc:
+        _log().error("cni_terminated", command=command, signal=str(exc))
+        code, doc = 1, error_object(Code.TRY_AGAIN_LATER, f"interrupted by {exc}", "", version)
+    except Exception as exc:  # noqa: BLE001 - the protocol needs an error object
+        _log().exception("cni_internal_error", command=command)
+        code, doc = 1, error_object(Code.INTERNAL, f"internal error: {exc!r}",
+                                    "a bug in noderouter-cni; the log has the traceback",
+                                    version)
+    return code, (dumps(doc) if doc is not None else None)
+
+
+def serve_request(env: Mapping[str, str], stdin: bytes, default_node: str,
+                  datastore: Callable[[NetConf], Datastore]) -> tuple[int, str | None]:
+    """The daemon's side of one plugin call (``bgpd.cni_server``): the same parsing
+    and commands as ``run``, but the daemon's logging (no ``setup_logging``: that
+    would reconfigure the daemon's structlog) and a long-lived ``Datastore`` from
+    ``datastore(conf)`` (never closed here). Returns what the plugin prints."""
+    def one() -> tuple[int, dict[str, Any] | None]:
+        cenv = parse_env(env)
+        if cenv.command == "VERSION":
+            return 0, version_answer(request_version(stdin) if stdin.strip() else "1.1.0")
+        conf = parse_conf(stdin, cenv.command, env, default_node=default_node)
+        extra = unknown_keys(stdin)
+        if extra:
+            _log().warning("cni_conf_unknown_keys", keys=extra)
+        return execute(cenv, conf, datastore(conf))
+    return answer(one, env, stdin)
+
+
+def main_direct(raw: bytes) -> int:
+    """The plugin without the daemon: this process does the whole command."""
+    # Everything but our final answer goes to stderr: point fd 1 there too, so a
+    # stray print (ours or a library's, gRPC's C core included) cannot corrupt the
+    # protocol stream. The answer is written to a private duplicate of the real fd 1.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    setup_logging("info", os.environ.get(LOG_ENV))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+    code, text = answer(lambda: run(os.environ, raw), os.environ, raw)
+    if text is not None:
+        out.write(text + "\n")
+    out.flush()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
+    return main_direct(raw)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

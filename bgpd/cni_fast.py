@@ -1,0 +1,116 @@
+"""The plugin's fast path: hand the whole CNI call to the local daemon.
+
+A plugin process that imports structlog, etcd3/grpc and pyroute2 pays ~400 ms before
+it does any work; the daemon has them loaded, an etcd connection open and an
+``Ipam`` with warm caches. So ``noderouter-cni`` first sends the call to the
+daemon's CNI socket (``bgpd.cni_server``) and prints the daemon's answer. This
+module imports only ``json``, ``os``, ``socket`` and ``sys``.
+
+Protocol (one request per connection, one JSON line each way)::
+
+    -> {"env": {"CNI_COMMAND": ..., ...}, "stdin": "<the network config>",
+        "hostname": "<the plugin's hostname>"}
+    <- {"code": <exit code>, "stdout": "<the document to print>" | null}
+
+When to fall back (``try_daemon`` returns None, the caller runs the command itself):
+the conf's ``daemon_socket`` is ``null``/``""``, stdin is not a JSON object (the
+direct path then reports the error), or nothing accepts the connection (socket
+missing, refused, not a socket) — the daemon restarting must not stop pods from
+starting (see ``bgpd.cni``). Once the request is sent there is no fallback: the
+daemon may have done part of the work, and running the command again here could
+race it. A daemon that drops the connection without answering gets code 11 (try
+again later); the runtime retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+DEFAULT_SOCKET = "/run/noderouter/cni.sock"
+CONF_KEY = "daemon_socket"
+# The environment the commands read (bgpd.cni.parse_env / parse_conf / cni_main).
+ENV_KEYS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
+            "CNI_PATH", "NODEROUTER_NODE_NAME", "NODEROUTER_ETCD_ENDPOINTS")
+TRY_AGAIN_LATER = 11
+# Bounded so a wedged daemon cannot hold the runtime forever; an ADD that waits on
+# a contended etcd stays far below it (etcd_timeout bounds each attempt).
+REPLY_TIMEOUT = 120.0
+MAX_REPLY = 16 * 1024 * 1024
+
+
+def socket_path(stdin: bytes) -> str | None:
+    """The daemon socket the conf names (default ``DEFAULT_SOCKET``), or None."""
+    try:
+        doc = json.loads(stdin)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    path = doc.get(CONF_KEY, DEFAULT_SOCKET)
+    return path if isinstance(path, str) and path else None
+
+
+def _error(stdin: bytes, msg: str, details: str) -> str:
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError):
+        version = None
+    return json.dumps({"cniVersion": version if isinstance(version, str) else "1.1.0",
+                       "code": TRY_AGAIN_LATER, "msg": msg, "details": details},
+                      separators=(",", ": "))
+
+
+def call(path: str, env: dict[str, str], stdin: bytes,
+         hostname: str) -> tuple[int, str | None] | None:
+    """(exit code, stdout text) from the daemon at ``path``; None if nothing accepts."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(path)
+        except OSError:
+            return None       # missing, refused, not a socket: the daemon is not there
+        sock.settimeout(REPLY_TIMEOUT)
+        request = {"env": {k: env[k] for k in ENV_KEYS if k in env},
+                   "stdin": stdin.decode("utf-8", "surrogateescape"), "hostname": hostname}
+        try:
+            sock.sendall(json.dumps(request).encode("utf-8", "surrogateescape") + b"\n")
+            chunks = []
+            size = 0
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+                size += len(data)
+                if data.endswith(b"\n") or size > MAX_REPLY:
+                    break
+            reply = json.loads(b"".join(chunks))
+            code = reply["code"]
+            out = reply["stdout"]
+            if not isinstance(code, int) or not (out is None or isinstance(out, str)):
+                raise ValueError(f"unexpected reply {reply!r:.200}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return 1, _error(stdin, f"the noderouter daemon did not answer on {path}",
+                             f"{type(exc).__name__}: {exc}")
+        return code, out
+    finally:
+        sock.close()
+
+
+def try_daemon(stdin: bytes, env: dict[str, str] | None = None) -> int | None:
+    """Serve this call through the daemon and print its answer; returns the exit
+    code, or None when the daemon is not there (the caller runs the direct path)."""
+    path = socket_path(stdin)
+    if path is None:
+        return None
+    res = call(path, dict(os.environ if env is None else env), stdin, socket.gethostname())
+    if res is None:
+        return None
+    code, out = res
+    if out is not None:
+        sys.stdout.write(out + "\n")
+    sys.stdout.flush()
+    return code

@@ -1,0 +1,250 @@
+"""The daemon's CNI server: serves ``noderouter-cni``'s fast path on a unix socket.
+
+The plugin (``bgpd.cni_fast``) sends one JSON line — the CNI environment, its stdin
+and its hostname — and reads one JSON line back: the exit code and the exact text
+to print. The command runs here with the SAME code as the plugin's direct path
+(``bgpd.cni_commands.serve_request``), so the answers cannot drift apart.
+
+* A thread pool (``workers``) runs the commands. Each worker thread keeps its own
+  ``Datastore`` (its own ``EtcdStore`` and ``Ipam``) per etcd/IPAM configuration:
+  ``Ipam`` and ``EtcdStore`` are not thread-safe, and these are dedicated to CNI
+  (never the daemon's own stores). They live until ``stop()``.
+* Netlink: each command opens its sockets in this process's namespace; the pod
+  side uses ``setns()`` on the worker thread only for the instant it opens the pod
+  socket (``bgpd.cni_netns``). pyroute2's ``IPRoute(netns=...)`` would fork a
+  helper process — never used here.
+* The socket is root-only (mode 0600): it can create interfaces and hand out
+  addresses. It is bound under a restrictive umask, so it is never more open.
+* ``stop()`` closes the socket first (new plugin calls fall back to the direct
+  path), then lets running commands finish: an ADD cut half-way would leave the
+  runtime without an answer for work that was done.
+
+Runnable on its own (tests and the CNI benchmark run it inside a node namespace)::
+
+    python -m bgpd.cni_server --socket /run/noderouter/cni.sock [--workers 8]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from config.logs import get_logger
+
+log = get_logger("bgpd.cni_server")
+
+DEFAULT_WORKERS = 8
+MAX_REQUEST = 4 * 1024 * 1024
+READ_TIMEOUT = 10.0          # a client that connects and says nothing
+MAX_BACKLOG = 256
+
+
+def _conn_key(conf) -> tuple:
+    return (conf.etcd_endpoints, conf.etcd_ca, conf.etcd_cert, conf.etcd_key,
+            conf.etcd_timeout, conf.node_name, conf.ipam_prefix)
+
+
+class CniServer:
+    def __init__(self, path: str, workers: int = DEFAULT_WORKERS, mode: int = 0o600,
+                 hostname: str | None = None) -> None:
+        self.path = path
+        self.workers = int(workers)
+        self.mode = mode
+        self.hostname = hostname or socket.gethostname()
+        self._sock: socket.socket | None = None
+        self._ino: tuple[int, int] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self._local = threading.local()
+        self._stores: list = []              # every Datastore made, for stop()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.served = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> CniServer:
+        # Import the commands (structlog, bgpd.cni, ...) now, not in the first request.
+        from bgpd import cni_commands  # noqa: F401
+
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+        try:
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)         # a stale socket from a previous run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+        os.chmod(self.path, self.mode)
+        st = os.stat(self.path)
+        self._ino = (st.st_dev, st.st_ino)
+        sock.listen(MAX_BACKLOG)
+        self._sock = sock
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cni")
+        self._thread = threading.Thread(target=self._accept_loop, name="cni-accept",
+                                        daemon=True)
+        self._thread.start()
+        log.info("cni_server_listening", path=self.path, mode=oct(self.mode),
+                 workers=self.workers)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self._unlink()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        with self._lock:
+            stores, self._stores = self._stores, []
+        for ds in stores:
+            ds.close()
+        log.info("cni_server_stopped", served=self.served)
+
+    def _unlink(self) -> None:
+        # Only our own socket: a newer daemon may already have bound the path.
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._ino:
+            os.unlink(self.path)
+
+    # ------------------------------------------------------------ serving
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            sock = self._sock
+            if sock is None:
+                return
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.exception("cni_accept_failed")
+                continue
+            try:
+                assert self._pool is not None
+                self._pool.submit(self._serve, conn)
+            except RuntimeError:             # the pool is shutting down
+                conn.close()
+                return
+
+    def _datastore(self, conf):
+        from bgpd.cni_commands import Datastore
+
+        cache: dict | None = getattr(self._local, "stores", None)
+        if cache is None:
+            cache = self._local.stores = {}
+        key = _conn_key(conf)
+        ds = cache.get(key)
+        if ds is None:
+            ds = cache[key] = Datastore(conf)
+            with self._lock:
+                self._stores.append(ds)
+        return ds
+
+    def _serve(self, conn: socket.socket) -> None:
+        from bgpd.cni_commands import serve_request
+
+        with conn:
+            try:
+                conn.settimeout(READ_TIMEOUT)
+                request = self._read(conn)
+                env = request.get("env")
+                stdin = request.get("stdin")
+                hostname = request.get("hostname") or self.hostname
+                if not isinstance(env, dict) or not isinstance(stdin, str) \
+                        or not all(isinstance(v, str) for v in env.values()) \
+                        or not isinstance(hostname, str):
+                    raise ValueError("request needs env (object of strings) and stdin (string)")
+            except (OSError, ValueError) as exc:
+                log.warning("cni_bad_request", error=str(exc))
+                return                        # the plugin reports code 11
+            code, out = serve_request(env, stdin.encode("utf-8", "surrogateescape"),
+                                      hostname, self._datastore)
+            self.served += 1
+            try:
+                conn.settimeout(READ_TIMEOUT)
+                conn.sendall(json.dumps({"code": code, "stdout": out}).encode() + b"\n")
+            except OSError as exc:
+                # The plugin is gone (killed by the runtime's timeout): the runtime
+                # will DEL what this ADD built.
+                log.warning("cni_reply_lost", command=env.get("CNI_COMMAND"),
+                            container=env.get("CNI_CONTAINERID"), error=str(exc))
+
+    @staticmethod
+    def _read(conn: socket.socket) -> dict:
+        buf = bytearray()
+        while not buf.endswith(b"\n"):
+            data = conn.recv(65536)
+            if not data:
+                break
+            buf += data
+            if len(buf) > MAX_REQUEST:
+                raise ValueError(f"request larger than {MAX_REQUEST} bytes")
+        doc = json.loads(bytes(buf))
+        if not isinstance(doc, dict):
+            raise ValueError("request must be a JSON object")
+        return doc
+
+
+def serve_forever(path: str, workers: int = DEFAULT_WORKERS,
+                  ready: Callable[[], None] | None = None) -> None:
+    """Run a server until SIGTERM/SIGINT (the module's command line)."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = CniServer(path, workers).start()
+    if ready is not None:
+        ready()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from config.logs import setup_logging
+
+    p = argparse.ArgumentParser(prog="python -m bgpd.cni_server",
+                                description="Serve noderouter-cni's fast path (no BGP, "
+                                            "no routes: the CNI socket only).")
+    p.add_argument("--socket", required=True, help="unix socket path")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level, "json")
+    serve_forever(args.socket, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

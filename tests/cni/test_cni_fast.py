@@ -1,0 +1,224 @@
+"""The plugin's fast path (``bgpd.cni_fast`` → ``bgpd.cni_server``) and its fallback.
+
+The server is the daemon's own ``CniServer`` (``python -m bgpd.cni_server``), run
+inside the throwaway node namespace, so the commands it runs touch only that
+namespace and the pod namespaces. Which path served a call is read from the logs:
+the server logs to its own stderr (captured to a file), the direct path to the
+conf's ``log_file``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bgpd.cni import host_veth_name
+
+from .conftest import REPO, CniBench
+from .test_cni_integration import assert_nothing_left, assert_valid_result, links
+
+pytestmark = pytest.mark.integration
+
+
+class Server:
+    def __init__(self, bench: CniBench, path: str, log_path: str) -> None:
+        self.path = path
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", bench.node, sys.executable, "-m", "bgpd.cni_server",
+             "--socket", path, "--workers", "4"],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not self.listening():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"cni_server did not come up: {self.events()}")
+            time.sleep(0.05)
+
+    def listening(self) -> bool:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.path)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def events(self, event: str | None = None) -> list[dict]:
+        out = []
+        with open(self.log_path) as f:
+            for line in f:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if event is None or doc.get("event") == event:
+                    out.append(doc)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()          # our own child, by its PID
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def server(cni: CniBench, tmp_path):
+    srv = Server(cni, str(tmp_path / "cni.sock"), str(tmp_path / "server.log"))
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def plugin_events(path: str, event: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [d for d in map(json.loads, filter(str.strip, f)) if d.get("event") == event]
+
+
+def test_fast_path_serves_add_check_del(cni: CniBench, server: Server, tmp_path):
+    plugin_log = str(tmp_path / "plugin.log")
+    conf = cni.conf(daemon_socket=server.path, log_file=plugin_log)
+    ns = cni.pod()
+    assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o600
+    res = cni.run("ADD", "c1", ns, conf=conf)
+    assert res.code == 0, res.stdout + res.stderr
+    ip = assert_valid_result(res.doc, "1.0.0", ns)
+    assert [e["container"] for e in server.events("cni_added")] == ["c1"]
+    assert plugin_events(plugin_log, "cni_added") == []        # the plugin did not do it
+    assert host_veth_name("nrw", "c1") in links(cni)
+    assert cni.ipam("handles") == {"k8s-pod-network.c1": [ip]}
+
+    chk = cni.run("CHECK", "c1", ns, conf=conf)
+    assert chk.code == 0 and chk.stdout == "", chk.stdout + chk.stderr
+    again = cni.run("ADD", "c1", ns, conf=conf)                # idempotent, same answer
+    assert again.code == 0 and again.doc == res.doc
+
+    dele = cni.run("DEL", "c1", ns, conf=conf)
+    assert dele.code == 0 and dele.stdout == "", dele.stdout + dele.stderr
+    assert [e["container"] for e in server.events("cni_deleted")] == ["c1"]
+    assert_nothing_left(cni)
+
+
+def test_fast_path_errors_match_the_direct_path(cni: CniBench, server: Server, tmp_path):
+    """Same code, same error objects: a bad request answered by the daemon and by
+    the plugin itself prints the same document with the same exit code."""
+    missing = str(tmp_path / "no-daemon.sock")
+    ns = cni.pod()
+    cases = [
+        dict(command="ADD", cid="c1", netns=None),                   # code 4
+        dict(command="ADD", cid="c1", netns="/nonexistent/netns"),   # code 3
+        dict(command="ADD", cid="bad/id", netns=ns),                 # code 4
+        dict(command="CHECK", cid="c9", netns=ns),                   # code 3 (no record)
+        dict(command="VERSION", cid=None, netns=None),
+    ]
+    for case in cases:
+        fast = cni.run(case["command"], case["cid"], case["netns"],
+                       conf=cni.conf(daemon_socket=server.path))
+        direct = cni.run(case["command"], case["cid"], case["netns"],
+                         conf=cni.conf(daemon_socket=missing))
+        assert (fast.code, fast.doc) == (direct.code, direct.doc), case
+    bad_mtu = cni.run("ADD", "c1", ns, conf=cni.conf(daemon_socket=server.path, mtu=1))
+    assert bad_mtu.code == 1 and bad_mtu.doc["code"] == 7
+    assert len(server.events("cni_error")) == 5       # 4 cases (VERSION is no error) + MTU
+    assert_nothing_left(cni)
+
+
+def test_parallel_adds_through_the_daemon(cni: CniBench, server: Server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    conf = cni.conf(daemon_socket=server.path)
+    pods = [(f"p{i}", cni.pod(f"q{i}")) for i in range(8)]
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda p: cni.run("ADD", p[0], p[1], conf=conf), pods))
+    assert all(r.code == 0 for r in results), [r.stdout + r.stderr for r in results]
+    ips = [r.doc["ips"][0]["address"] for r in results]
+    assert len(set(ips)) == len(ips)
+    with ThreadPoolExecutor(8) as ex:
+        dels = list(ex.map(lambda p: cni.run("DEL", p[0], p[1], conf=conf), pods))
+    assert all(r.code == 0 for r in dels), [r.stdout + r.stderr for r in dels]
+    assert_nothing_left(cni, "p0")
+
+
+@pytest.mark.parametrize("how", ["missing", "refused", "disabled"])
+def test_fallback_when_no_daemon(cni: CniBench, tmp_path, how: str):
+    plugin_log = str(tmp_path / "plugin.log")
+    path = str(tmp_path / "cni.sock")
+    holder = None
+    if how == "refused":
+        # Bound but never listening: connect() is refused (a daemon that died and
+        # left its socket file behind).
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        holder.bind(path)
+    try:
+        conf = cni.conf(log_file=plugin_log,
+                        daemon_socket=None if how == "disabled" else path)
+        ns = cni.pod()
+        res = cni.run("ADD", "c1", ns, conf=conf)
+        assert res.code == 0, res.stdout + res.stderr
+        assert_valid_result(res.doc, "1.0.0", ns)
+        assert [e["container"] for e in plugin_events(plugin_log, "cni_added")] == ["c1"]
+        assert cni.run("DEL", "c1", ns, conf=conf).code == 0
+        assert_nothing_left(cni)
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+def test_daemon_gone_mid_call_is_code_11(cni: CniBench, tmp_path):
+    """A socket that accepts and closes without answering: no fallback (the daemon
+    may have done part of the work), code 11 so the runtime retries."""
+    path = str(tmp_path / "cni.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+
+    import threading
+
+    def drop() -> None:
+        conn, _ = lsock.accept()
+        conn.recv(65536)
+        conn.close()
+
+    t = threading.Thread(target=drop, daemon=True)
+    t.start()
+    try:
+        res = cni.run("ADD", "c1", cni.pod(), conf=cni.conf(daemon_socket=path))
+    finally:
+        t.join(timeout=30)
+        lsock.close()
+    assert res.code == 1 and res.doc["code"] == 11, res.stdout
+    assert cni.ipam("handles") == {}
+
+
+def test_fast_path_imports_only_the_standard_library():
+    """Loading the plugin's entry point and its fast path must not pull in the heavy
+    modules (structlog, etcd3/grpc, pyroute2, ipam) — that cost is what it avoids."""
+    code = ("import sys\n"
+            "from bgpd.cni_main import main\n"
+            "import bgpd.cni_fast\n"
+            "heavy = ('structlog', 'etcd3', 'grpc', 'pyroute2', 'ipam', 'bgpd.cni',\n"
+            "         'bgpd.cni_commands', 'bgpd.cni_state', 'bgpd.cni_netns')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n"
+            "from bgpd.cni_main import run\n"          # the lazy re-export still works
+            "print(run.__module__)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == ["[]", "bgpd.cni_commands"]
