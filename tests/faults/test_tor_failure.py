@@ -38,7 +38,9 @@ def kernel_has(lab, node: str, prefix: str) -> bool:
 def test_tor_death_withdraws_after_hold_plus_gr_and_recovers(lab):
     a1_block = lab.status("node-a1")["blocks"][0]
     a1_pod, b1_pod = lab.pods["node-a1/p1"], lab.pods["node-b1/p1"]
-    assert kernel_has(lab, "node-b1", a1_block)
+    # Rack A's block reaches b1 through both ToRs a moment after the nodes are ready.
+    wait_for(lambda: kernel_has(lab, "node-b1", a1_block), 30, interval=0.2,
+             what="a1's block in b1's kernel before the fault")
     tor = lab.tors["b"]
     for d in tor.daemons:
         d.signal(signal.SIGKILL)
