@@ -76,6 +76,8 @@ def test_kernel_drift_is_repaired_by_the_resync_timer(lab):
     block_b1 = lab.status("node-b1")["blocks"][0]
     wait_for(lambda: block_b1 in sh(["ip", "route", "show", "proto", "73"], netns=ns).stdout,
              30, what="b1's block in a1's kernel")
+    flow = cross_rack_flow(lab)
+    time.sleep(1)
     sh(["ip", "route", "del", block_b1], netns=ns)
     sh(["ip", "neigh", "flush", "dev", "vxlan.nr", "nud", "permanent"], netns=ns)
     t0 = time.monotonic()
@@ -83,13 +85,19 @@ def test_kernel_drift_is_repaired_by_the_resync_timer(lab):
              and "PERMANENT" in sh(["ip", "neigh", "show", "dev", "vxlan.nr"], netns=ns).stdout,
              15, what="drift repaired")
     repaired = time.monotonic() - t0
-    print(f"kernel drift repaired in {repaired:.1f}s (resync interval 3 s)")
+    time.sleep(1)
+    result = flow.stop()
+    # The flow is lost while the route is gone (the sabotage), and flows again after.
+    print(f"kernel drift repaired in {repaired:.1f}s (resync interval 3 s); flow sent "
+          f"{result.sent}, lost {result.lost} (~{result.lost / 100:.1f}s without the route)")
+    assert result.lost <= (repaired + 1.5) * 100
     assert lab.ping(lab.pods["node-a1/p1"]["netns"], lab.pods["node-b1/p1"]["ip"], count=3)
 
 
 def test_removed_node_is_withdrawn_everywhere_and_its_blocks_collected(lab):
     gone = lab.status("node-b2")
     block = gone["blocks"][0]
+    flow = cross_rack_flow(lab)                     # between survivors: must not notice
     assert lab.stop_noderouter("node-b2") == 0      # stopped for good: no restart
     t0 = time.monotonic()
     for n in ("node-a1", "node-a2", "node-b1"):
@@ -98,9 +106,12 @@ def test_removed_node_is_withdrawn_everywhere_and_its_blocks_collected(lab):
                                                 netns=ns).stdout,
                  90, interval=0.5, what=f"{block} withdrawn on {n}")
     withdrawn = time.monotonic() - t0
+    survivors = flow.stop()
+    assert survivors.lost == 0, f"traffic between surviving nodes lost {survivors.lost}"
     peers = {p["address"] for p in lab.status("node-a1")["peers"]}
     assert lab.node("node-b2").address not in peers
-    print(f"node removed: its block withdrawn everywhere {withdrawn:.1f}s after the stop")
+    print(f"node removed: its block withdrawn everywhere {withdrawn:.1f}s after the stop; "
+          f"flow between survivors sent {survivors.sent}, lost {survivors.lost}")
     # ipam check reports the dead node's blocks and addresses; gc frees them after grace.
     ep = ["--etcd-endpoints", lab.etcd_endpoint]
     live_args = [a for n in lab.nodes if n.name != "node-b2" for a in ("--live-node", n.name)]
