@@ -33,7 +33,7 @@ from bgpd.learned_routes import apply_changes
 from bgpd.speaker import Speaker
 from felix_like.nlwire import RT_TABLE_MAIN, RouteSocket
 from felix_like.routetable import KernelRouteDriver, RouteTable
-from lab.netns import NetnsSet, run_prefix, sh, veth_pair
+from lab.netns import NetnsSet, run_prefix, sh, switch_with_hosts
 from lab.procs import wait_for
 from lab.routers import BgpNeighbor, BirdRouter
 
@@ -90,16 +90,10 @@ def kernel_count(ns: str, proto: int) -> int:
 
 
 def build(owned: NetnsSet) -> dict[str, str]:
-    p = run_prefix("nrk")
-    sw = owned.add(f"{p}-sw")
-    ns = {t: owned.add(f"{p}-{t}") for t in ("tor", "bird", "ours")}
-    sh(["ip", "link", "add", "br0", "type", "bridge"], netns=sw)
-    sh(["ip", "link", "set", "br0", "up"], netns=sw)
-    for tag, addr in (("tor", TOR), ("bird", NODE_BIRD), ("ours", NODE_OURS)):
-        veth_pair(f"{p}{tag[0]}", ns[tag], f"s{tag[0]}", sw)
-        sh(["ip", "link", "set", f"s{tag[0]}", "master", "br0"], netns=sw)
-        sh(["ip", "addr", "add", f"{addr}/24", "dev", f"{p}{tag[0]}"], netns=ns[tag])
-    return ns
+    hosts = {"tor": TOR, "bird": NODE_BIRD, "ours": NODE_OURS}
+    names = switch_with_hosts(owned, run_prefix("nrk"),
+                              {t[0]: (t, addr) for t, addr in hosts.items()})
+    return {t: names[t[0]] for t in hosts}
 
 
 def run_bird(ns: dict[str, str], wd: str, n: int) -> dict:

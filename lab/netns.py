@@ -81,3 +81,21 @@ def veth_pair(a: str, a_ns: str, b: str, b_ns: str, mtu: int | None = None) -> N
 
 def sysctl(netns: str, key: str, value: str) -> None:
     sh(["sysctl", "-q", "-w", f"{key}={value}"], netns=netns)
+
+
+def switch_with_hosts(owned: NetnsSet, prefix: str,
+                      hosts: dict[str, tuple[str, str]], prefixlen: int = 24) -> dict[str, str]:
+    """One L2 segment: a switch namespace ``<prefix>-sw`` with bridge ``br0`` and, per host
+    tag (one letter), a namespace ``<prefix>-<suffix>`` attached by a veth carrying
+    ``address/prefixlen``. ``hosts`` maps tag → (namespace suffix, address); returns
+    tag → namespace name."""
+    sw = owned.add(f"{prefix}-sw")
+    names = {tag: owned.add(f"{prefix}-{suffix}") for tag, (suffix, _) in hosts.items()}
+    sh(["ip", "link", "add", "br0", "type", "bridge"], netns=sw)
+    sh(["ip", "link", "set", "br0", "up"], netns=sw)
+    for tag, (_, address) in hosts.items():
+        veth_pair(f"{prefix}{tag}", names[tag], f"s{tag}", sw)
+        sh(["ip", "link", "set", f"s{tag}", "master", "br0"], netns=sw)
+        sh(["ip", "addr", "add", f"{address}/{prefixlen}", "dev", f"{prefix}{tag}"],
+           netns=names[tag])
+    return names

@@ -24,17 +24,11 @@ from tests.bgp.conftest import BIRD, BIRD_AS, FRR, FRR_AS, LOCAL_AS, POOLS, SPEA
 
 
 def build_fabric(owned: NetnsSet, workdir: str) -> Fabric:
-    from lab.netns import run_prefix, sh, veth_pair
+    from lab.netns import run_prefix, switch_with_hosts
 
     p = run_prefix("nrs")
-    sw = owned.add(f"{p}-sw")
-    names = {t: owned.add(f"{p}-{t}") for t in ("e", "b", "f")}
-    sh(["ip", "link", "add", "br0", "type", "bridge"], netns=sw)
-    sh(["ip", "link", "set", "br0", "up"], netns=sw)
-    for tag, addr in (("e", SPEAKER), ("b", BIRD), ("f", FRR)):
-        veth_pair(f"{p}{tag}", names[tag], f"s{tag}", sw)
-        sh(["ip", "link", "set", f"s{tag}", "master", "br0"], netns=sw)
-        sh(["ip", "addr", "add", f"{addr}/24", "dev", f"{p}{tag}"], netns=names[tag])
+    names = switch_with_hosts(owned, p, {"e": ("e", SPEAKER), "b": ("b", BIRD),
+                                         "f": ("f", FRR)})
     return Fabric(p, names["e"], names["b"], names["f"], workdir)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from lab.netns import run_prefix, sh, veth_pair
+from lab.netns import run_prefix, switch_with_hosts
 
 SPEAKER, BIRD, FRR = "198.18.251.10", "198.18.251.1", "198.18.251.2"
 LOCAL_AS, BIRD_AS, FRR_AS = 64512, 65001, 65002
@@ -28,15 +28,8 @@ class Fabric:
 @pytest.fixture
 def fabric(netns_set, tmp_path) -> Fabric:
     p = run_prefix("nrb")
-    sw = netns_set.add(f"{p}-sw")
-    names = {"e": netns_set.add(f"{p}-ex"), "b": netns_set.add(f"{p}-bird"),
-             "f": netns_set.add(f"{p}-frr")}
-    sh(["ip", "link", "add", "br0", "type", "bridge"], netns=sw)
-    sh(["ip", "link", "set", "br0", "up"], netns=sw)
-    for tag, addr in (("e", SPEAKER), ("b", BIRD), ("f", FRR)):
-        veth_pair(f"{p}{tag}", names[tag], f"s{tag}", sw)
-        sh(["ip", "link", "set", f"s{tag}", "master", "br0"], netns=sw)
-        sh(["ip", "addr", "add", f"{addr}/24", "dev", f"{p}{tag}"], netns=names[tag])
+    names = switch_with_hosts(netns_set, p, {"e": ("ex", SPEAKER), "b": ("bird", BIRD),
+                                             "f": ("frr", FRR)})
     wd = str(tmp_path)
     os.chmod(wd, 0o755)
     return Fabric(p, names["e"], names["b"], names["f"], wd)
