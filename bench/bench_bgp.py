@@ -111,7 +111,7 @@ def run_bird(ns: dict[str, str], wd: str, n: int) -> dict:
 
 
 def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
-             env: tuple[tuple[str, str], ...] = ()) -> dict:
+             env: tuple[tuple[str, str], ...] = (), exabgp: str | None = None) -> dict:
     # Same start as BIRD's (its kernel protocol removes its routes on stop): an empty table.
     sh(["ip", "-4", "route", "flush", "proto", str(OUR_PROTO)], netns=ns["ours"])
     extra = ((("exabgp.reactor.speed", speed),) if speed else ()) + env
@@ -120,7 +120,7 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
     wake = threading.Event()
     t_up: list[float] = []
     sp = Speaker(cfg, ImportPolicy(NODE_AS, POOLS, own_addresses=frozenset({NODE_OURS})),
-                 f"{wd}/speaker", netns=ns["ours"], on_change=wake.set)
+                 f"{wd}/speaker", netns=ns["ours"], on_change=wake.set, exabgp=exabgp)
     driver = KernelRouteDriver(netns=ns["ours"])
     table = RouteTable(driver=driver, protocol=OUR_PROTO, class_order=("bgp",))
     table.mark_in_sync()
@@ -169,6 +169,7 @@ def main() -> None:
                     help="ExaBGP exabgp.reactor.speed for our speaker (default: ours, 0.5)")
     ap.add_argument("--exabgp-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra ExaBGP setting for our speaker, e.g. exabgp.api.compact=true")
+    ap.add_argument("--exabgp", default=None, help="the exabgp executable (default: as the daemon picks it)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     ap.add_argument("--gc-threshold", type=int, default=0,
                     help="gen-0 GC threshold for the daemon process (0: Python's default)")
@@ -191,7 +192,7 @@ def main() -> None:
         for r in range(args.rounds):
             row = {"round": r + 1, "routes": args.routes,
                    "bird": run_bird(ns, wd, args.routes), "ours": run_ours(ns, wd, args.routes, args.reactor_speed,
-                                   tuple(tuple(e.split("=", 1)) for e in args.exabgp_env))}
+                                   tuple(tuple(e.split("=", 1)) for e in args.exabgp_env), args.exabgp)}
             row["ratio_ours_to_bird"] = round(row["ours"]["seconds"] / row["bird"]["seconds"], 2)
             print(json.dumps(row), flush=True)
             results.append(row)
