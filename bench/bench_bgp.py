@@ -29,7 +29,7 @@ import time
 
 from bgpd.exabgp_config import PeerConfig, SpeakerConfig
 from bgpd.import_policy import ImportPolicy
-from bgpd.learned_routes import apply_changes
+from bgpd.learned_routes import LearnedRoutes, plain_context
 from bgpd.speaker import Speaker
 from felix_like.nlwire import RT_TABLE_MAIN, RouteSocket
 from felix_like.routetable import KernelRouteDriver, RouteTable
@@ -41,6 +41,8 @@ TOR, NODE_BIRD, NODE_OURS = "198.18.9.1", "198.18.9.3", "198.18.9.10"
 TOR_AS, NODE_AS = 65001, 64512
 POOLS = ("198.18.64.0/18", "198.18.128.0/17", "198.19.0.0/16")
 OUR_PROTO, BIRD_PROTO = 73, 12
+SUBNET = "198.18.9.0/24"
+OWN_BLOCK = "198.19.255.192/26"  # ours, announced by nobody: the own-block check still runs
 
 
 def prefixes(n: int) -> list[str]:
@@ -91,9 +93,10 @@ def kernel_count(ns: str, proto: int) -> int:
 
 def build(owned: NetnsSet) -> dict[str, str]:
     hosts = {"tor": TOR, "bird": NODE_BIRD, "ours": NODE_OURS}
-    names = switch_with_hosts(owned, run_prefix("nrk"),
-                              {t[0]: (t, addr) for t, addr in hosts.items()})
-    return {t: names[t[0]] for t in hosts}
+    prefix = run_prefix("nrk")
+    names = switch_with_hosts(owned, prefix, {t[0]: (t, addr) for t, addr in hosts.items()})
+    # "uplink": our node's interface on the segment (switch_with_hosts names it <prefix><tag>)
+    return {**{t: names[t[0]] for t in hosts}, "uplink": f"{prefix}o"}
 
 
 def run_bird(ns: dict[str, str], wd: str, n: int) -> dict:
@@ -119,11 +122,17 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
                         extra_env=extra)
     wake = threading.Event()
     t_up: list[float] = []
-    sp = Speaker(cfg, ImportPolicy(NODE_AS, POOLS, own_addresses=frozenset({NODE_OURS})),
+    sp = Speaker(cfg, ImportPolicy(NODE_AS, POOLS, own_blocks=frozenset({OWN_BLOCK}),
+                                  own_addresses=frozenset({NODE_OURS})),
                  f"{wd}/speaker", netns=ns["ours"], on_change=wake.set, exabgp=exabgp)
     driver = KernelRouteDriver(netns=ns["ours"])
     table = RouteTable(driver=driver, protocol=OUR_PROTO, class_order=("bgp",))
     table.mark_in_sync()
+    # The daemon's path: a context with an own block (every learned prefix is checked
+    # against it) and the uplink (routes via an on-link next hop name the device).
+    learned = LearnedRoutes(table)
+    learned.set_context(plain_context(uplink=ns["uplink"], subnet=SUBNET, own_blocks=(OWN_BLOCK,),
+                                      pools=POOLS), {})
     installed = 0
     sp.start()
     cpu0: dict[str, float] = {}
@@ -141,7 +150,7 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
                             "relay": sum(cpu_s(c) for c in children(exa))}
             changes = sp.take_route_changes()
             if changes:
-                apply_changes(table, changes)
+                learned.apply(changes)
                 res = table.apply()
                 installed += res.added + res.replaced
         t_done = time.monotonic()

@@ -116,6 +116,8 @@ class LearnedContext:
 # RemoteBlockManager), a plain route, or a reason why it is not routed.
 Classified = RemoteBlock | Target | str
 
+OWN_BLOCK_REASON = "inside one of our own blocks"
+
 
 def _ip_int(text: str) -> int:
     return int.from_bytes(socket.inet_aton(text), "big")
@@ -149,7 +151,7 @@ def classify(prefix: str, nexthops: tuple[str, ...], ctx: LearnedContext) -> Cla
     r = _range(prefix)
     if _within(r, ctx.own_ranges):
         # Defence in depth: the import policy already refuses these.
-        return "inside one of our own blocks"
+        return OWN_BLOCK_REASON
     if not nexthops:
         return "no next hop"
     lo, hi = ctx.subnet_range
@@ -178,6 +180,53 @@ def classify(prefix: str, nexthops: tuple[str, ...], ctx: LearnedContext) -> Cla
     # Equal paths via routers (two ToRs, RRs' clients): one ECMP route over all of them.
     return Target(dst=prefix, nexthops=tuple(
         NextHop(nh, ctx.uplink if lo <= _ip_int(nh) <= hi else None) for nh in hops))
+
+
+@dataclass(frozen=True)
+class ViaNode:
+    """A next hop that is another node: its blocks are remote blocks, anything else a
+    plain route through ``plain`` (see ``classify_path``)."""
+
+    node: str
+    plain: Target
+
+
+# What a next-hop set means for every prefix learned through it (``classify_path``).
+PathClass = Target | ViaNode | str
+
+
+def classify_path(nexthops: tuple[str, ...], ctx: LearnedContext) -> PathClass:
+    """``classify`` with the per-prefix part factored out, for a group of prefixes that
+    share one best route (the RIB hands 100k prefixes from one ToR over as one group).
+
+    A ``Target`` (its ``dst`` empty) is the route for every prefix of the group; a
+    ``ViaNode`` makes prefixes inside a pool remote blocks of that node and the rest plain
+    routes via ``plain``. Either way a prefix inside one of our own blocks is refused
+    (``own_block_reason``). Agrees with ``classify`` (pinned by tests/node/test_calculator.py).
+    """
+    if not nexthops:
+        return "no next hop"
+    lo, hi = ctx.subnet_range
+    if len(nexthops) == 1:
+        nexthop = nexthops[0]
+        ifname = ctx.uplink if lo <= _ip_int(nexthop) <= hi else None
+        plain = Target(dst="", gateway=nexthop, ifname=ifname)
+        node = ctx.nodes_by_addr.get(nexthop)
+        if node is not None and node.name != ctx.own_name:
+            return ViaNode(node.name, plain)
+        return plain
+    hops = sorted(nexthops, key=_ip_int)
+    plain = Target(dst="", nexthops=tuple(
+        NextHop(nh, ctx.uplink if lo <= _ip_int(nh) <= hi else None) for nh in hops))
+    for nh in hops:  # the lowest-addressed node owns the group's pool prefixes (classify)
+        node = ctx.nodes_by_addr.get(nh)
+        if node is not None and node.name != ctx.own_name:
+            return ViaNode(node.name, plain)
+    return plain
+
+
+def within_any(prefix: str, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return _within(_range(prefix), ranges)
 
 
 def classify_all(learned: tuple[LearnedRoute, ...], ctx: LearnedContext

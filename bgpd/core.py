@@ -125,7 +125,7 @@ class SpeakerCore:
                 continue
             # accepted routes that are now rejected
             for prefix in list(self.rib.prefixes_of(addr)):
-                path = self.rib.paths(prefix).get(addr)
+                path = self.rib.path(prefix, addr)
                 if path is None:
                     continue
                 nh, attrs = path
@@ -269,13 +269,13 @@ class SpeakerCore:
             if reason:
                 self._reject_many(rec, prefixes, nh, ev.attributes, reason)
                 continue
-            ok = []
-            for p in prefixes:
-                r = policy.check_prefix(peer, p)
-                if r is None:
-                    ok.append(p)
-                else:
-                    self._reject_many(rec, (p,), nh, ev.attributes, r)
+            ok, bad = policy.split_prefixes(peer, prefixes)
+            if bad:
+                by_reason: dict[str, list[str]] = {}
+                for p, r in bad:
+                    by_reason.setdefault(r, []).append(p)
+                for r, ps in by_reason.items():
+                    self._reject_many(rec, ps, nh, ev.attributes, r)
             if ok:
                 if rec.rejected_now:
                     for p in ok:

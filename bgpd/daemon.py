@@ -33,12 +33,12 @@ from bgpd.calculator import (
     Inputs,
     PoolView,
     calculate,
-    classify,
     learned_context,
 )
 from bgpd.exabgp_config import PeerConfig as SpeakerPeer
 from bgpd.exabgp_config import PrefixFilter, SpeakerConfig, peer_filters
 from bgpd.import_policy import ImportPolicy
+from bgpd.learned_routes import LearnedRoutes
 from bgpd.metrics import Health, HealthServer, Metrics
 from bgpd.node_registry import NodeInfo, RegistryError
 from bgpd.registry_store import NodeRegistration, nodes_prefix
@@ -49,8 +49,7 @@ from bgpd.syncer import PrefixSyncer
 from bgpd.workloads import WorkloadDir
 from config import Config
 from config.logs import get_logger
-from felix_like.managers import CLASS_BGP, RemoteBlock
-from felix_like.routetable import Target
+from felix_like.managers import CLASS_BGP
 from ipam.allocator import Ipam, Keys
 from ipam.errors import IpamError
 from ipam.model import Block, Pool
@@ -109,9 +108,8 @@ class NodeDaemon:
         self._next_full_resync = self._started_at + cfg.dataplane.resync_interval
         self._all_established_at: float | None = None
         self._learned_in_sync = False
-        # Learned routes, classified (see calculator.classify) under this context.
-        self._learned: dict[str, object] = {}
-        self._learned_ctx = None
+        # Learned routes -> dataplane (see bgpd.learned_routes); made with the dataplane.
+        self.learned: LearnedRoutes | None = None
         self._routes_marked = False
         self._ready_sent = False
         self._last_error = ""
@@ -162,6 +160,9 @@ class NodeDaemon:
             f"{cfg.underlay.address}/{cfg.underlay.subnet.prefixlen}",))
         self.dp = Dataplane.create(self.ipr, self.routes, local,
                                    vxlan_device=cfg.dataplane.vxlan_device)
+        self.learned = LearnedRoutes(self.routes, CLASS_BGP,
+                                     on_block_update=self.dp.remote.on_block_update,
+                                     on_block_remove=self.dp.remote.on_block_remove)
 
         self.kv = self._store()
         self.ipam = Ipam(self.kv, cfg.node.name, prefix=ipam_prefix(cfg),
@@ -426,10 +427,12 @@ class NodeDaemon:
             dp.blackholes.on_update(desired.own_blocks)
             dp.workloads.replace_all(desired.workloads)
             ctx = learned_context(inputs)
-            if ctx != self._learned_ctx:
-                self._reclassify_learned(ctx)
+            if ctx != self.learned.context:
+                # Every learned route again (the RIB's current best routes include the
+                # changes just taken).
+                self.learned.set_context(ctx, self.speaker.routes() if self.speaker else {})
                 changes = {}
-            dp.remote.replace_all(desired.pool_encaps, self._remote_blocks(),
+            dp.remote.replace_all(desired.pool_encaps, self.learned.remote_blocks(),
                                   desired.remote_nodes)
             dp.nat.on_update(desired.all_pools, desired.nat_pools)
             own = frozenset(desired.own_blocks)
@@ -444,8 +447,8 @@ class NodeDaemon:
                 self.speaker.update_config(speaker_config)
                 self._applied_peers = speaker_config.peers
                 parts.append(f"peers {len(speaker_config.peers)}")
-        if changes and self._learned_ctx is not None:
-            self._apply_learned_changes(changes)
+        if changes and self.learned.context is not None:
+            self.learned.apply(changes)
         # Stale routes of ours go only once every source is complete.
         if (not self._routes_marked and self.datastore_in_sync and self.desired is not None
                 and self._learned_complete(now)):
@@ -501,40 +504,10 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ learned routes
 
-    def _reclassify_learned(self, ctx) -> None:
-        """All learned routes again: the context (our blocks, pools, nodes) changed."""
-        rib = self.speaker.routes() if self.speaker else {}
-        self._learned = {p: classify(p, tuple(r.nexthops), ctx) for p, r in rib.items()}
-        self._learned_ctx = ctx
-        self.routes.set_routes(CLASS_BGP, [c for c in self._learned.values()
-                                           if isinstance(c, Target)])
-
-    def _remote_blocks(self) -> list[RemoteBlock]:
-        return [c for c in self._learned.values() if isinstance(c, RemoteBlock)]
-
-    def _apply_learned_changes(self, changes) -> None:
-        """Only the routes that changed: O(changes), not O(RIB), per update."""
-        ctx = self._learned_ctx
-        for prefix, route in changes.items():
-            new = classify(prefix, tuple(route.nexthops), ctx) if route is not None else None
-            old = self._learned.pop(prefix, None)
-            if new is not None:
-                self._learned[prefix] = new
-            if new == old:
-                continue
-            if isinstance(old, RemoteBlock):
-                self.dp.remote.on_block_remove(prefix)
-            elif isinstance(old, Target):
-                self.routes.route_remove(CLASS_BGP, prefix)
-            if isinstance(new, RemoteBlock):
-                self.dp.remote.on_block_update(new)
-            elif isinstance(new, Target):
-                self.routes.route_update(CLASS_BGP, new)
-
     def route_counts(self) -> dict[str, int]:
         from felix_like.managers import CLASS_ORDER
 
-        return {cls: len(self.routes.desired_targets(cls)) for cls in CLASS_ORDER}
+        return {cls: self.routes.desired_count(cls) for cls in CLASS_ORDER}
 
     # ------------------------------------------------------------------ signals and loop
 

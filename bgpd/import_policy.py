@@ -123,6 +123,51 @@ class ImportPolicy:
                 return None
         return "outside-pools"
 
+    def split_prefixes(self, peer: str, prefixes: Iterable[str]
+                       ) -> tuple[list[str], list[tuple[str, str]]]:
+        """``check_prefix`` over many prefixes: (accepted, [(prefix, reason), ...]).
+
+        The 100k-routes path: the parse and the pool/own-block tests are inlined (one
+        call per UPDATE instead of three per prefix); ``check_prefix`` is the reference
+        it must agree with (tests/bgp/test_pure.py compares them).
+        """
+        ok: list[str] = []
+        bad: list[tuple[str, str]] = []
+        own = self._own
+        pools = self._pools
+        allowed = bool(self._allowed)
+        masks = _MASKS
+        aton = socket.inet_aton
+        from_bytes = int.from_bytes
+        for prefix in prefixes:
+            addr, _, plen = prefix.partition("/")
+            try:
+                length = int(plen) if plen else 32
+                if not 0 <= length <= 32 or addr.count(".") != 3:
+                    raise ValueError(prefix)
+                value = from_bytes(aton(addr), "big") & masks[length]
+            except (OSError, ValueError):
+                bad.append((prefix, "malformed-prefix"))
+                continue
+            reason = "outside-pools"
+            for own_net, own_mask, own_len in own:
+                if length >= own_len and value & own_mask == own_net:
+                    reason = "own-block"
+                    break
+            else:
+                if allowed and self._allowed_for(peer, (value, masks[length], length)):
+                    reason = ""
+                else:
+                    for pool_net, pool_mask, pool_len in pools:
+                        if length >= pool_len and value & pool_mask == pool_net:
+                            reason = ""
+                            break
+            if reason:
+                bad.append((prefix, reason))
+            else:
+                ok.append(prefix)
+        return ok, bad
+
     def check(self, peer: str, prefix: str, nexthop: str, as_path: tuple[int, ...]) -> str | None:
         """None when accepted, else the rejection reason."""
         return self.check_path(nexthop, as_path) or self.check_prefix(peer, prefix)

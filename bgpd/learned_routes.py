@@ -1,42 +1,201 @@
-"""Learned BGP routes -> the dataplane's route table (``felix_like.routetable.RouteTable``).
+"""Learned BGP routes -> the dataplane: the route table and the remote-block manager.
 
 The speaker's reader thread only records RIB changes; the daemon's loop drains them with
-``Speaker.take_route_changes()`` and hands them here, then calls ``table.apply()`` -- so
-netlink work never happens on the thread that reads ExaBGP's pipe.
+``Speaker.take_route_changes()`` and hands them to ``LearnedRoutes.apply``, then calls the
+dataplane's ``apply()`` -- so netlink work never happens on the thread that reads ExaBGP's
+pipe. The daemon and bench/bench_bgp.py use this same class: the benchmark measures the
+daemon's path.
 
-Review notes: an ECMP route (several ``Route.nexthops``) is one multipath ``Target``
-(``Target.nexthops``); a single next hop keeps the plain form. The daemon itself goes
-through ``bgpd.calculator.classify`` (which also adds the uplink device); this module is the
-thin path used by the speaker tests and bench/bench_bgp.py. Routes are class ``bgp`` so a local workload /32 (a class ranked
-before it) wins over a borrowed /32 learned from a peer.
+What a learned route becomes is ``bgpd.calculator``'s decision (pure): a remote block of
+another node (the ``RemoteBlockManager`` shapes it per pool encapsulation), a plain route
+via the next hop(s) (through the uplink when on-link), or a reason it is not routed.
+
+Review notes: this sits on the 100k-routes path. The RIB's ``Route`` values are interned,
+so changes are grouped by route object and classified once per group
+(``classify_path``); a plain route is stored as the group's shared template ``Target``
+and handed to the route table in bulk (``update_many``) -- no per-prefix ``Target``,
+``Route`` or classification object. Only remote blocks (one per node's block, few) are
+per prefix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
+from bgpd.calculator import (
+    OWN_BLOCK_REASON,
+    Classified,
+    LearnedContext,
+    classify_path,
+    within_any,
+)
 from bgpd.rib import Route
-from felix_like.routetable import NextHop, RouteTable, Target
+from felix_like.managers import RemoteBlock
+from felix_like.routetable import RouteTable, Target
 
 ROUTE_CLASS = "bgp"
 
 
-def target(route: Route) -> Target:
-    if len(route.nexthops) == 1:
-        return Target(dst=route.prefix, gateway=route.nexthops[0])
-    return Target(dst=route.prefix, nexthops=tuple(NextHop(nh) for nh in route.nexthops))
+class LearnedRoutes:
+    """Keeps what each learned prefix became and the dataplane in step with it.
+
+    ``on_block_update`` / ``on_block_remove``: the remote-block manager's inputs (the
+    daemon passes ``dp.remote``'s); without them (the speaker tests, the benchmark) a
+    route via another node is a plain route.
+    """
+
+    def __init__(self, table: RouteTable, route_class: str = ROUTE_CLASS,
+                 on_block_update: Callable[[RemoteBlock], None] | None = None,
+                 on_block_remove: Callable[[str], None] | None = None) -> None:
+        self.table = table
+        self.route_class = route_class
+        self._block_update = on_block_update
+        self._block_remove = on_block_remove
+        self.context: LearnedContext | None = None
+        self._learned: dict[str, Classified] = {}
+        self._paths: dict[Route, object] = {}  # per context: route -> classify_path()
+
+    # -- queries ------------------------------------------------------------------
+    def remote_blocks(self) -> list[RemoteBlock]:
+        return [c for c in self._learned.values() if isinstance(c, RemoteBlock)]
+
+    def pending(self) -> list[tuple[str, str]]:
+        """(prefix, why it is not routed)."""
+        return [(p, c) for p, c in self._learned.items() if isinstance(c, str)]
+
+    def __len__(self) -> int:
+        return len(self._learned)
+
+    # -- inputs -------------------------------------------------------------------
+    def set_context(self, ctx: LearnedContext, routes: Mapping[str, Route]) -> None:
+        """The context (our blocks, pools, nodes) changed: classify all of ``routes`` (the
+        RIB's best routes) again and replace the learned route class at once."""
+        self.context = ctx
+        self._paths = {}
+        old_blocks = {p for p, c in self._learned.items() if isinstance(c, RemoteBlock)}
+        self._learned = {}
+        groups: dict[Route, list[str]] = {}
+        for prefix, route in routes.items():
+            groups.setdefault(route, []).append(prefix)
+        plain: list[tuple[list[str], Target]] = []
+        for route, prefixes in groups.items():
+            for template, dsts in self._classify(route, prefixes, check_own=True).items():
+                plain.append((dsts, template))
+        self.table.set_routes_grouped(self.route_class, plain)
+        if self._block_remove is not None:
+            for prefix in old_blocks - {b.cidr for b in self.remote_blocks()}:
+                self._block_remove(prefix)
+
+    def apply(self, changes: Mapping[str, Route | None]) -> int:
+        """RIB changes ({prefix: Route, or None when gone}) into the dataplane (no I/O).
+        Returns how many prefixes changed what they are."""
+        if self.context is None:
+            raise RuntimeError("LearnedRoutes.apply before set_context")
+        groups: dict[Route | None, list[str]] = {}
+        for prefix, route in changes.items():
+            lst = groups.get(route)
+            if lst is None:
+                groups[route] = [prefix]
+            else:
+                lst.append(prefix)
+        learned = self._learned
+        gone = groups.pop(None, ())
+        unroute: list[str] = []
+        for prefix in gone:
+            self._forget(learned.pop(prefix, None), prefix, unroute)
+        changed = len(gone)
+        for route, prefixes in groups.items():
+            for template, dsts in self._classify(route, prefixes, unroute=unroute).items():
+                self.table.update_many(self.route_class, dsts, template)
+                changed += len(dsts)
+        if unroute:
+            self.table.remove_many(self.route_class, unroute)
+        return changed
+
+    # -- internals ----------------------------------------------------------------
+    def _forget(self, old: Classified | None, prefix: str, unroute: list[str]) -> None:
+        if isinstance(old, Target):
+            unroute.append(prefix)
+        elif isinstance(old, RemoteBlock) and self._block_remove is not None:
+            self._block_remove(prefix)
+
+    def _classify(self, route: Route, prefixes: Iterable[str], check_own: bool = False,
+                  unroute: list[str] | None = None) -> dict[Target, list[str]]:
+        """Record what each prefix of one route group becomes; returns the plain routes
+        that changed, by template. ``unroute`` (incremental mode) collects prefixes that
+        were plain routes and no longer are; remote-block changes go to the manager.
+
+        ``check_own``: refuse prefixes inside our own blocks. Needed when the context
+        changes (``set_context``): the RIB may hold routes accepted before we claimed a
+        block -- the daemon re-runs the import policy right after, which removes them.
+        Not needed for changes: the RIB only takes routes the current policy accepts,
+        and the daemon updates policy and context in the same loop cycle (a route
+        accepted under the old policy in between is removed again by ``set_policy``
+        before the changes are taken, so it nets out). Skipping it saves a prefix parse
+        per learned route.
+        """
+        ctx = self.context
+        path = self._paths.get(route)
+        if path is None:
+            path = self._paths[route] = classify_path(route.nexthops, ctx)
+        learned = self._learned
+        own = ctx.own_ranges if check_own else ()
+        plain: dict[Target, list[str]] = {}
+        if isinstance(path, Target):
+            # The common case (a ToR's 100k routes): one template for the whole group.
+            dsts = plain[path] = []
+            for prefix in prefixes:
+                old = learned.get(prefix)
+                if old is path:
+                    continue
+                if own and within_any(prefix, own):
+                    self._settle(prefix, old, OWN_BLOCK_REASON, unroute)
+                    continue
+                learned[prefix] = path
+                if isinstance(old, RemoteBlock) and self._block_remove is not None:
+                    self._block_remove(prefix)
+                dsts.append(prefix)
+            return plain
+        for prefix in prefixes:
+            old = learned.get(prefix)
+            if isinstance(path, str):
+                new: Classified = path
+            elif own and within_any(prefix, own):
+                new = OWN_BLOCK_REASON
+            elif within_any(prefix, ctx.pool_ranges):
+                new = RemoteBlock(prefix, path.node)
+            else:
+                new = path.plain
+            if new == old:
+                continue
+            if isinstance(new, Target):
+                learned[prefix] = new
+                if isinstance(old, RemoteBlock) and self._block_remove is not None:
+                    self._block_remove(prefix)
+                plain.setdefault(new, []).append(prefix)
+            else:
+                self._settle(prefix, old, new, unroute)
+        return plain
+
+    def _settle(self, prefix: str, old: Classified | None, new: RemoteBlock | str,
+                unroute: list[str] | None) -> None:
+        """A prefix becomes a remote block or a not-routed reason."""
+        self._learned[prefix] = new
+        if isinstance(old, Target) and unroute is not None:
+            unroute.append(prefix)
+        elif isinstance(old, RemoteBlock) and self._block_remove is not None \
+                and not isinstance(new, RemoteBlock):
+            self._block_remove(prefix)
+        if isinstance(new, RemoteBlock) and self._block_update is not None:
+            self._block_update(new)
 
 
-def apply_changes(table: RouteTable, changes: Mapping[str, Route | None]) -> int:
-    """Record RIB changes in ``table`` (no I/O); returns how many were recorded."""
-    for prefix, route in changes.items():
-        if route is None:
-            table.route_remove(ROUTE_CLASS, prefix)
-        else:
-            table.route_update(ROUTE_CLASS, target(route))
-    return len(changes)
+def plain_context(uplink: str | None = None, subnet: str = "0.0.0.0/32",
+                  own_blocks: Iterable[str] = (), pools: Iterable[str] = ()) -> LearnedContext:
+    """A context with no node registry: every learned route is a plain route (the
+    speaker tests, the benchmark)."""
+    from bgpd.calculator import _range
 
-
-def set_all(table: RouteTable, routes: Mapping[str, Route]) -> None:
-    """Replace the whole learned set (after a restart, before ``mark_in_sync``)."""
-    table.set_routes(ROUTE_CLASS, (target(r) for r in routes.values()))
+    return LearnedContext(own_name="", own_ranges=tuple(_range(b) for b in own_blocks),
+                          pool_ranges=tuple(_range(p) for p in pools), nodes_by_addr={},
+                          subnet_range=_range(subnet), uplink=uplink or "")

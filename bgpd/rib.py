@@ -11,6 +11,10 @@ best route (next hops) changed since the last call -- what the dataplane needs. 
 is a copy of the maintained best-route map (cheap: no re-ranking of unchanged prefixes) and
 does not consume changes.
 
+A ``Route`` (next hops, peers) does not carry its prefix: it is interned, so the 100k prefixes
+learned from one ToR share one ``Route`` object. Consumers group changes by it (one
+classification per next-hop set, not per prefix) and compare unchanged routes by identity.
+
 Graceful restart: ``mark_stale(peer)`` keeps the peer's paths but flags them; a re-announce
 clears the flag; ``sweep_stale(peer)`` (on End-of-RIB or when the restart time runs out)
 removes the ones still flagged. A stale path stays in use while it is the only best path
@@ -20,8 +24,9 @@ equal path loses nothing either way, while keeping them on a dead one blackholes
 the whole restart time (measured: tests/faults/test_ecmp_tor.py).
 
 Review notes: this sits on the 100k-routes path. A path is ``(nexthop, Attributes)`` with the
-Attributes object shared by all prefixes of one UPDATE; no per-prefix objects are made for
-prefixes whose best route does not change.
+Attributes object shared by all prefixes of one UPDATE. A prefix new to the RIB (the whole
+initial table) is settled inside ``add``: its only path is its best route, so it never
+enters the dirty set; only prefixes that already had paths are re-ranked in ``_refresh``.
 """
 
 from __future__ import annotations
@@ -35,10 +40,9 @@ Path = tuple[str, Attributes]  # (next hop, attributes)
 
 
 class Route(NamedTuple):
-    """A best route. A NamedTuple, not a dataclass: 100k are made at session start and a
-    tuple is ~3x cheaper to build than a frozen dataclass."""
+    """The best route of a prefix (the prefix is the key it is stored under). Interned:
+    equal routes are the same object (see ``Rib._intern``)."""
 
-    prefix: str
     nexthops: tuple[str, ...]  # sorted, unique
     peers: tuple[str, ...]  # sorted, unique
 
@@ -55,6 +59,16 @@ class Rib:
         self._dirty: set[str] = set()
         self._best: dict[str, Route] = {}
         self._changes: dict[str, Route | None] = {}  # since the last take_changes()
+        self._routes: dict[Route, Route] = {}  # intern table
+
+    def _intern(self, nexthops: tuple[str, ...], peers: tuple[str, ...]) -> Route:
+        route = Route(nexthops, peers)
+        got = self._routes.get(route)
+        if got is None:
+            if len(self._routes) > 65536:  # next-hop churn must not grow it forever
+                self._routes = {}
+            got = self._routes[route] = route
+        return got
 
     # -- updates --------------------------------------------------------
     def add(self, peer: str, prefixes: Iterable[str], nexthop: str, attrs: Attributes) -> None:
@@ -62,16 +76,23 @@ class Rib:
         table = self._table
         mine = self._by_peer.setdefault(peer, set())
         stale = self._stale.get(peer)
+        dirty = self._dirty
+        # A prefix with no path yet has this one as its best route: settle it here.
+        only = self._intern((nexthop,), (peer,))
+        best_map = self._best
+        changes = self._changes
         for prefix in prefixes:
             paths = table.get(prefix)
             if paths is None:
                 table[prefix] = {peer: path}
+                if prefix not in dirty:
+                    best_map[prefix] = changes[prefix] = only
             else:
                 paths[peer] = path
+                dirty.add(prefix)
             mine.add(prefix)
-            if stale:
-                stale.discard(prefix)
-        self._dirty.update(prefixes)
+        if stale:
+            stale.difference_update(prefixes)
 
     def remove(self, peer: str, prefixes: Iterable[str]) -> int:
         """Remove the peer's paths for ``prefixes``; returns how many it had."""
@@ -124,13 +145,16 @@ class Rib:
     def paths(self, prefix: str) -> dict[str, Path]:
         return dict(self._table.get(prefix, {}))
 
+    def path(self, prefix: str, peer: str) -> Path | None:
+        return self._table.get(prefix, {}).get(peer)
+
     def best(self, prefix: str) -> Route | None:
         paths = self._table.get(prefix)
         if not paths:
             return None
         if len(paths) == 1:
             (peer, (nh, _)), = paths.items()
-            return Route(prefix, (nh,), (peer,))
+            return self._intern((nh,), (peer,))
         top = min(_rank(a) for _, a in paths.values())
         chosen = [(peer, nh) for peer, (nh, a) in paths.items() if _rank(a) == top]
         if len(chosen) > 1 and self._stale:
@@ -138,8 +162,8 @@ class Rib:
             fresh = [(peer, nh) for peer, nh in chosen if prefix not in stale.get(peer, ())]
             if fresh:
                 chosen = fresh
-        return Route(prefix, tuple(sorted({nh for _, nh in chosen})),
-                     tuple(sorted(peer for peer, _ in chosen)))
+        return self._intern(tuple(sorted({nh for _, nh in chosen})),
+                            tuple(sorted(peer for peer, _ in chosen)))
 
     def routes(self) -> dict[str, Route]:
         """The current best routes (a copy; change tracking is not affected)."""
@@ -161,22 +185,14 @@ class Rib:
             return
         changes = self._changes
         best_map = self._best
-        table = self._table
         for prefix in self._dirty:
-            paths = table.get(prefix)
-            old = best_map.get(prefix)
-            if paths is not None and len(paths) == 1:
-                # Fast path (most prefixes have one path): no ranking, reuse if unchanged.
-                (peer, (nh, _)), = paths.items()
-                if old is None or old.nexthops != (nh,) or old.peers != (peer,):
-                    best_map[prefix] = changes[prefix] = Route(prefix, (nh,), (peer,))
-                continue
             new = self.best(prefix)
+            old = best_map.get(prefix)
+            if new is old:  # interned: equal routes are the same object
+                continue
             if new is None:
-                if old is not None:
-                    del best_map[prefix]
-                    changes[prefix] = None
-            elif old is None or old.nexthops != new.nexthops or old.peers != new.peers:
+                del best_map[prefix]
+            else:
                 best_map[prefix] = new
-                changes[prefix] = new
+            changes[prefix] = new
         self._dirty = set()

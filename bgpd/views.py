@@ -105,8 +105,8 @@ def status_view(d: NodeDaemon) -> dict:
         "vtep": {"address": d.vtep[0], "mac": d.vtep[1]} if d.vtep else None,
         "workloads": len(d.workload_dir.records),
         "routes": d.route_counts(),
-        "pending": [{"prefix": p, "why": why} for p, why in d._learned.items()  # noqa: SLF001
-                    if isinstance(why, str)],
+        "pending": [{"prefix": p, "why": why}
+                    for p, why in (d.learned.pending() if d.learned else [])],
         "sync": {"datastore": d.datastore_in_sync, "routes_swept": d._routes_marked,  # noqa: SLF001
                  "ready": ready, **readiness},
         "exabgp_pid": d.speaker.exabgp_pid if d.speaker else None,

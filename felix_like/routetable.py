@@ -198,6 +198,19 @@ def parse_target(t: Target) -> tuple[RouteKey, _Want]:
     return (t.table, dst, plen, t.metric), _parse_want(t)
 
 
+def _target_of(key: RouteKey, want: _Want) -> Target:
+    """The Target a (key, want) pair was parsed from (for display: desired_targets)."""
+    table, dst, plen, metric = key
+    rtype, gw, ifname, onlink = want
+    base = {"dst": f"{socket.inet_ntoa(dst)}/{plen}", "table": table, "metric": metric}
+    if ifname is MULTIPATH:
+        return Target(**base, nexthops=tuple(
+            NextHop(socket.inet_ntoa(g), i, o) for g, i, o in gw))
+    rtype_name = next(n for n, v in ROUTE_TYPES.items() if v == rtype)
+    return Target(**base, gateway=socket.inet_ntoa(gw) if gw else None, ifname=ifname,
+                  type=rtype_name, onlink=onlink)
+
+
 def _resolve_multipath(hops, get_index) -> RouteForm | None:
     """The kernel form of a multipath want, or None while one of its devices is missing.
 
@@ -286,7 +299,7 @@ class RouteTable:
     resync_interval: float = DEFAULT_RESYNC_INTERVAL
     clock: Callable[[], float] = time.monotonic
     _desired: dict[str, dict[RouteKey, _Want]] = field(default_factory=dict, init=False)
-    _targets: dict[str, dict[RouteKey, Target]] = field(default_factory=dict, init=False)
+    _want_cache: dict[tuple, _Want] = field(default_factory=dict, init=False)
     _actual: dict[RouteKey, RouteForm] = field(default_factory=dict, init=False)
     _dirty: set[RouteKey] = field(default_factory=set, init=False)
     _resync_pending: bool = field(default=True, init=False)
@@ -305,24 +318,32 @@ class RouteTable:
     def set_routes(self, route_class: str, targets: Iterable[Target]) -> None:
         """Replace the whole desired set of ``route_class``."""
         new: dict[RouteKey, _Want] = {}
-        new_t: dict[RouteKey, Target] = {}
-        # Many targets share gateway/device/type: validate and build that part
-        # once and share the tuple (100k targets: ~2x faster, less memory).
-        want_cache: dict[tuple, _Want] = {}
         tables = self.tables
         parse_dst = _parse_dst
+        want_for = self._want_for
         for t in targets:
-            wk = (t.gateway, t.ifname, t.type, t.onlink, t.nexthops)
-            want = want_cache.get(wk)
-            if want is None:
-                want = want_cache[wk] = _parse_want(t)
+            want = want_for(t)
             dst, plen = parse_dst(t.dst)
             if t.table not in tables:
                 raise RouteTableError(f"route {t.dst}: table {t.table} is not managed "
                                       f"(managed: {sorted(tables)})")
-            key = (t.table, dst, plen, t.metric)
-            new[key] = want
-            new_t[key] = t
+            new[(t.table, dst, plen, t.metric)] = want
+        self._replace_class(route_class, new)
+
+    def set_routes_grouped(self, route_class: str,
+                           groups: Iterable[tuple[Iterable[str], Target]]) -> None:
+        """``set_routes`` for routes that come in groups sharing everything but ``dst``:
+        each ``(dsts, template)`` makes one route per dst like ``template`` (whose own
+        ``dst`` is ignored). No per-route ``Target`` is built (100k learned routes)."""
+        new: dict[RouteKey, _Want] = {}
+        for dsts, template in groups:
+            table, metric, want = self._template(template)
+            for dst in dsts:
+                d, plen = _parse_dst(dst)
+                new[(table, d, plen, metric)] = want
+        self._replace_class(route_class, new)
+
+    def _replace_class(self, route_class: str, new: dict[RouteKey, _Want]) -> None:
         old = self._desired.get(route_class, {})
         if route_class not in self._order:
             self._order.append(route_class)
@@ -336,30 +357,66 @@ class RouteTable:
                     dirty.add(k)
             dirty.update(old.keys() - new.keys())
         self._desired[route_class] = new
-        self._targets[route_class] = new_t
+
+    def _want_for(self, t: Target) -> _Want:
+        # Many targets share gateway/device/type: validate and build that part once and
+        # share the tuple (100k targets: ~2x faster, less memory, identity compares).
+        wk = (t.gateway, t.ifname, t.type, t.onlink, t.nexthops)
+        want = self._want_cache.get(wk)
+        if want is None:
+            if len(self._want_cache) > 4096:  # next-hop churn must not grow it forever
+                self._want_cache = {}
+            want = self._want_cache[wk] = _parse_want(t)
+        return want
+
+    def _template(self, template: Target) -> tuple[int, int, _Want]:
+        if template.table not in self.tables:
+            raise RouteTableError(f"route template {template!r}: table {template.table} "
+                                  f"is not managed")
+        return template.table, template.metric, self._want_for(template)
 
     def route_update(self, route_class: str, target: Target) -> None:
         """Add or change one route of a class (incremental form of set_routes)."""
-        key, want = parse_target(target)
-        if key[0] not in self.tables:
-            raise RouteTableError(f"route {target.dst}: table {key[0]} is not managed")
+        self.update_many(route_class, (target.dst,), target)
+
+    def update_many(self, route_class: str, dsts: Iterable[str], template: Target) -> None:
+        """Add or change one route per dst, each like ``template`` (its ``dst`` ignored)."""
+        table, metric, want = self._template(template)
         if route_class not in self._order:
             self._order.append(route_class)
         cls = self._desired.setdefault(route_class, {})
-        if cls.get(key) != want:
-            cls[key] = want
-            self._targets.setdefault(route_class, {})[key] = target
-            self._dirty.add(key)
+        get = cls.get
+        dirty = self._dirty
+        parse_dst = _parse_dst
+        for dst in dsts:
+            d, plen = parse_dst(dst)
+            key = (table, d, plen, metric)
+            have = get(key)
+            if have is not want and have != want:
+                cls[key] = want
+                dirty.add(key)
 
     def route_remove(self, route_class: str, dst: str, table: int = RT_TABLE_MAIN,
                      metric: int = 0) -> None:
-        key, _ = parse_target(Target(dst=dst, type="blackhole", table=table, metric=metric))
-        if self._desired.get(route_class, {}).pop(key, None) is not None:
-            self._targets[route_class].pop(key, None)
-            self._dirty.add(key)
+        self.remove_many(route_class, (dst,), table, metric)
+
+    def remove_many(self, route_class: str, dsts: Iterable[str], table: int = RT_TABLE_MAIN,
+                    metric: int = 0) -> None:
+        cls = self._desired.get(route_class)
+        if not cls:
+            return
+        dirty = self._dirty
+        for dst in dsts:
+            d, plen = _parse_dst(dst)
+            key = (table, d, plen, metric)
+            if cls.pop(key, None) is not None:
+                dirty.add(key)
 
     def desired_targets(self, route_class: str) -> list[Target]:
-        return list(self._targets.get(route_class, {}).values())
+        return [_target_of(key, want) for key, want in self._desired.get(route_class, {}).items()]
+
+    def desired_count(self, route_class: str) -> int:
+        return len(self._desired.get(route_class, ()))
 
     # --- sync control --------------------------------------------------------------
     def queue_resync(self) -> None:

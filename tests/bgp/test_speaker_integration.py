@@ -234,7 +234,7 @@ def test_deliberate_stop_withdraws_before_closing(fabric, cleanup):
 
 
 def test_learned_routes_reach_the_kernel_through_felix_like(fabric, cleanup):
-    from bgpd.learned_routes import apply_changes
+    from bgpd.learned_routes import LearnedRoutes, plain_context
     from felix_like.routetable import KernelRouteDriver, RouteTable
     from lab.routers import kernel_routes
 
@@ -245,9 +245,11 @@ def test_learned_routes_reach_the_kernel_through_felix_like(fabric, cleanup):
     cleanup.append(sp.start())
     driver = KernelRouteDriver(netns=fabric.speaker_ns)
     table = RouteTable(driver=driver, protocol=73, class_order=("bgp",))
+    learned = LearnedRoutes(table)
+    learned.set_context(plain_context(own_blocks=(OWN_BLOCK,)), {})
     try:
         def sync() -> dict:
-            apply_changes(table, sp.take_route_changes())
+            learned.apply(sp.take_route_changes())
             table.mark_in_sync()
             table.apply()
             return kernel_routes(fabric.speaker_ns)

@@ -1,0 +1,250 @@
+"""The 100k-routes path's bulk forms agree with the per-route reference forms.
+
+- ``ImportPolicy.split_prefixes`` (inlined, one call per UPDATE) == ``check_prefix`` per prefix;
+- ``Rib.add`` settles new prefixes without re-ranking and interns routes;
+- ``LearnedRoutes`` (classification per next-hop group, bulk ``update_many``) installs
+  exactly what ``calculator.classify`` says per prefix, incrementally and after a
+  context change;
+- ``RouteTable``'s bulk methods == the per-route ones; ``desired_targets`` round-trips.
+"""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bgpd.calculator import LearnedContext, _range, classify
+from bgpd.events import Attributes
+from bgpd.exabgp_config import PrefixFilter
+from bgpd.import_policy import ImportPolicy
+from bgpd.learned_routes import LearnedRoutes
+from bgpd.node_registry import NodeInfo
+from bgpd.rib import Rib
+from felix_like.managers import RemoteBlock
+from felix_like.routetable import NextHop, RouteTable, Target
+
+A = Attributes(as_path=(65001,), as_path_len=1)
+
+# -- import policy ------------------------------------------------------------------
+POLICY = ImportPolicy(64512, ("198.19.0.0/16", "198.18.64.0/18"),
+                      frozenset({"198.19.1.0/26", "198.19.7.128/25"}),
+                      frozenset({"198.18.1.10"}),
+                      {"198.18.1.1": (PrefixFilter("0.0.0.0/0"),
+                                      PrefixFilter.parse("198.18.200.0/24 le 28"))})
+
+octet = st.integers(0, 255)
+prefix_text = st.one_of(
+    st.builds(lambda a, b, c, d, n: f"{a}.{b}.{c}.{d}/{n}", st.sampled_from([198, 10, 0]),
+              st.sampled_from([18, 19]), octet, octet, st.integers(0, 33)),
+    st.builds(lambda c, d: f"198.19.{c}.{d}", octet, octet),          # no length: a /32
+    st.sampled_from(["", "/", "198.19.1/26", "198.19.1.0/x", "300.1.1.1/32", "a.b.c.d/8",
+                     "198.19.1.0/-1", "198.19.1.0/26/1", " 198.19.1.0/26", "0.0.0.0/0"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(prefix_text, max_size=40), st.sampled_from(["198.18.1.1", "198.18.1.2"]))
+def test_split_prefixes_agrees_with_check_prefix(prefixes, peer):
+    ok, bad = POLICY.split_prefixes(peer, prefixes)
+    want_ok = [p for p in prefixes if POLICY.check_prefix(peer, p) is None]
+    want_bad = [(p, POLICY.check_prefix(peer, p)) for p in prefixes
+                if POLICY.check_prefix(peer, p) is not None]
+    assert (ok, bad) == (want_ok, want_bad)
+
+
+# -- RIB ------------------------------------------------------------------------------
+def test_rib_new_prefixes_share_one_interned_route():
+    rib = Rib()
+    rib.add("p1", ["198.19.2.0/26", "198.19.3.0/26"], "198.18.1.1", A)
+    rib.add("p1", ["198.19.4.0/26"], "198.18.1.1", A)
+    ch = rib.take_changes()
+    assert ch["198.19.2.0/26"] is ch["198.19.3.0/26"] is ch["198.19.4.0/26"]
+    assert ch["198.19.2.0/26"].nexthops == ("198.18.1.1",)
+
+
+def test_rib_prefix_removed_and_added_back_before_changes_are_taken():
+    rib = Rib()
+    rib.add("p1", ["198.19.2.0/26"], "198.18.1.1", A)
+    rib.take_changes()
+    rib.remove("p1", ["198.19.2.0/26"])
+    rib.add("p2", ["198.19.2.0/26"], "198.18.1.2", A)   # a different peer takes over
+    assert rib.take_changes()["198.19.2.0/26"].peers == ("p2",)
+    assert rib.routes()["198.19.2.0/26"].nexthops == ("198.18.1.2",)
+
+
+# -- learned routes ---------------------------------------------------------------------
+NODE_A2 = NodeInfo("node-a2", "198.18.1.12", "198.18.1.0/24", 64601)
+NODE_B1 = NodeInfo("node-b1", "198.18.2.11", "198.18.2.0/24", 64602)
+CTX = LearnedContext(
+    own_name="node-a1",
+    own_ranges=(_range("198.19.1.0/26"),),
+    pool_ranges=(_range("198.19.0.0/16"),),
+    nodes_by_addr={n.address: n for n in (NODE_A2, NODE_B1)},
+    subnet_range=_range("198.18.1.0/24"),
+    uplink="eth0")
+# Pool blocks, prefixes outside the pools (a ToR's default, a /32 elsewhere), own block.
+PREFIXES = ["198.19.2.0/26", "198.19.3.0/26", "198.19.4.7/32", "198.19.9.0/24",
+            "0.0.0.0/0", "198.18.70.0/24", "198.18.200.5/32"]
+OWN = "198.19.1.8/32"
+HOPS = [(), ("198.18.1.1",), ("198.18.1.12",), ("198.18.2.11",), ("198.18.1.1", "198.18.1.2"),
+        ("198.18.1.2", "198.18.1.12"), ("198.18.3.1", "198.18.2.11"), ("198.18.3.1",)]
+
+
+class FakeKernel:
+    def dump_routes(self, protocol, tables):
+        return {}
+
+    def link_indexes(self):
+        return {"eth0": 2}
+
+    def execute(self, ops, protocol):
+        return [0] * len(ops)
+
+
+def _table() -> RouteTable:
+    return RouteTable(driver=FakeKernel(), protocol=73, class_order=("bgp",))
+
+
+class Blocks:
+    def __init__(self) -> None:
+        self.blocks: dict[str, RemoteBlock] = {}
+
+    def update(self, b: RemoteBlock) -> None:
+        self.blocks[b.cidr] = b
+
+    def remove(self, cidr: str) -> None:
+        self.blocks.pop(cidr, None)
+
+
+def _expected(best: dict[str, tuple[str, ...]], ctx: LearnedContext):
+    plain, blocks, pending = {}, {}, {}
+    for p, hops in best.items():
+        c = classify(p, hops, ctx)
+        if isinstance(c, Target):
+            plain[p] = c
+        elif isinstance(c, RemoteBlock):
+            blocks[p] = c
+        else:
+            pending[p] = c
+    return plain, blocks, pending
+
+
+def _canon(t: Target) -> tuple:
+    hops = tuple(sorted((h.gateway, h.ifname, h.onlink) for h in t.nexthops))
+    if len(hops) == 1:  # one hop is the plain form (routetable collapses it)
+        return (t.dst, hops[0][0], hops[0][1], hops[0][2], ())
+    return (t.dst, t.gateway, t.ifname, t.onlink, hops)
+
+
+def _check(learned: LearnedRoutes, table: RouteTable, blocks: Blocks, best, ctx) -> None:
+    plain, remote, pending = _expected(best, ctx)
+    got = {t.dst: _canon(t) for t in table.desired_targets("bgp")}
+    assert got == {p: _canon(t) for p, t in plain.items()}
+    assert blocks.blocks == remote
+    assert dict(learned.pending()) == pending
+    assert {b.cidr for b in learned.remote_blocks()} == set(remote)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PREFIXES),
+                          st.one_of(st.none(), st.sampled_from(HOPS))), max_size=30),
+       st.integers(1, 6))
+def test_learned_routes_install_what_classify_says(steps, batch):
+    rib = Rib()
+    peers = {}
+    table, blocks = _table(), Blocks()
+    learned = LearnedRoutes(table, on_block_update=blocks.update, on_block_remove=blocks.remove)
+    learned.set_context(CTX, {})
+    best: dict[str, tuple[str, ...]] = {}
+    for i in range(0, len(steps), batch):
+        for prefix, hops in steps[i:i + batch]:
+            # Model the RIB input: one peer per next hop; replace the prefix's paths.
+            for peer in list(peers.get(prefix, ())):
+                rib.remove(peer, [prefix])
+            peers[prefix] = set(hops or ())
+            for nh in hops or ():
+                rib.add(nh, [prefix], nh, A)
+            if hops:
+                best[prefix] = tuple(sorted(set(hops)))
+            else:
+                best.pop(prefix, None)
+        learned.apply(rib.take_changes())
+        _check(learned, table, blocks, best, CTX)
+    # A context change (we now own 198.19.2.0/26, node-a2 left the registry): everything
+    # is classified again, our own block refused even though the RIB holds it.
+    ctx2 = LearnedContext(CTX.own_name, CTX.own_ranges + (_range("198.19.2.0/26"),),
+                          CTX.pool_ranges, {NODE_B1.address: NODE_B1}, CTX.subnet_range,
+                          CTX.uplink)
+    learned.set_context(ctx2, rib.routes())
+    _check(learned, table, blocks, best, ctx2)
+
+
+def test_set_context_refuses_a_route_inside_our_own_block():
+    rib = Rib()
+    rib.add("198.18.1.1", [OWN, "198.19.2.0/26"], "198.18.1.1", A)
+    table, blocks = _table(), Blocks()
+    learned = LearnedRoutes(table, on_block_update=blocks.update, on_block_remove=blocks.remove)
+    learned.set_context(CTX, rib.routes())
+    assert [t.dst for t in table.desired_targets("bgp")] == ["198.19.2.0/26"]
+    assert learned.pending() == [(OWN, "inside one of our own blocks")]
+
+
+def test_100k_prefixes_of_one_tor_are_one_group_with_one_shared_want():
+    rib = Rib()
+    prefixes = [f"198.19.{i // 256}.{i % 256}/32" for i in range(20000)]
+    rib.add("198.18.1.1", prefixes, "198.18.1.1", A)
+    table = _table()
+    learned = LearnedRoutes(table)
+    learned.set_context(CTX, {})
+    assert learned.apply(rib.take_changes()) == 20000
+    wants = {id(w) for w in table._desired["bgp"].values()}  # noqa: SLF001 - the point
+    assert len(wants) == 1
+    res = table.apply()
+    assert res.added == 20000 and not res.failed
+
+
+# -- route table bulk forms -------------------------------------------------------------
+TARGETS = [Target("198.19.5.0/26", gateway="198.18.1.1", ifname="eth0"),
+           Target("198.19.6.0/26", gateway="198.18.3.1", onlink=True, ifname="eth0"),
+           Target("198.19.7.0/26", type="blackhole"),
+           Target("198.19.8.0/26", ifname="eth0", metric=5),
+           Target("198.19.9.0/26", nexthops=(NextHop("198.18.1.2", "eth0"),
+                                             NextHop("198.18.1.1", "eth0")))]
+
+
+def test_desired_targets_round_trip():
+    t = _table()
+    t.set_routes("bgp", TARGETS)
+    got = {x.dst: _canon(x) + (x.type, x.metric, x.table) for x in t.desired_targets("bgp")}
+    assert got == {x.dst: _canon(x) + (x.type, x.metric, x.table) for x in TARGETS}
+    assert t.desired_count("bgp") == len(TARGETS)
+
+
+def test_bulk_methods_equal_per_route_methods():
+    rng = random.Random(7)
+    dsts = [f"198.19.{i}.0/24" for i in range(50)]
+    a, b = _table(), _table()
+    a.mark_in_sync()
+    b.mark_in_sync()
+    for _ in range(20):
+        template = rng.choice(TARGETS)
+        chosen = rng.sample(dsts, 10)
+        a.update_many("bgp", chosen, template)
+        for d in chosen:
+            b.route_update("bgp", Target(d, template.gateway, template.ifname, template.type,
+                                         template.onlink, template.table, template.metric,
+                                         template.nexthops))
+        gone = rng.sample(dsts, 5)
+        a.remove_many("bgp", gone)
+        for d in gone:
+            b.route_remove("bgp", d)
+        assert a._desired == b._desired  # noqa: SLF001
+        assert a.apply().summary() == b.apply().summary()
+    grouped = _table()
+    grouped.set_routes_grouped("bgp", [([d], t) for d, t in
+                                       ((x.dst, x) for x in TARGETS)])
+    plain = _table()
+    plain.set_routes("bgp", TARGETS)
+    assert grouped._desired == plain._desired  # noqa: SLF001
