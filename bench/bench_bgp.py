@@ -149,6 +149,8 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
                     cpu0 = {"exabgp": cpu_s(exa), "daemon": cpu_s(os.getpid()),
                             "relay": sum(cpu_s(c) for c in children(exa))}
             changes = sp.take_route_changes()
+            if os.environ.get("NR_BENCH_TRACE") and t_up:
+                print(f"t={time.monotonic() - t_up[0]:.3f} changes={len(changes)} cpu={cpu_s(os.getpid()):.2f} exa={cpu_s(sp.exabgp_pid):.2f}", flush=True)
             if changes:
                 learned.apply(changes)
                 res = table.apply()

@@ -92,12 +92,13 @@ class LearnedRoutes:
         if self.context is None:
             raise RuntimeError("LearnedRoutes.apply before set_context")
         groups: dict[Route | None, list[str]] = {}
+        last: object = groups  # never a route
+        lst: list[str] = []
         for prefix, route in changes.items():
-            lst = groups.get(route)
-            if lst is None:
-                groups[route] = [prefix]
-            else:
-                lst.append(prefix)
+            if route is not last:  # runs of one route are the rule: skip the hashing
+                last = route
+                lst = groups.setdefault(route, [])
+            lst.append(prefix)
         learned = self._learned
         gone = groups.pop(None, ())
         unroute: list[str] = []
@@ -119,7 +120,7 @@ class LearnedRoutes:
         elif isinstance(old, RemoteBlock) and self._block_remove is not None:
             self._block_remove(prefix)
 
-    def _classify(self, route: Route, prefixes: Iterable[str], check_own: bool = False,
+    def _classify(self, route: Route, prefixes: list[str], check_own: bool = False,
                   unroute: list[str] | None = None) -> dict[Target, list[str]]:
         """Record what each prefix of one route group becomes; returns the plain routes
         that changed, by template. ``unroute`` (incremental mode) collects prefixes that
@@ -144,6 +145,15 @@ class LearnedRoutes:
         if isinstance(path, Target):
             # The common case (a ToR's 100k routes): one template for the whole group.
             dsts = plain[path] = []
+            if not own:
+                # Prefixes new to us (the whole initial table) in bulk.
+                fresh = [p for p in prefixes if p not in learned]
+                learned.update(dict.fromkeys(fresh, path))
+                dsts += fresh
+                if len(fresh) == len(prefixes):
+                    return plain
+                fresh_set = set(fresh)
+                prefixes = [p for p in prefixes if p not in fresh_set]
             for prefix in prefixes:
                 old = learned.get(prefix)
                 if old is path:

@@ -31,7 +31,7 @@ enters the dirty set; only prefixes that already had paths are re-ranked in ``_r
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from bgpd.events import Attributes
@@ -71,28 +71,33 @@ class Rib:
         return got
 
     # -- updates --------------------------------------------------------
-    def add(self, peer: str, prefixes: Iterable[str], nexthop: str, attrs: Attributes) -> None:
+    def add(self, peer: str, prefixes: Sequence[str], nexthop: str, attrs: Attributes) -> None:
         path = (nexthop, attrs)
         table = self._table
-        mine = self._by_peer.setdefault(peer, set())
-        stale = self._stale.get(peer)
+        get = table.get
         dirty = self._dirty
-        # A prefix with no path yet has this one as its best route: settle it here.
-        only = self._intern((nexthop,), (peer,))
-        best_map = self._best
-        changes = self._changes
+        fresh = []
         for prefix in prefixes:
-            paths = table.get(prefix)
+            paths = get(prefix)
             if paths is None:
                 table[prefix] = {peer: path}
-                if prefix not in dirty:
-                    best_map[prefix] = changes[prefix] = only
+                fresh.append(prefix)
             else:
                 paths[peer] = path
                 dirty.add(prefix)
-            mine.add(prefix)
+        self._by_peer.setdefault(peer, set()).update(prefixes)
+        stale = self._stale.get(peer)
         if stale:
             stale.difference_update(prefixes)
+        if fresh:
+            # A prefix with no path before has this one as its best route: settle it
+            # here, in bulk (a dirty one -- removed earlier in this batch -- is ranked
+            # by _refresh like any other).
+            if dirty:
+                fresh = [p for p in fresh if p not in dirty]
+            settled = dict.fromkeys(fresh, self._intern((nexthop,), (peer,)))
+            self._best.update(settled)
+            self._changes.update(settled)
 
     def remove(self, peer: str, prefixes: Iterable[str]) -> int:
         """Remove the peer's paths for ``prefixes``; returns how many it had."""

@@ -137,55 +137,90 @@ def pack_route_ops(ops: Sequence[RouteOp], protocol: int, first_seq: int) -> byt
     """Pack route requests back to back; request i gets sequence ``first_seq + i``.
 
     No NLM_F_ACK: success is silent, failure answers with the request's seq.
+
+    Single-path requests differ only in seq, dst_len and dst once (op, form, table,
+    metric) are fixed, and consecutive ops usually share all four (``routetable.plan``
+    hands 100k routes via one ToR the same form object): each such run packs one
+    template and then only the three varying fields (~4x faster than packing every
+    field of every request).
     """
     out = bytearray()
     seq = first_seq
-    add_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
-    rep_flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
     append = out.extend
+    last = None
+    pack = parts = None
     for op, key, form in ops:
         table, dst, plen, metric = key
-        rtable = table if table < 256 else 252  # RT_TABLE_COMPAT; RTA_TABLE carries the real id
-        if op == OP_DELETE:
-            # type 0 and scope NOWHERE match any; protocol makes the kernel refuse
-            # (ESRCH) to delete a route that is not ours (fib_table_delete).
-            append(_S_BARE.pack(_LEN_BARE, RTM_DELROUTE, NLM_F_REQUEST, seq, 0,
-                                socket.AF_INET, plen, 0, 0, rtable, protocol,
-                                RT_SCOPE_NOWHERE, 0, 0,
-                                8, RTA_TABLE, table, 8, RTA_DST, dst, 8, RTA_PRIORITY, metric))
+        if form is not None and form[2] == MULTIPATH_OIF:
+            flags = _ADD_FLAGS if op == OP_ADD else _REPLACE_FLAGS
+            rtable = table if table < 256 else 252
+            append(_pack_multipath(flags, seq, rtable, protocol, form[0], table, dst, plen,
+                                   metric, form[1]))  # type: ignore[arg-type]
             seq += 1
             continue
-        rtype, gw, oif, onlink = form  # type: ignore[misc]
-        flags = add_flags if op == OP_ADD else rep_flags
-        if oif == MULTIPATH_OIF:
-            append(_pack_multipath(flags, seq, rtable, protocol, rtype, table, dst, plen,
-                                   metric, gw))  # type: ignore[arg-type]
-            seq += 1
-            continue
-        scope = RT_SCOPE_LINK if (rtype == RTN_UNICAST and not gw) else RT_SCOPE_UNIVERSE
-        rflags = RTNH_F_ONLINK if onlink else 0
-        if gw and oif:
-            append(_S_GW_OIF.pack(_LEN_GW_OIF, RTM_NEWROUTE, flags, seq, 0,
-                                  socket.AF_INET, plen, 0, 0, rtable, protocol, scope, rtype,
-                                  rflags, 8, RTA_TABLE, table, 8, RTA_DST, dst,
-                                  8, RTA_PRIORITY, metric, 8, RTA_GATEWAY, gw, 8, RTA_OIF, oif))
-        elif oif:
-            append(_S_OIF.pack(_LEN_OIF, RTM_NEWROUTE, flags, seq, 0,
-                               socket.AF_INET, plen, 0, 0, rtable, protocol, scope, rtype,
-                               rflags, 8, RTA_TABLE, table, 8, RTA_DST, dst,
-                               8, RTA_PRIORITY, metric, 8, RTA_OIF, oif))
-        elif gw:
-            append(_S_GW.pack(_LEN_GW, RTM_NEWROUTE, flags, seq, 0,
-                              socket.AF_INET, plen, 0, 0, rtable, protocol, scope, rtype,
-                              rflags, 8, RTA_TABLE, table, 8, RTA_DST, dst,
-                              8, RTA_PRIORITY, metric, 8, RTA_GATEWAY, gw))
-        else:
-            append(_S_BARE.pack(_LEN_BARE, RTM_NEWROUTE, flags, seq, 0,
-                                socket.AF_INET, plen, 0, 0, rtable, protocol, scope, rtype,
-                                rflags, 8, RTA_TABLE, table, 8, RTA_DST, dst,
-                                8, RTA_PRIORITY, metric))
+        if last is None or form is not last[1] or op != last[0] or table != last[2] \
+                or metric != last[3]:
+            last = (op, form, table, metric)
+            pack, parts = _template(op, form, table, metric, protocol)
+        append(pack(parts[0], seq, parts[1], plen, parts[2], dst, parts[3]))
         seq += 1
     return out
+
+
+_ADD_FLAGS = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+_REPLACE_FLAGS = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
+# Where the varying fields sit in every single-path request (see _HEAD): nlmsg_seq at
+# 8..12, rtm_dst_len at 17, RTA_DST's payload at 40..44.
+_SEQ_AT, _PLEN_AT, _DST_AT = 8, 17, 40
+_TEMPLATE_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _template(op: int, form: RouteForm | None, table: int, metric: int, protocol: int
+              ) -> tuple[Callable[..., bytes], tuple[bytes, bytes, bytes, bytes]]:
+    whole = _pack_single(op, form, table, metric, protocol, 0, 0, b"\0\0\0\0")
+    tail = len(whole) - _DST_AT - 4
+    st = _TEMPLATE_STRUCTS.get(tail)
+    if st is None:
+        st = _TEMPLATE_STRUCTS[tail] = struct.Struct(
+            f"=8sI{_PLEN_AT - _SEQ_AT - 4}sB{_DST_AT - _PLEN_AT - 1}s4s{tail}s")
+    return st.pack, (whole[:_SEQ_AT], whole[_SEQ_AT + 4:_PLEN_AT],
+                     whole[_PLEN_AT + 1:_DST_AT], whole[_DST_AT + 4:])
+
+
+def _pack_single(op: int, form: RouteForm | None, table: int, metric: int, protocol: int,
+                 seq: int, plen: int, dst: bytes) -> bytes:
+    """One single-path request, every field packed (the reference layout)."""
+    rtable = table if table < 256 else 252  # RT_TABLE_COMPAT; RTA_TABLE carries the real id
+    if op == OP_DELETE:
+        # type 0 and scope NOWHERE match any; protocol makes the kernel refuse
+        # (ESRCH) to delete a route that is not ours (fib_table_delete).
+        return _S_BARE.pack(_LEN_BARE, RTM_DELROUTE, NLM_F_REQUEST, seq, 0,
+                            socket.AF_INET, plen, 0, 0, rtable, protocol,
+                            RT_SCOPE_NOWHERE, 0, 0,
+                            8, RTA_TABLE, table, 8, RTA_DST, dst, 8, RTA_PRIORITY, metric)
+    rtype, gw, oif, onlink = form  # type: ignore[misc]
+    flags = _ADD_FLAGS if op == OP_ADD else _REPLACE_FLAGS
+    scope = RT_SCOPE_LINK if (rtype == RTN_UNICAST and not gw) else RT_SCOPE_UNIVERSE
+    rflags = RTNH_F_ONLINK if onlink else 0
+    if gw and oif:
+        return _S_GW_OIF.pack(_LEN_GW_OIF, RTM_NEWROUTE, flags, seq, 0,
+                              socket.AF_INET, plen, 0, 0, rtable, protocol, scope, rtype,
+                              rflags, 8, RTA_TABLE, table, 8, RTA_DST, dst,
+                              8, RTA_PRIORITY, metric, 8, RTA_GATEWAY, gw, 8, RTA_OIF, oif)
+    if oif:
+        return _S_OIF.pack(_LEN_OIF, RTM_NEWROUTE, flags, seq, 0,
+                           socket.AF_INET, plen, 0, 0, rtable, protocol, scope, rtype,
+                           rflags, 8, RTA_TABLE, table, 8, RTA_DST, dst,
+                           8, RTA_PRIORITY, metric, 8, RTA_OIF, oif)
+    if gw:
+        return _S_GW.pack(_LEN_GW, RTM_NEWROUTE, flags, seq, 0,
+                          socket.AF_INET, plen, 0, 0, rtable, protocol, scope, rtype,
+                          rflags, 8, RTA_TABLE, table, 8, RTA_DST, dst,
+                          8, RTA_PRIORITY, metric, 8, RTA_GATEWAY, gw)
+    return _S_BARE.pack(_LEN_BARE, RTM_NEWROUTE, flags, seq, 0,
+                        socket.AF_INET, plen, 0, 0, rtable, protocol, scope, rtype,
+                        rflags, 8, RTA_TABLE, table, 8, RTA_DST, dst,
+                        8, RTA_PRIORITY, metric)
 
 
 def _pack_multipath(flags: int, seq: int, rtable: int, protocol: int, rtype: int, table: int,

@@ -230,6 +230,20 @@ def _resolve_multipath(hops, get_index) -> RouteForm | None:
     return (RTN_UNICAST, tuple(out), MULTIPATH_OIF, False)  # type: ignore[return-value]
 
 
+def _form_of(want: _Want, get_index) -> RouteForm | None:
+    """The kernel form of a want, or None while a device it needs is missing."""
+    rtype, gw, ifname, onlink = want
+    if ifname is None:
+        return (rtype, gw, 0, onlink)
+    if ifname is MULTIPATH:
+        return _resolve_multipath(gw, get_index)
+    idx = get_index(ifname)
+    return None if idx is None else (rtype, gw, idx, onlink)
+
+
+_UNSET = object()
+
+
 def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, RouteForm],
          ifindex: Mapping[str, int], in_sync: bool, full: bool
          ) -> tuple[list[RouteOp], set[RouteKey], set[RouteKey]]:
@@ -239,6 +253,11 @@ def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, Route
     desired). With ``full`` every key of ``actual`` is looked at too (a resync).
     Returns (ops, waiting_for_interface, stale_kept); keys in neither and not in
     ops need nothing. Only ops, waiting and stale keys stay dirty.
+
+    Wants are shared tuples (100k learned routes via one ToR have one), so each
+    distinct want is resolved to its kernel form once (keyed by identity: the
+    objects live in ``wants`` for the whole call) and the ops of those routes share
+    one form object -- which ``nlwire.pack_route_ops`` packs once as a template.
     """
     ops: list[RouteOp] = []
     waiting: set[RouteKey] = set()
@@ -246,6 +265,8 @@ def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, Route
     get_actual = actual.get
     get_index = ifindex.get
     append = ops.append
+    forms: dict[int, RouteForm | None] = {}
+    get_form = forms.get
     for key, want in wants.items():
         have = get_actual(key)
         if want is None:
@@ -255,25 +276,17 @@ def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, Route
                 else:
                     stale.add(key)
             continue
-        rtype, gw, ifname, onlink = want
-        if ifname is None:
-            form = (rtype, gw, 0, onlink)
-        else:
-            idx = get_index(ifname)
-            if idx is None:
-                if ifname is MULTIPATH:
-                    form = _resolve_multipath(gw, get_index)
-                    if form is not None:
-                        if have != form:
-                            append((OP_ADD if have is None else OP_REPLACE, key, form))
-                        continue
-                # The device is not there (yet): leave any current route alone
-                # and wait for it rather than error-looping.
-                waiting.add(key)
-                continue
-            form = (rtype, gw, idx, onlink)
-        if have != form:
-            append((OP_ADD if have is None else OP_REPLACE, key, form))
+        form = get_form(id(want), _UNSET)
+        if form is _UNSET:
+            form = forms[id(want)] = _form_of(want, get_index)
+        if form is None:
+            # The device is not there (yet): leave any current route alone
+            # and wait for it rather than error-looping.
+            waiting.add(key)
+        elif have is None:
+            append((OP_ADD, key, form))
+        elif have != form:
+            append((OP_REPLACE, key, form))
     if full:
         for key in actual.keys() - wants.keys():
             if in_sync:
@@ -511,17 +524,26 @@ class RouteTable:
         failed: dict[RouteKey, int] = {}
         counts = {OP_ADD: 0, OP_REPLACE: 0, OP_DELETE: 0}
         actual = self._actual
-        # Every op succeeded in the common case; ESRCH on a delete means the
-        # route is already gone (or was never ours): nothing of ours remains.
-        for (op, key, form), err in zip(ops, results, strict=True):
-            if err and not (op == OP_DELETE and err == errno.ESRCH):
-                failed[key] = err
-                continue
-            counts[op] += 1
-            if op == OP_DELETE:
-                actual.pop(key, None)
-            else:
-                actual[key] = form  # type: ignore[assignment]
+        if not any(results):
+            # Every op succeeded (the common case, e.g. 100k routes at session start).
+            for op, key, form in ops:
+                counts[op] += 1
+                if op == OP_DELETE:
+                    actual.pop(key, None)
+                else:
+                    actual[key] = form  # type: ignore[assignment]
+        else:
+            # ESRCH on a delete means the route is already gone (or was never ours):
+            # nothing of ours remains.
+            for (op, key, form), err in zip(ops, results, strict=True):
+                if err and not (op == OP_DELETE and err == errno.ESRCH):
+                    failed[key] = err
+                    continue
+                counts[op] += 1
+                if op == OP_DELETE:
+                    actual.pop(key, None)
+                else:
+                    actual[key] = form  # type: ignore[assignment]
         # Every examined key is settled except these; a resync examined all keys
         # and an incremental apply examined exactly the dirty ones.
         self._dirty = set(failed) | waiting | stale

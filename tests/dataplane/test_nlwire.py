@@ -204,3 +204,46 @@ def test_multipath_dump_is_order_insensitive():
     parse_route_dump(one, len(one), got1, 73, None)
     parse_route_dump(two, len(two), got2, 73, None)
     assert got1 == got2 == {k: (RTN_UNICAST, (a, b), MULTIPATH_OIF, False)}
+
+
+def test_template_packing_equals_packing_every_field():
+    """pack_route_ops packs runs of ops that share (op, form, table, metric) from one
+    template; the bytes must equal the every-field reference for any op sequence."""
+    import random
+
+    from felix_like.nlwire import (
+        MULTIPATH_OIF,
+        OP_ADD,
+        OP_DELETE,
+        OP_REPLACE,
+        RTN_BLACKHOLE,
+        RTN_UNICAST,
+        _pack_multipath,
+        _pack_single,
+        pack_route_ops,
+    )
+
+    rng = random.Random(11)
+    gw = socket.inet_aton("198.18.1.1")
+    forms = [(RTN_UNICAST, gw, 2, False), (RTN_UNICAST, gw, 0, False),
+             (RTN_UNICAST, b"", 3, False), (RTN_UNICAST, gw, 2, True),
+             (RTN_BLACKHOLE, b"", 0, False),
+             (RTN_UNICAST, ((gw, 2, False), (socket.inet_aton("198.18.1.2"), 2, False)),
+              MULTIPATH_OIF, False)]
+    for _ in range(50):
+        ops = []
+        for _ in range(rng.randint(1, 40)):
+            op = rng.choice((OP_ADD, OP_REPLACE, OP_DELETE))
+            key = (rng.choice((254, 1000)), socket.inet_aton(f"198.19.{rng.randint(0, 255)}.0"),
+                   rng.choice((24, 26, 32)), rng.choice((0, 0, 7)))
+            form = None if op == OP_DELETE else rng.choice(forms[:3] if rng.random() < .7 else forms)
+            ops.append((op, key, form))
+        want = bytearray()
+        for i, (op, (table, dst, plen, metric), form) in enumerate(ops):
+            if form is not None and form[2] == MULTIPATH_OIF:
+                flags = (0x401 | 0x200) if op == OP_ADD else (0x401 | 0x100)
+                want += _pack_multipath(flags, 100 + i, table if table < 256 else 252, 73,
+                                        form[0], table, dst, plen, metric, form[1])
+            else:
+                want += _pack_single(op, form, table, metric, 73, 100 + i, plen, dst)
+        assert pack_route_ops(ops, 73, 100) == want
