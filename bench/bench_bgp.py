@@ -65,13 +65,15 @@ def rss_kb(pid: int | None) -> int:
     return 0
 
 
-def cpu_s(pid: int | None) -> float:
-    """utime + stime of a process, seconds."""
+def cpu_s(pid: int | None, which: str = "both") -> float:
+    """utime + stime (or only one: which="user"/"sys") of a process, seconds."""
     if not pid:
         return 0.0
     try:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        user, sys_ = int(fields[11]), int(fields[12])
+        ticks = {"both": user + sys_, "user": user, "sys": sys_}[which]
+        return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
 
@@ -147,6 +149,7 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
                     t_up.append(st.since)  # the speaker's clock is time.monotonic
                     exa = sp.exabgp_pid
                     cpu0 = {"exabgp": cpu_s(exa), "daemon": cpu_s(os.getpid()),
+                            "daemon_sys": cpu_s(os.getpid(), "sys"),
                             "relay": sum(cpu_s(c) for c in children(exa))}
             changes = sp.take_route_changes()
             if os.environ.get("NR_BENCH_TRACE") and t_up:
@@ -162,6 +165,7 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
         relay = sum(rss_kb(c) for c in children(exa)) if exa else 0
         cpu = {"cpu_exabgp_s": cpu_s(exa) - cpu0.get("exabgp", 0),
                "cpu_daemon_s": cpu_s(os.getpid()) - cpu0.get("daemon", 0),
+               "cpu_daemon_sys_s": cpu_s(os.getpid(), "sys") - cpu0.get("daemon_sys", 0),
                "cpu_relay_s": sum(cpu_s(c) for c in children(exa)) - cpu0.get("relay", 0)}
         return {"seconds": round(t_done - t_up[0], 3),
                 **{k: round(v, 2) for k, v in cpu.items()}, "kernel_routes":
@@ -183,12 +187,17 @@ def main() -> None:
     ap.add_argument("--exabgp", default=None, help="the exabgp executable (default: as the daemon picks it)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     ap.add_argument("--gc-threshold", type=int, default=0,
-                    help="gen-0 GC threshold for the daemon process (0: Python's default)")
+                    help="gen-0 GC threshold for the daemon process (0: the daemon's, 100000)")
     args = ap.parse_args()
-    if args.gc_threshold:
-        import gc
+    # As the daemon runs (bgpd/daemon.py run(), config/logs.py): info-level structlog,
+    # startup objects frozen out of GC, a large gen-0 threshold.
+    import gc
 
-        gc.set_threshold(args.gc_threshold, 50, 100)
+    from config.logs import setup_logging
+
+    setup_logging("info")
+    gc.freeze()
+    gc.set_threshold(args.gc_threshold or 100_000, 50, 50)
     owned = NetnsSet()
     wd = tempfile.mkdtemp(prefix="nr-bench-bgp-")
     os.chmod(wd, 0o755)
