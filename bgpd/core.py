@@ -50,9 +50,9 @@ log = structlog.get_logger("bgpd.core")
 
 class SpeakerCore:
     def __init__(self, config: SpeakerConfig, policy: ImportPolicy,
-                 max_prefix_hold_down: float = 300.0) -> None:
+                 max_prefix_hold_down: float | None = None) -> None:
         self.config = config
-        self.max_prefix_hold_down = max_prefix_hold_down
+        self._hold_down_override = max_prefix_hold_down
         self.policy = policy
         self.rib = Rib()
         self.peers: dict[str, PeerRecord] = {p.address: PeerRecord(p.address, p.asn)
@@ -61,6 +61,13 @@ class SpeakerCore:
         self.counters: dict[str, int] = {}
         self._commands: list[str] = []
         self.log = log.bind(local_as=config.local_as, router_id=config.router_id)
+
+    @property
+    def max_prefix_hold_down(self) -> float:
+        """From the config (a reload changes it) unless the constructor overrode it."""
+        if self._hold_down_override is not None:
+            return self._hold_down_override
+        return self.config.max_prefix_hold_down
 
     # -- counters -----------------------------------------------------------
     def _inc(self, key: str, n: int = 1) -> None:

@@ -291,7 +291,8 @@ class NodeDaemon:
                 passive=m.passive, graceful_restart=b.restart_time if b.graceful_restart else None,
                 max_prefix=b.max_prefix, description=m.name))
         return SpeakerConfig(local_as=c.node.as_number, router_id=str(c.router_id),
-                             local_address=str(c.underlay.address), peers=tuple(peers))
+                             local_address=str(c.underlay.address), peers=tuple(peers),
+                             max_prefix_hold_down=b.max_prefix_hold_down)
 
     def _policy(self, own_blocks: frozenset[str]) -> ImportPolicy:
         cfgs = self._speaker_config().peers

@@ -118,6 +118,8 @@ class SpeakerConfig:
     api_argv: tuple[str, ...] = ()  # the API process command line (see speaker.py)
     adj_rib_in: bool = False
     extra_env: tuple[tuple[str, str], ...] = field(default=())
+    # Not ExaBGP's: how long a peer over its max-prefix stays refused (bgpd/core.py).
+    max_prefix_hold_down: float = 300.0
 
     def __post_init__(self) -> None:
         _asn(self.local_as, "local AS")

@@ -174,6 +174,10 @@ class BgpSection:
                               help="Graceful-restart time announced to peers (seconds).")
     max_prefix: int = param(100_000, check=in_range(1, 10_000_000),
                             help="Default most prefixes accepted per peer.")
+    max_prefix_hold_down: int = param(
+        300, check=in_range(0, 86_400),
+        help="Seconds a peer that exceeded max_prefix stays refused: its routes are rejected "
+             "until a session comes up after this long (0: at the next session).")
     peers: tuple[PeerConfig, ...] = param(
         factory=tuple, help="Explicit peers: top-of-rack routers, route reflectors.")
 

@@ -324,3 +324,21 @@ def test_core_gr_timer_not_extended_by_failed_reconnects():
     assert set(c.routes()) == {"198.19.2.0/26"}
     c.tick(70)
     assert c.routes() == {}
+
+
+def test_core_max_prefix_hold_down_comes_from_the_config_and_follows_a_reload():
+    from dataclasses import replace
+
+    c = core(max_prefix=1)
+    c.set_config(replace(c.config, max_prefix_hold_down=30.0), 0)
+    c.apply(PeerState(P1, "up"), 0)
+    c.apply(upd(P1, ["198.19.2.0/26", "198.19.3.0/26"]), 1)  # over the limit of 1
+    assert c.routes() == {}
+    c.apply(PeerState(P1, "down"), 20)
+    c.apply(PeerState(P1, "up"), 25)  # within 30 s: still refused
+    c.apply(upd(P1, ["198.19.2.0/26"]), 26)
+    assert c.routes() == {}
+    c.apply(PeerState(P1, "down"), 40)
+    c.apply(PeerState(P1, "up"), 41)  # after 30 s (not the default 300): clean again
+    c.apply(upd(P1, ["198.19.2.0/26"]), 42)
+    assert set(c.routes()) == {"198.19.2.0/26"}
