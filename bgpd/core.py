@@ -47,6 +47,9 @@ from bgpd.rib import Rib, Route
 
 log = structlog.get_logger("bgpd.core")
 
+# A configured peer idle this long with no error reported gets an explanation in its status.
+NO_ANSWER_AFTER = 15.0
+
 
 class SpeakerCore:
     def __init__(self, config: SpeakerConfig, policy: ImportPolicy,
@@ -103,8 +106,24 @@ class SpeakerCore:
                 received=accepted + len(r.rejected_now), accepted=accepted,
                 announced=len(self.desired) if established else 0,
                 stale=self.rib.stale_count(addr), rejected=dict(r.rejected_count),
-                last_error=r.last_error, graceful_restart=r.gr_time))
+                last_error=r.last_error or self._silence(r, now), graceful_restart=r.gr_time))
         return out
+
+    def _silence(self, rec: PeerRecord, now: float) -> str:
+        """Why a peer that never came up shows no error: ExaBGP reports nothing for a TCP
+        connect that is never answered -- which is also what a wrong TCP MD5 password
+        looks like from the dialing side (the peer's kernel drops our SYNs silently)."""
+        if rec.state != "idle" or rec.watched_since is None:
+            return ""
+        waited = now - rec.watched_since
+        if waited < NO_ANSWER_AFTER:
+            return ""
+        pc = self.config.peer(rec.address)
+        if pc is not None and pc.passive:
+            return (f"no session after {waited:.0f}s: waiting for the peer to connect (we are "
+                    f"passive); check its config, reachability and TCP MD5 password")
+        return (f"no session after {waited:.0f}s: connection attempts unanswered (peer down or "
+                f"unreachable, or a TCP MD5 password mismatch)")
 
     # -- inputs: configuration -------------------------------------------------
     def set_config(self, config: SpeakerConfig, now: float) -> None:
@@ -201,6 +220,8 @@ class SpeakerCore:
     def tick(self, now: float) -> None:
         """Expire graceful-restart holds whose restart time ran out."""
         for rec in self.peers.values():
+            if rec.watched_since is None:
+                rec.watched_since = now
             if rec.gr_deadline is not None and now >= rec.gr_deadline:
                 swept = self.rib.sweep_stale(rec.address)
                 rec.gr_deadline = None

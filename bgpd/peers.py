@@ -42,6 +42,7 @@ class PeerRecord:
     max_prefix_hit: bool = False
     max_prefix_at: float | None = None
     last_error: str = ""
+    watched_since: float | None = None  # first tick after the peer was configured
     rejected_now: dict[str, tuple] = field(default_factory=dict)  # prefix -> (nh, attrs, reason)
     rejected_count: dict[str, int] = field(default_factory=dict)
 

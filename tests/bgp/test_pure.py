@@ -342,3 +342,14 @@ def test_core_max_prefix_hold_down_comes_from_the_config_and_follows_a_reload():
     c.apply(PeerState(P1, "up"), 41)  # after 30 s (not the default 300): clean again
     c.apply(upd(P1, ["198.19.2.0/26"]), 42)
     assert set(c.routes()) == {"198.19.2.0/26"}
+
+
+def test_core_status_explains_a_peer_that_never_answers():
+    c = core()
+    c.tick(100)
+    assert {s.address: s for s in c.status(110)}[P1].last_error == ""
+    err = {s.address: s for s in c.status(120)}[P1].last_error
+    assert "unanswered" in err and "MD5" in err and "20s" in err
+    c.apply(PeerState(P1, "connected"), 121)
+    c.apply(PeerState(P1, "up"), 121)
+    assert {s.address: s for s in c.status(130)}[P1].last_error == ""

@@ -94,7 +94,7 @@ def tor_peer(lab: Lab, node: str, password: str | None) -> dict:
 
 
 def refused_then_fixed(lab: Lab, node: str, refuser_ns: str, counter: str,
-                       is_established, bad: dict, good: dict) -> None:
+                       is_established, bad: dict, good: dict, while_refused=None) -> None:
     """Restart ``node`` with ``bad`` overrides: no session, the refusing kernel counts MD5
     refusals; then with ``good``: the session is back."""
     before = md5_counters(refuser_ns)[counter]
@@ -104,6 +104,8 @@ def refused_then_fixed(lab: Lab, node: str, refuser_ns: str, counter: str,
              what=f"{counter} refusals in {refuser_ns}")
     assert not is_established(), "a session came up with a mismatched TCP MD5 password"
     assert lab.daemons[node].alive(), lab.daemons[node].log_tail()
+    if while_refused is not None:
+        while_refused()
     restart(lab, node, **good)
     wait_for(is_established, T, what=f"{node}'s session back with the right password")
 
@@ -162,9 +164,15 @@ def test_tor_refuses_a_mismatched_password(tor_lab, node, password, counter):
         return (peers(lab, node)[str(rack.tor_address)]["state"] == "established"
                 or tor.established(addr))
 
+    def status_says_why() -> None:
+        # ExaBGP reports nothing for unanswered connects; the peer status explains.
+        wait_for(lambda: "MD5" in peers(lab, node)[str(rack.tor_address)]["last_error"], T,
+                 what=f"{node}'s status naming a possible TCP MD5 mismatch")
+
     refused_then_fixed(lab, node, lab.ns(f"tor{rack.letter}"), counter, established,
                        bad={"bgp.peers": [tor_peer(lab, node, password)]},
-                       good={"bgp.peers": [tor_peer(lab, node, PASSWORD)]})
+                       good={"bgp.peers": [tor_peer(lab, node, PASSWORD)]},
+                       while_refused=status_says_why)
     a, b = lab.pods["node-a1/p1"], lab.pods["node-b1/p1"]
     wait_for(lambda: lab.ping(a["netns"], b["ip"]), T, what="pod ping across racks again")
 
