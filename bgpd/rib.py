@@ -53,7 +53,10 @@ def _rank(attrs: Attributes) -> tuple[int, int, int, int]:
 
 class Rib:
     def __init__(self) -> None:
-        self._table: dict[str, dict[str, Path]] = {}
+        # prefix -> its paths: a (peer, path) tuple while it has one (the 100k routes of a
+        # ToR: one tuple shared by every prefix of an UPDATE, no per-prefix object), a
+        # {peer: path} dict while it has several.
+        self._table: dict[str, tuple[str, Path] | dict[str, Path]] = {}
         self._by_peer: dict[str, set[str]] = {}
         self._stale: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
@@ -73,17 +76,23 @@ class Rib:
     # -- updates --------------------------------------------------------
     def add(self, peer: str, prefixes: Sequence[str], nexthop: str, attrs: Attributes) -> None:
         path = (nexthop, attrs)
+        entry = (peer, path)
         table = self._table
-        get = table.get
-        dirty = self._dirty
-        fresh = []
-        for prefix in prefixes:
-            paths = get(prefix)
-            if paths is None:
-                table[prefix] = {peer: path}
-                fresh.append(prefix)
-            else:
-                paths[peer] = path
+        fresh = [p for p in prefixes if p not in table]
+        if len(fresh) != len(prefixes):
+            dirty = self._dirty
+            fresh_set = set(fresh)
+            for prefix in prefixes:
+                if prefix in fresh_set:
+                    continue
+                held = table[prefix]
+                if type(held) is tuple:
+                    if held[0] == peer:
+                        table[prefix] = entry  # the peer replaces its own path
+                    else:
+                        table[prefix] = {held[0]: held[1], peer: path}
+                else:
+                    held[peer] = path
                 dirty.add(prefix)
         self._by_peer.setdefault(peer, set()).update(prefixes)
         stale = self._stale.get(peer)
@@ -93,8 +102,9 @@ class Rib:
             # A prefix with no path before has this one as its best route: settle it
             # here, in bulk (a dirty one -- removed earlier in this batch -- is ranked
             # by _refresh like any other).
-            if dirty:
-                fresh = [p for p in fresh if p not in dirty]
+            table.update(dict.fromkeys(fresh, entry))
+            if self._dirty:
+                fresh = [p for p in fresh if p not in self._dirty]
             settled = dict.fromkeys(fresh, self._intern((nexthop,), (peer,)))
             self._best.update(settled)
             self._changes.update(settled)
@@ -106,17 +116,22 @@ class Rib:
             return 0
         removed = 0
         stale = self._stale.get(peer)
+        table = self._table
+        dirty = self._dirty
         for prefix in prefixes:
             if prefix not in mine:
                 continue
             mine.discard(prefix)
             if stale:
                 stale.discard(prefix)
-            paths = self._table[prefix]
-            del paths[peer]
-            if not paths:
-                del self._table[prefix]
-            self._dirty.add(prefix)
+            held = table[prefix]
+            if type(held) is tuple:
+                del table[prefix]
+            else:
+                del held[peer]
+                if len(held) == 1:
+                    table[prefix] = next(iter(held.items()))
+            dirty.add(prefix)
             removed += 1
         return removed
 
@@ -148,18 +163,26 @@ class Rib:
         return set(self._by_peer.get(peer, ()))
 
     def paths(self, prefix: str) -> dict[str, Path]:
-        return dict(self._table.get(prefix, {}))
+        held = self._table.get(prefix)
+        if held is None:
+            return {}
+        return {held[0]: held[1]} if type(held) is tuple else dict(held)
 
     def path(self, prefix: str, peer: str) -> Path | None:
-        return self._table.get(prefix, {}).get(peer)
+        held = self._table.get(prefix)
+        if held is None:
+            return None
+        if type(held) is tuple:
+            return held[1] if held[0] == peer else None
+        return held.get(peer)
 
     def best(self, prefix: str) -> Route | None:
-        paths = self._table.get(prefix)
-        if not paths:
+        held = self._table.get(prefix)
+        if held is None:
             return None
-        if len(paths) == 1:
-            (peer, (nh, _)), = paths.items()
-            return self._intern((nh,), (peer,))
+        if type(held) is tuple:
+            return self._intern((held[1][0],), (held[0],))
+        paths = held
         top = min(_rank(a) for _, a in paths.values())
         chosen = [(peer, nh) for peer, (nh, a) in paths.items() if _rank(a) == top]
         if len(chosen) > 1 and self._stale:

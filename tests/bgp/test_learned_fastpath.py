@@ -248,3 +248,90 @@ def test_bulk_methods_equal_per_route_methods():
     plain = _table()
     plain.set_routes("bgp", TARGETS)
     assert grouped._desired == plain._desired  # noqa: SLF001
+
+
+# -- RIB against a reference model --------------------------------------------------------
+LONG = Attributes(as_path=(65001, 65002), as_path_len=2)
+PEERS = ["p1", "p2", "p3"]
+RIB_PREFIXES = ["198.19.2.0/26", "198.19.3.0/26", "198.19.4.0/26", "198.19.5.0/32"]
+rib_op = st.one_of(
+    st.tuples(st.just("add"), st.sampled_from(PEERS),
+              st.lists(st.sampled_from(RIB_PREFIXES), min_size=1, max_size=4),
+              st.sampled_from(["198.18.1.1", "198.18.1.2", "198.18.1.3"]),
+              st.sampled_from([A, LONG])),
+    st.tuples(st.just("remove"), st.sampled_from(PEERS),
+              st.lists(st.sampled_from(RIB_PREFIXES), max_size=4)),
+    st.tuples(st.just("drop"), st.sampled_from(PEERS)),
+    st.tuples(st.just("stale"), st.sampled_from(PEERS)),
+    st.tuples(st.just("sweep"), st.sampled_from(PEERS)),
+    st.tuples(st.just("take"),),
+)
+
+
+def _model_best(paths: dict, stale: dict, prefix: str):
+    if not paths:
+        return None
+    rank = {peer: (-a.local_pref, a.as_path_len, a.origin, a.med) for peer, (_, a) in paths.items()}
+    top = min(rank.values())
+    chosen = [peer for peer in paths if rank[peer] == top]
+    fresh = [peer for peer in chosen if prefix not in stale.get(peer, set())]
+    if len(chosen) > 1 and fresh:
+        chosen = fresh
+    return (tuple(sorted({paths[p][0] for p in chosen})), tuple(sorted(chosen)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(rib_op, max_size=40))
+def test_rib_matches_a_reference_model(ops):
+    rib = Rib()
+    model: dict[str, dict] = {}
+    stale: dict[str, set] = {}
+    seen: dict[str, tuple] = {}  # what a consumer of take_changes() holds
+    for op in ops:
+        kind = op[0]
+        if kind == "add":
+            _, peer, prefixes, nh, attrs = op
+            rib.add(peer, prefixes, nh, attrs)
+            for p in prefixes:
+                model.setdefault(p, {})[peer] = (nh, attrs)
+                stale.get(peer, set()).discard(p)
+        elif kind in ("remove", "drop", "sweep"):
+            peer = op[1]
+            if kind == "remove":
+                prefixes = op[2]
+            elif kind == "drop":
+                prefixes = [p for p in model if peer in model[p]]
+            else:
+                prefixes = list(stale.get(peer, ()))
+            held = sum(1 for p in set(prefixes) if peer in model.get(p, {}))
+            got = (rib.remove(peer, prefixes) if kind == "remove" else
+                   rib.drop_peer(peer) if kind == "drop" else rib.sweep_stale(peer))
+            assert got == held
+            for p in prefixes:
+                model.get(p, {}).pop(peer, None)
+                if p in model and not model[p]:
+                    del model[p]
+            stale.get(peer, set()).difference_update(prefixes)
+            if kind in ("drop", "sweep"):
+                stale.pop(peer, None)
+        elif kind == "stale":
+            stale[op[1]] = {p for p in model if op[1] in model[p]}
+            rib.mark_stale(op[1])
+        else:
+            for p, r in rib.take_changes().items():
+                if r is None:
+                    seen.pop(p, None)
+                else:
+                    seen[p] = (r.nexthops, r.peers)
+        want = {p: _model_best(paths, stale, p) for p, paths in model.items()}
+        assert {p: (r.nexthops, r.peers) for p, r in rib.routes().items()} == want
+        for p in RIB_PREFIXES:
+            assert rib.paths(p) == model.get(p, {})
+        for peer in PEERS:
+            assert rib.count(peer) == sum(1 for paths in model.values() if peer in paths)
+    for p, r in rib.take_changes().items():
+        if r is None:
+            seen.pop(p, None)
+        else:
+            seen[p] = (r.nexthops, r.peers)
+    assert seen == {p: (r.nexthops, r.peers) for p, r in rib.routes().items()}
