@@ -183,6 +183,7 @@ class NodeDaemon:
 
         self.speaker = Speaker(self._speaker_config(), self._policy(frozenset()),
                                run_dir=os.path.join(self.run_dir, "bgp"),
+                               exabgp=cfg.bgp.exabgp_path,  # None: default_exabgp() picks
                                on_change=lambda: self.q.put(("wake",)))
         self.speaker.start()
         self._applied_peers = self._speaker_config().peers

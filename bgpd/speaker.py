@@ -44,7 +44,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -62,9 +62,87 @@ log = structlog.get_logger("bgpd.speaker")
 RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exabgp_api.py")
 
 
-def default_exabgp() -> str:
-    cand = os.path.join(os.path.dirname(sys.executable), "exabgp")
-    return cand if os.path.exists(cand) else (shutil.which("exabgp") or "exabgp")
+PYPY_VENV = "exabgp-pypy"  # inside our venv; scripts/setup installs the pinned ExaBGP there
+
+
+def _is_executable_file(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def default_exabgp(prefix: str | None = None, executable: str | None = None,
+                   path: str | None = None) -> str:
+    """The ExaBGP executable the speaker runs when the config names none, in this order:
+
+    1. ``<prefix>/exabgp-pypy/bin/exabgp``: ExaBGP under PyPy (``scripts/setup``), about
+       half the CPU of CPython to receive 100k routes (bench/bench_bgp.py);
+    2. ``exabgp`` next to our interpreter: the CPython install from setup.cfg (fallback);
+    3. ``exabgp`` on ``path`` (default: $PATH).
+
+    ``prefix``/``executable`` default to ``sys.prefix``/``sys.executable`` (our venv).
+    """
+    prefix = sys.prefix if prefix is None else prefix
+    executable = sys.executable if executable is None else executable
+    for cand in (os.path.join(prefix, PYPY_VENV, "bin", "exabgp"),
+                 os.path.join(os.path.dirname(executable), "exabgp")):
+        if _is_executable_file(cand):
+            return cand
+    return shutil.which("exabgp", path=path) or "exabgp"
+
+
+def exabgp_interpreter(exabgp: str) -> str:
+    """The interpreter named by the ``#!`` line of an ExaBGP script ("" if none/unreadable).
+
+    ``/usr/bin/env NAME`` is resolved on $PATH. Used to log what runs ExaBGP and to decide
+    whether PyPy's GC settings apply.
+    """
+    try:
+        with open(shutil.which(exabgp) or exabgp, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return ""
+    if not first.startswith(b"#!"):
+        return ""
+    words = first[2:].decode(errors="replace").split()
+    if not words:
+        return ""
+    if os.path.basename(words[0]) == "env":
+        rest = [w for w in words[1:] if not w.startswith("-")]
+        return (shutil.which(rest[0]) or rest[0]) if rest else ""
+    return words[0]
+
+
+def is_pypy(interpreter: str) -> bool:
+    if not interpreter:
+        return False  # (realpath("") would be the current directory)
+    return any(os.path.basename(p).startswith("pypy")
+               for p in (interpreter, os.path.realpath(interpreter)))
+
+
+# PyPy's GC settings for ExaBGP (read by PyPy at startup; see PyPy's gc_info docs).
+# PyPy sizes its nursery at half the "cache size" in /proc/cpuinfo when that is over 8 MB
+# (rpython/memory/gc/env.py), else 4 MB. That line is usually the L3 cache: this 2-core VM
+# reports 260 MB, so the nursery was 130 MB and ExaBGP's RSS 216-218 MB from the first
+# minute (0 routes or 100k). 4 MB, PyPy's own fallback, measured with
+# `bench.bench_bgp --routes 100000 --rounds 3 --gc-threshold 100000`, 9-12 rounds each:
+# RSS 102-107 MB (RssAnon ~58 MB, the rest the shared libpypy mapping), ExaBGP CPU
+# 0.54-1.17 s vs 0.58-1.05 s with PyPy's default (no loss; CPython: 1.02-1.85 s, 30 MB).
+# Also tried: nursery 1-2 MB, PYPY_GC_MIN=8MB, PYPY_GC_MAJOR_COLLECT=1.3, MAX_DELTA=8-16MB:
+# at most ~10 MB less RSS, no CPU gain, so not used.
+PYPY_GC_ENV = {
+    "PYPY_GC_NURSERY": "4MB",
+}
+
+
+def spawn_environment(environ: Mapping[str, str], interpreter: str,
+                      settings: Mapping[str, str]) -> dict[str, str]:
+    """ExaBGP's environment: ours, PyPy's GC settings when PyPy runs it (a value already in
+    our environment wins), then ExaBGP's settings (``exabgp_config.environment``)."""
+    env = dict(environ)
+    if is_pypy(interpreter):
+        for key, value in PYPY_GC_ENV.items():
+            env.setdefault(key, value)
+    env.update(settings)
+    return env
 
 
 def _die_with_parent() -> None:
@@ -102,6 +180,7 @@ class Speaker:
         self.run_dir = run_dir
         self.netns = netns
         self.exabgp = exabgp or default_exabgp()
+        self.exabgp_interpreter = exabgp_interpreter(self.exabgp)  # re-read at each spawn
         self.on_change = on_change or (lambda: None)
         self.backoff = backoff
         self.clock = clock
@@ -227,8 +306,8 @@ class Speaker:
         self._config_gen += 1
 
     def _spawn(self) -> subprocess.Popen:
-        env = dict(os.environ)
-        env.update(environment(self.core.config, self.run_dir))
+        env = spawn_environment(os.environ, self.exabgp_interpreter,
+                                environment(self.core.config, self.run_dir))
         argv = [self.exabgp, self.conf_path]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
@@ -249,9 +328,11 @@ class Speaker:
             started = time.monotonic()
             with self.lock:
                 self._spawned_gen = self._config_gen
+                self.exabgp_interpreter = exabgp_interpreter(self.exabgp)
                 self.proc = self._spawn()
                 self.starts += 1
-            self.log.info("exabgp_started", pid=self.proc.pid, start=self.starts)
+            self.log.info("exabgp_started", pid=self.proc.pid, start=self.starts,
+                          exabgp=self.exabgp, interpreter=self.exabgp_interpreter)
             while not self._stopping.is_set():
                 if self.proc.poll() is not None:
                     break

@@ -114,6 +114,17 @@ def _md5_password(v: str):
     return None
 
 
+def _executable(v: str):
+    import os
+    if not os.path.isabs(v):
+        return "the absolute path of an executable file"
+    if not os.path.isfile(v):
+        return "an existing executable file (there is no file at that path)"
+    if not os.access(v, os.X_OK):
+        return "an executable file (that file is not executable)"
+    return None
+
+
 def _mode(v: int):
     return None if 0 <= v <= 0o777 else "a file mode such as 0660"
 
@@ -178,6 +189,12 @@ class BgpSection:
         300, check=in_range(0, 86_400),
         help="Seconds a peer that exceeded max_prefix stays refused: its routes are rejected "
              "until a session comes up after this long (0: at the next session).")
+    exabgp_path: str | None = param(
+        None, check=_executable,
+        help="The ExaBGP executable the speaker runs (absolute path). Default: ExaBGP under "
+             "PyPy in the daemon's venv (<venv>/exabgp-pypy/bin/exabgp, made by "
+             "scripts/setup), else the CPython exabgp next to the daemon's Python, else "
+             "exabgp on $PATH. Read at daemon start (SIGHUP does not change it).")
     peers: tuple[PeerConfig, ...] = param(
         factory=tuple, help="Explicit peers: top-of-rack routers, route reflectors.")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
 from bgpd.exabgp_config import PeerConfig, PrefixFilter, SpeakerConfig
 from bgpd.import_policy import ImportPolicy
-from bgpd.speaker import Speaker
+from bgpd.speaker import PYPY_GC_ENV, Speaker, default_exabgp, is_pypy
 from lab.procs import wait_for
 from lab.routers import BgpNeighbor, BirdRouter, FrrRouter
 from tests.bgp.conftest import BIRD, BIRD_AS, FRR, FRR_AS, LOCAL_AS, OWN_BLOCK, POOLS, SPEAKER
@@ -305,3 +306,64 @@ def test_max_prefix_teardown_once_then_held_down(fabric, cleanup):
              what="re-sent routes rejected while held down")
     assert sp.peer(BIRD).state == "max-prefix" and sp.routes() == {}
     assert sp.counters()["max_prefix_events"] == 1
+
+
+def _exe_and_env(pid: int) -> tuple[str, dict[str, str]]:
+    """The binary a process runs and its environment, read from /proc."""
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        items = [kv.decode(errors="replace") for kv in f.read().split(b"\0") if kv]
+    return exe, dict(kv.split("=", 1) for kv in items if "=" in kv)
+
+
+def test_default_exabgp_runs_under_pypy(fabric, cleanup):
+    """scripts/setup installs ExaBGP under PyPy in our venv; the speaker picks it by default,
+    so every other test here runs PyPy's ExaBGP."""
+    assert "exabgp-pypy" in default_exabgp(), "scripts/setup did not create .venv/exabgp-pypy"
+    b = bird(fabric, ["198.19.10.0/26"])
+    cleanup.append(b.start())
+    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    sp.set_desired([OWN_BLOCK])
+    cleanup.append(sp.start())
+    wait_for(lambda: established(sp, BIRD), T, what="session with BIRD")
+    exe, env = _exe_and_env(sp.exabgp_pid)
+    assert os.path.basename(exe).startswith("pypy"), exe
+    assert is_pypy(sp.exabgp_interpreter)
+    assert {k: env.get(k) for k in PYPY_GC_ENV} == PYPY_GC_ENV
+    b.wait_route(OWN_BLOCK, timeout=T)
+    wait_for(lambda: "198.19.10.0/26" in sp.routes(), T, what="learned route")
+
+
+def test_cpython_exabgp_fallback_peers_with_bird(fabric, cleanup):
+    """The CPython ExaBGP (setup.cfg's dependency, the fallback when PyPy's is missing) still
+    works end to end: MD5 session, routes both ways, filters, withdrawals both ways."""
+    cpython_exabgp = os.path.join(os.path.dirname(sys.executable), "exabgp")
+    b = bird(fabric, ["198.19.10.0/26", "198.19.11.0/26", "198.19.1.5/32"])
+    cleanup.append(b.start())
+    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns,
+                 exabgp=cpython_exabgp)
+    sp.set_desired([OWN_BLOCK])
+    cleanup.append(sp.start())
+    wait_for(lambda: established(sp, BIRD), T, what="session with BIRD")
+    b.wait_established(SPEAKER)
+    exe, env = _exe_and_env(sp.exabgp_pid)
+    assert os.path.basename(exe).startswith("python"), exe
+    assert not is_pypy(sp.exabgp_interpreter)
+    assert not any(k.startswith("PYPY_GC_") for k in env)
+
+    b.wait_route(OWN_BLOCK, timeout=T)
+    assert b.routes()[OWN_BLOCK].nexthops == (SPEAKER,)
+    want = {"198.19.10.0/26", "198.19.11.0/26"}
+    wait_for(lambda: set(sp.routes()) == want, T, what=f"speaker RIB == {want}")
+    assert sp.routes()["198.19.10.0/26"].nexthops == (BIRD,)
+    assert sp.peer(BIRD).rejected == {"own-block": 1}
+
+    sp.set_desired(["198.19.1.64/26"])
+    b.wait_route(OWN_BLOCK, present=False, timeout=T)
+    b.wait_route("198.19.1.64/26", timeout=T)
+    b.static_routes = ["198.19.11.0/26"]
+    b.configure()
+    wait_for(lambda: set(sp.routes()) == {"198.19.11.0/26"}, T, what="BIRD withdrawal learned")
+    assert sp.counters().get("acks.error", 0) == 0

@@ -120,6 +120,10 @@ BAD = [
     ("top level not a mapping", "- a\n- b\n", 1, "the top level must be a mapping"),
     ("peers not a list", BASE + "bgp:\n  peers: 198.18.1.1\n", 10,
      "bgp.peers: expected a list of a mapping"),
+    ("missing exabgp", BASE + "bgp:\n  exabgp_path: /nonexistent/bin/exabgp\n", 10,
+     "bgp.exabgp_path: '/nonexistent/bin/exabgp' is wrong; expected an existing executable file"),
+    ("relative exabgp", BASE + "bgp:\n  exabgp_path: bin/exabgp\n", 10,
+     "bgp.exabgp_path: 'bin/exabgp' is wrong; expected the absolute path of an executable"),
 ]
 
 
@@ -154,6 +158,28 @@ def test_environment_overrides_win_and_are_named_in_errors():
     assert cfg.dataplane.resync_interval == 30.0
     problems = problems_of(BASE, environ={"NODEROUTER_BGP_HOLD_TIME": "1"})
     assert problems[0].startswith("environment NODEROUTER_BGP_HOLD_TIME: bgp.hold_time: 1 is wrong")
+
+
+def test_exabgp_path_must_be_an_executable_file(tmp_path):
+    cfg = load_text(BASE, environ={})
+    assert cfg.bgp.exabgp_path is None  # the speaker picks (PyPy, else CPython, else PATH)
+    exe = tmp_path / "exabgp"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o644)
+    text = BASE + f"bgp:\n  exabgp_path: {exe}\n"
+    problems = problems_of(text)
+    assert problems == [f"node.yaml:10: bgp.exabgp_path: {str(exe)!r} is wrong; expected an "
+                        "executable file (that file is not executable)"]
+    assert problems_of(BASE + f"bgp:\n  exabgp_path: {tmp_path}\n")[0].startswith(
+        "node.yaml:10: bgp.exabgp_path:")
+    exe.chmod(0o755)
+    assert load_text(text, environ={}).bgp.exabgp_path == str(exe)
+    env = load_text(BASE, environ={"NODEROUTER_BGP_EXABGP_PATH": str(exe)})
+    assert env.bgp.exabgp_path == str(exe)
+    assert problems_of(BASE, environ={"NODEROUTER_BGP_EXABGP_PATH": "/nonexistent"})[0] \
+        .startswith("environment NODEROUTER_BGP_EXABGP_PATH: bgp.exabgp_path:")
+    assert any(r["key"] == "bgp.exabgp_path" and r["default"] == "null" and "PyPy" in r["help"]
+               for r in reference())
 
 
 def test_every_parameter_has_help_text():
