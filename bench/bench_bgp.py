@@ -176,6 +176,18 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
         driver.close()
 
 
+def like_the_daemon(gc_threshold: int = 0) -> None:
+    """Run this process as the daemon runs (bgpd/daemon.py run(), config/logs.py):
+    info-level structlog, startup objects frozen out of GC, a large gen-0 threshold."""
+    import gc
+
+    from config.logs import setup_logging
+
+    setup_logging("info")
+    gc.freeze()
+    gc.set_threshold(gc_threshold or 100_000, 50, 50)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--routes", type=int, default=100_000)
@@ -189,15 +201,7 @@ def main() -> None:
     ap.add_argument("--gc-threshold", type=int, default=0,
                     help="gen-0 GC threshold for the daemon process (0: the daemon's, 100000)")
     args = ap.parse_args()
-    # As the daemon runs (bgpd/daemon.py run(), config/logs.py): info-level structlog,
-    # startup objects frozen out of GC, a large gen-0 threshold.
-    import gc
-
-    from config.logs import setup_logging
-
-    setup_logging("info")
-    gc.freeze()
-    gc.set_threshold(args.gc_threshold or 100_000, 50, 50)
+    like_the_daemon(args.gc_threshold)
     owned = NetnsSet()
     wd = tempfile.mkdtemp(prefix="nr-bench-bgp-")
     os.chmod(wd, 0o755)
