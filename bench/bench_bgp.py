@@ -116,12 +116,13 @@ def run_bird(ns: dict[str, str], wd: str, n: int) -> dict:
 
 
 def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
-             env: tuple[tuple[str, str], ...] = (), exabgp: str | None = None) -> dict:
+             env: tuple[tuple[str, str], ...] = (), exabgp: str | None = None,
+             api_receive: str = "packets") -> dict:
     # Same start as BIRD's (its kernel protocol removes its routes on stop): an empty table.
     sh(["ip", "-4", "route", "flush", "proto", str(OUR_PROTO)], netns=ns["ours"])
     extra = ((("exabgp.reactor.speed", speed),) if speed else ()) + env
     cfg = SpeakerConfig(NODE_AS, NODE_OURS, NODE_OURS, (PeerConfig(TOR, TOR_AS, hold_time=30),),
-                        extra_env=extra)
+                        extra_env=extra, api_receive=(api_receive,))
     wake = threading.Event()
     t_up: list[float] = []
     sp = Speaker(cfg, ImportPolicy(NODE_AS, POOLS, own_blocks=frozenset({OWN_BLOCK}),
@@ -197,6 +198,9 @@ def main() -> None:
     ap.add_argument("--exabgp-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra ExaBGP setting for our speaker, e.g. exabgp.api.compact=true")
     ap.add_argument("--exabgp", default=None, help="the exabgp executable (default: as the daemon picks it)")
+    ap.add_argument("--api-receive", choices=("packets", "parsed"), default="packets",
+                    help="the form ExaBGP hands received messages over in (default: the "
+                         "daemon's, packets; parsed: its per-prefix JSON, for comparison)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     ap.add_argument("--gc-threshold", type=int, default=0,
                     help="gen-0 GC threshold for the daemon process (0: the daemon's, 100000)")
@@ -216,7 +220,8 @@ def main() -> None:
         for r in range(args.rounds):
             row = {"round": r + 1, "routes": args.routes,
                    "bird": run_bird(ns, wd, args.routes), "ours": run_ours(ns, wd, args.routes, args.reactor_speed,
-                                   tuple(tuple(e.split("=", 1)) for e in args.exabgp_env), args.exabgp)}
+                                   tuple(tuple(e.split("=", 1)) for e in args.exabgp_env), args.exabgp,
+                                   args.api_receive)}
             row["ratio_ours_to_bird"] = round(row["ours"]["seconds"] / row["bird"]["seconds"], 2)
             print(json.dumps(row), flush=True)
             results.append(row)

@@ -34,6 +34,7 @@ from bgpd.events import (
     EndOfRib,
     Event,
     Malformed,
+    Negotiated,
     Notification,
     PeerOpen,
     PeerState,
@@ -214,7 +215,7 @@ class SpeakerCore:
             self.log.warning("malformed_line", error=event.error, line=event.line[:200])
         elif isinstance(event, Ack):
             self._inc("acks.done" if event.ok else "acks.error")
-        elif isinstance(event, (Answer, RelayHello)):
+        elif isinstance(event, (Answer, RelayHello, Negotiated)):
             pass
 
     def tick(self, now: float) -> None:

@@ -2,26 +2,38 @@
 
 The members read here are pinned by ``tests/bgp/test_events_contract.py`` against lines
 captured from a real ExaBGP 5.0.15 talking to BIRD 2 and FRR
-(``tests/bgp/samples/exabgp-5.0.15.jsonl``). Anything else in the JSON is ignored.
+(``tests/bgp/samples/exabgp-5.0.15.jsonl``), and the packet form against the parsed form
+of the same messages by ``tests/bgp/test_wire_contract.py``
+(``tests/bgp/samples/exabgp-5.0.15-pairs.jsonl``). Anything else in the JSON is ignored.
 
 Members read:
 - every JSON line: ``type``, ``neighbor.address.peer``
 - ``type == "state"``: ``neighbor.state`` (connected/up/down), ``neighbor.reason``
-- ``type == "open"``: ``neighbor.direction``, ``neighbor.open.{asn,hold_time,router_id}``,
-  ``neighbor.open.capabilities["64"].{time,address-family-flags}`` (graceful restart)
-- ``type == "update"``: ``neighbor.message.eor.{afi,safi}`` (End-of-RIB) or
-  ``neighbor.message.update.{attribute,announce,withdraw}`` with
-  ``attribute.{as-path,origin,med,local-preference}``,
-  ``announce["ipv4 unicast"][nexthop] = [{"nlri": prefix}, ...]``,
-  ``withdraw["ipv4 unicast"] = [{"nlri": prefix}, ...]``
-- ``type == "notification"``: ``notification`` (e.g. "shutdown"); per-peer
-  notifications: ``neighbor.message.notification.{code,subcode}`` when present
+- ``type == "negotiated"``: ``neighbor.negotiated.{asn4,hold_time,families}``
+- packet form (``receive { packets; }``, what we configure; ``type`` open/update/
+  notification): ``neighbor.direction`` (must be "receive"),
+  ``neighbor.message.{category,body}`` (body: hex of the BGP message after its 19-byte
+  header, decoded by ``bgpd.bgp_wire``) and ``neighbor.negotiated.{asn4,families,
+  add_path.receive,nexthop}`` (``api { negotiated; }``: 2- or 4-byte AS_PATH)
+- parsed form (``receive { parsed; }``: older captures, tests):
+  - ``type == "open"``: ``neighbor.direction``, ``neighbor.open.{asn,hold_time,router_id}``,
+    ``neighbor.open.capabilities["65"].asn4`` (the 4-byte AS; ``asn`` is AS_TRANS then),
+    ``neighbor.open.capabilities["64"].{time,address-family-flags}`` (graceful restart)
+  - ``type == "update"``: ``neighbor.message.eor.{afi,safi}`` (End-of-RIB) or
+    ``neighbor.message.update.{attribute,announce,withdraw}`` with
+    ``attribute.{as-path,origin,med,local-preference}``,
+    ``announce["ipv4 unicast"][nexthop] = [{"nlri": prefix}, ...]``,
+    ``withdraw["ipv4 unicast"] = [{"nlri": prefix}, ...]``
+  - ``type == "notification"`` from a peer: ``neighbor.notification.{code,subcode,data,
+    message}``
+- ``type == "notification"`` without a neighbor: ``notification`` (e.g. "shutdown")
 Text lines: ``done`` / ``error`` (acks, ``exabgp.api.ack=true``); any other text is a
 command's answer. ``#relay ...`` is our relay's hello.
 
 Review notes: parsing never raises; a line that does not fit becomes ``Malformed``
 (the caller logs and counts it). Prefixes are kept as strings exactly as ExaBGP prints them
-(canonical, e.g. ``198.19.1.0/26``): the RIB keys on them and avoids per-route objects.
+(e.g. ``198.19.1.0/26``; host bits a peer set are not cleared): the RIB keys on them and
+avoids per-route objects.
 """
 
 from __future__ import annotations
@@ -79,6 +91,16 @@ class Notification:
 
 
 @dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What ExaBGP negotiated with a peer (``api { negotiated; }``), once per session."""
+
+    peer: str
+    asn4: bool
+    hold_time: int
+    families: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     ok: bool
 
@@ -99,8 +121,16 @@ class Malformed:
     error: str
 
 
-Event = (PeerState | PeerOpen | RouteUpdate | EndOfRib | Notification | Ack | Answer
-         | RelayHello | Malformed)
+Event = (PeerState | PeerOpen | RouteUpdate | EndOfRib | Notification | Negotiated | Ack
+         | Answer | RelayHello | Malformed)
+
+
+def notification_text(code: object, subcode: object, data_hex: object, message: object) -> str:
+    """``"6/2 Shutdown Communication: \"bye\""``: ExaBGP's decoded data when it is printable
+    UTF-8 text, else its hex (``"2/2 0xFDE9"``), nothing when there is no data."""
+    text = (str(message) if isinstance(message, str) and message.isprintable()
+            and "\ufffd" not in message else str(data_hex))
+    return f"{code}/{subcode} {text}" if text and text != "0x" else f"{code}/{subcode}"
 
 
 def parse_line(raw: bytes | str) -> Event:
@@ -165,13 +195,23 @@ def _from_json(msg: dict) -> Event:
         raise TypeError("neighbor.address.peer is not a string")
     if kind == "state":
         return PeerState(peer, str(nb["state"]), str(nb.get("reason", "")))
+    m = nb.get("message")
+    if isinstance(m, dict) and "body" in m and "category" in m:
+        return _from_packet(peer, nb, m)
+    if kind == "negotiated":
+        n = nb["negotiated"]
+        return Negotiated(peer, bool(n["asn4"]), int(n["hold_time"]),
+                          tuple(str(f) for f in n.get("families") or ()))
     if kind == "open":
         o = nb["open"]
         gr = None
-        cap = o.get("capabilities", {}).get("64")
+        caps = o.get("capabilities", {})
+        cap = caps.get("64")
         if cap and "ipv4/unicast" in cap.get("address-family-flags", {}):
             gr = int(cap.get("time", 0))
-        return PeerOpen(peer, int(o["asn"]), int(o["hold_time"]), str(o["router_id"]), gr)
+        asn4 = (caps.get("65") or {}).get("asn4")
+        return PeerOpen(peer, int(o["asn"] if asn4 is None else asn4), int(o["hold_time"]),
+                        str(o["router_id"]), gr)
     if kind == "update":
         m = nb["message"]
         if "eor" in m:
@@ -184,6 +224,24 @@ def _from_json(msg: dict) -> Event:
         withdrawn = _nlris(upd.get("withdraw", {}).get(FAMILY) or [])
         return RouteUpdate(peer, _attributes(upd.get("attribute", {})), announced, withdrawn)
     if kind == "notification":
-        n = nb.get("message", {}).get("notification", {})
-        return Notification(peer, f"{n.get('code', '')}/{n.get('subcode', '')} {n.get('data', '')}")
+        n = nb["notification"]
+        return Notification(peer, notification_text(n.get("code", ""), n.get("subcode", ""),
+                                                    n.get("data", ""), n.get("message", "")))
     raise ValueError(f"unexpected message type {kind!r}")
+
+
+def _from_packet(peer: str, nb: dict, m: dict) -> Event:
+    """A packet-form line (``receive { packets; }``): the message body in hex."""
+    if nb.get("direction") != "receive":
+        raise ValueError(f"packet line for direction {nb.get('direction')!r}, not 'receive'")
+    body, category = m["body"], m["category"]
+    if not isinstance(body, str) or not body.startswith("0x") or type(category) is not int:
+        raise TypeError("message.body is not a hex string or message.category not an integer")
+    ev = bgp_wire.decode(peer, category, bytes.fromhex(body[2:]),
+                         bgp_wire.session_from_json(nb.get("negotiated")))
+    if isinstance(ev, str):
+        raise ValueError(f"{bgp_wire.CATEGORY_NAMES.get(category, category)}: {ev}")
+    return ev
+
+
+from bgpd import bgp_wire  # noqa: E402 - bgp_wire builds the event classes defined above

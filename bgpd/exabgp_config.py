@@ -7,9 +7,13 @@ Review notes:
 - ``manual-eor true``: ExaBGP would otherwise send End-of-RIB right after OPEN, i.e.
   before our routes are re-announced after a restart (exabgp #328); we send EoR ourselves.
 - ``adj-rib-in false``: we keep our own RIB; ExaBGP's copy costs ~60 MB at 100k routes.
-- ``receive { parsed; update; open; notification; }`` + ``neighbor-changes``: ``update``
-  alone delivers nothing in 5.0.15; ``open`` tells us whether the peer does graceful
-  restart and its restart time.
+- ``receive { packets; update; open; notification; }`` + ``neighbor-changes`` +
+  ``negotiated``: ``update`` alone delivers nothing in 5.0.15 (``packets`` or ``parsed``
+  says in which form); ``open`` tells us whether the peer does graceful restart and its
+  restart time. ``packets``, not ``parsed``: ExaBGP hands over each message's raw body
+  in hex instead of JSON-encoding every prefix (a fifth of its CPU at 100k routes), and
+  ``bgpd.bgp_wire`` decodes it. ``negotiated`` adds the session's asn4 (2- or 4-byte
+  AS_PATH) and families to every packet line, plus one ``negotiated`` line per session.
 - ExaBGP only listens (passive peers, collisions) when ``exabgp.tcp.bind`` names our
   address: that lives in the environment, not the file.
 """
@@ -120,6 +124,10 @@ class SpeakerConfig:
     extra_env: tuple[tuple[str, str], ...] = field(default=())
     # Not ExaBGP's: how long a peer over its max-prefix stays refused (bgpd/core.py).
     max_prefix_hold_down: float = 300.0
+    # The forms ExaBGP sends received messages in: "packets" (what the daemon uses) and/or
+    # "parsed" (its JSON; with both, each message comes as a packet line then a parsed
+    # line: tests/bgp/capture_samples.py --pairs records them for the contract test).
+    api_receive: tuple[str, ...] = ("packets",)
 
     def __post_init__(self) -> None:
         _asn(self.local_as, "local AS")
@@ -133,6 +141,8 @@ class SpeakerConfig:
             if p.address == self.local_address:
                 raise ConfigError(f"peer {p.address} is our own local address")
             seen.add(p.address)
+        if not self.api_receive or not set(self.api_receive) <= {"packets", "parsed"}:
+            raise ConfigError(f"api_receive {self.api_receive!r}: 'packets' and/or 'parsed'")
         for word in self.api_argv:
             if not _ARGV_RE.fullmatch(word):
                 raise ConfigError(f"API process argument {word!r} has characters ExaBGP's "
@@ -177,8 +187,10 @@ def render(cfg: SpeakerConfig) -> str:
         out += ["    api {",
                 f"        processes [ {API_PROCESS} ];",
                 "        neighbor-changes;",
-                "        receive {\n            parsed;\n            update;\n            open;\n"
-                "            notification;\n        }",
+                "        negotiated;",
+                "        receive {",
+                *(f"            {form};" for form in sorted(set(cfg.api_receive))),
+                "            update;\n            open;\n            notification;\n        }",
                 "    }",
                 "}", ""]
     return "\n".join(out)

@@ -107,16 +107,19 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                         ["type", "neighbor", "address", "peer", "message", "update", "announce",
                          "withdraw", "ipv4 unicast", "nlri", "attribute", "as-path", "value",
                          "med", "open", "asn", "state", "eor", "afi", "safi", "notification",
+                         "body", "category", "direction", "negotiated", "asn4", "families",
                          "198.18.251.1", "x"]), kids, max_size=5),
                     max_leaves=30)
 
 
 @settings(max_examples=400, deadline=None)
-@given(doc=JSON, kind=st.sampled_from(["update", "state", "open", "notification", "x"]),
+@given(doc=JSON, kind=st.sampled_from(["update", "state", "open", "notification", "negotiated",
+                                      "x"]),
        cut=st.integers(min_value=0, max_value=400))
 def test_fuzz_parse_and_apply_never_raise(doc, kind, cut):
     shaped = {"type": kind, "neighbor": {"address": {"peer": PEER}, "message": doc,
-                                         "open": doc, "state": doc}}
+                                         "open": doc, "state": doc, "negotiated": doc,
+                                         "direction": "receive"}}
     c = core()
     for text in (json.dumps(doc), json.dumps(shaped), json.dumps(shaped)[:cut]):
         c.apply(parse_line(text), 0.0)

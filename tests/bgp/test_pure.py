@@ -40,13 +40,24 @@ def cfg(*peers: PeerConfig) -> SpeakerConfig:
 def test_render_has_every_required_clause():
     text = render(cfg(PeerConfig("198.18.1.1", 65001, hold_time=9, password="s3cret",
                                  passive=True, multihop=2, graceful_restart=90)))
+    assert "parsed;" not in text  # packets only: ExaBGP would JSON-encode every prefix too
     for clause in ("neighbor 198.18.1.1 {", "local-as 64512;", "peer-as 65001;",
                    "router-id 198.18.1.10;", "hold-time 9;", 'md5-password "s3cret";',
                    "passive true;", "outgoing-ttl 2;", "graceful-restart 90;",
                    "manual-eor true;", "ipv4 unicast;", "encoder json;", "neighbor-changes;",
-                   "parsed;", "update;", "processes [ noderouter-api ];",
+                   "packets;", "update;", "open;", "notification;", "negotiated;",
+                   "processes [ noderouter-api ];",
                    "run /usr/bin/python3 /x/bgpd/exabgp_api.py /run/x/api.sock;"):
         assert clause in text, clause
+
+
+def test_render_api_receive_forms():
+    both = render(SpeakerConfig(64512, "198.18.1.10", "198.18.1.10",
+                                (PeerConfig("198.18.1.1", 65001),), api_receive=("parsed", "packets")))
+    assert "            packets;\n            parsed;\n            update;" in both
+    for bad in ((), ("json",), ("packets", "consolidate")):
+        with pytest.raises(ConfigError):
+            SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", api_receive=bad)
 
 
 def test_render_without_gr_and_md5():
