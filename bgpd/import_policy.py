@@ -49,6 +49,14 @@ def _net(text: str) -> tuple[int, int, int]:
     return value & mask, mask, length
 
 
+def _host_bits(text: str, net: tuple[int, int, int]) -> bool:
+    """True when ``text`` has bits set past its length (198.19.1.197/26). ExaBGP passes
+    such NLRI on as the peer sent them; the RIB keys and the kernel need the network
+    address, so the route is refused as malformed (and counted) rather than masked."""
+    addr = text.partition("/")[0]
+    return int.from_bytes(socket.inet_aton(addr), "big") != net[0]
+
+
 def _within(net: tuple[int, int, int], outer: tuple[int, int, int]) -> bool:
     return net[2] >= outer[2] and (net[0] & outer[1]) == outer[0]
 
@@ -110,6 +118,8 @@ class ImportPolicy:
         """The per-prefix checks."""
         try:
             net = _net(prefix)
+            if _host_bits(prefix, net):
+                raise ValueError(prefix)
         except ValueError:
             return "malformed-prefix"
         value, _, length = net
@@ -145,7 +155,9 @@ class ImportPolicy:
                 length = int(plen) if plen else 32
                 if not 0 <= length <= 32 or addr.count(".") != 3:
                     raise ValueError(prefix)
-                value = from_bytes(aton(addr), "big") & masks[length]
+                value = from_bytes(aton(addr), "big")
+                if value & ~masks[length] & 0xFFFFFFFF:  # host bits set (see _host_bits)
+                    raise ValueError(prefix)
             except (OSError, ValueError):
                 bad.append((prefix, "malformed-prefix"))
                 continue
