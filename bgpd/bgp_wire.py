@@ -161,6 +161,7 @@ _DEC_DOT = tuple(f"{i}." for i in range(256))
 _SUFFIX = tuple(f"/{m}" for m in range(33))
 _PAD = (b"\0\0\0\0", b"\0\0\0", b"\0\0", b"\0", b"")
 _iter_unpack = struct.iter_unpack
+_ALL_32 = b"\x20" * 16384  # prefix-length bytes of a run of /32s (a 64 KB UPDATE holds < 13k)
 _inet_ntoa = socket.inet_ntoa
 
 
@@ -545,6 +546,14 @@ def _update(peer, body, wlen, astart, aend, s: Session):
         announced = tuple((hop, tuple(p)) for hop, p in groups.items())
     elif announced_v4:
         announced = ((nexthop if 3 in present else _NO_NEXTHOP, tuple(announced_v4)),)
+        nlri = body[aend:]
+        if len(nlri) == 5 * len(announced_v4) and nlri[::5] == _ALL_32[:len(announced_v4)] \
+                and IPV4_UNICAST not in s.addpath:
+            # Host routes only: their values for the policy's whole-UPDATE check.
+            hosts = tuple([v for _, v in _iter_unpack(">BI", nlri)])
+            if mp_withdrawn:
+                withdrawn = withdrawn + mp_withdrawn
+            return RouteUpdate(peer, attrs, announced, tuple(withdrawn), hosts)
     else:
         announced = ()
     if mp_withdrawn:

@@ -298,7 +298,8 @@ class SpeakerCore:
             if reason:
                 self._reject_many(rec, prefixes, nh, ev.attributes, reason)
                 continue
-            ok, bad = policy.split_prefixes(peer, prefixes)
+            ok, bad = policy.split_prefixes(
+                peer, prefixes, ev.host_values if len(ev.announced) == 1 else None)
             if bad:
                 by_reason: dict[str, list[str]] = {}
                 for p, r in bad:

@@ -39,7 +39,7 @@ avoids per-route objects.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 FAMILY = "ipv4 unicast"
 ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
@@ -76,6 +76,10 @@ class RouteUpdate:
     attributes: Attributes
     announced: tuple[tuple[str, tuple[str, ...]], ...]  # (next hop, prefixes)
     withdrawn: tuple[str, ...]
+    # When every announced prefix is a /32 of one next hop (a ToR's host routes): their
+    # addresses as ints, in order (bgpd.bgp_wire fills it from the wire). Lets the import
+    # policy check a whole UPDATE at once; not part of the event's meaning (compare=False).
+    host_values: tuple[int, ...] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

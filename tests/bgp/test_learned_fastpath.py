@@ -335,3 +335,43 @@ def test_rib_matches_a_reference_model(ops):
         else:
             seen[p] = (r.nexthops, r.peers)
     assert seen == {p: (r.nexthops, r.peers) for p, r in rib.routes().items()}
+
+
+# -- the policy's whole-UPDATE check for host routes ----------------------------------------
+host_value = st.one_of(
+    st.integers(0xC6130000, 0xC613FFFF),          # 198.19.0.0/16: a pool, with our blocks
+    st.integers(0xC61300F0, 0xC613014F),          # around our block 198.19.1.0/26
+    st.integers(0xC6130770, 0xC6130810),          # around our block 198.19.7.128/25
+    st.integers(0xC6124000, 0xC6127FFF),          # 198.18.64.0/18: the other pool
+    st.integers(0xC6120000, 0xC612FFFF),          # 198.18.0.0/16: mostly outside
+    st.integers(0, 0xFFFFFFFF))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(host_value, min_size=1, max_size=30), st.sampled_from(["198.18.1.1", "198.18.1.2"]))
+def test_whole_update_check_of_host_routes_agrees_with_per_prefix(values, peer):
+    import socket as _s
+
+    prefixes = [f"{_s.inet_ntoa(v.to_bytes(4, 'big'))}/32" for v in values]
+    assert POLICY.split_prefixes(peer, prefixes, values) == POLICY.split_prefixes(peer, prefixes)
+
+
+def test_wire_decoder_gives_host_values_only_for_all_host_route_updates():
+    import socket as _s
+    import struct as _st
+
+    from bgpd.bgp_wire import decode_update
+
+    def body(nlri: bytes) -> bytes:
+        attrs = (b"\x40\x01\x01\x00"                          # ORIGIN igp
+                 + b"\x40\x02\x06\x02\x01" + _st.pack(">I", 65001)  # AS_PATH
+                 + b"\x40\x03\x04" + _s.inet_aton("198.18.9.1"))  # NEXT_HOP
+        return _st.pack(">H", 0) + _st.pack(">H", len(attrs)) + attrs + nlri
+
+    hosts = [0xC6130001, 0xC6130102]
+    ev = decode_update("198.18.9.1", body(b"".join(b"\x20" + _st.pack(">I", v) for v in hosts)))
+    assert ev.host_values == tuple(hosts)
+    assert ev.announced == (("198.18.9.1", ("198.19.0.1/32", "198.19.1.2/32")),)
+    mixed = decode_update("198.18.9.1", body(b"\x20" + _st.pack(">I", hosts[0])
+                                             + b"\x1a" + _s.inet_aton("198.19.2.0")))
+    assert mixed.host_values is None and len(mixed.announced[0][1]) == 2
