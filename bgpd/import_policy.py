@@ -49,6 +49,29 @@ def _net(text: str) -> tuple[int, int, int]:
     return value & mask, mask, length
 
 
+_MAX_INDEX = 1 << 16
+
+
+def _host_index(pools: tuple, own: tuple) -> tuple | None:
+    """Sets to test many /32 addresses at once: inside a pool <=> ``v >> shift`` is in
+    the pools' set (every pool expanded to the longest pool length); inside one of our
+    blocks <=> for some block length, ``v >> (32 - length)`` is in that length's set.
+    None when the pools' expansion would be too large (the per-prefix check then runs)."""
+    if not pools:
+        return None
+    longest = max(length for _, _, length in pools)
+    if sum(1 << (longest - length) for _, _, length in pools) > _MAX_INDEX:
+        return None
+    shift = 32 - longest
+    keys = frozenset(k for net, _, length in pools
+                     for k in range(net >> shift, (net >> shift) + (1 << (longest - length))))
+    by_length: dict[int, set[int]] = {}
+    for net, _, length in own:
+        by_length.setdefault(length, set()).add(net >> (32 - length))
+    owns = tuple((32 - length, frozenset(v)) for length, v in by_length.items())
+    return (shift, keys), owns
+
+
 def _host_bits(text: str, net: tuple[int, int, int]) -> bool:
     """True when ``text`` has bits set past its length (198.19.1.197/26). ExaBGP passes
     such NLRI on as the peer sent them; the RIB keys and the kernel need the network
@@ -76,6 +99,7 @@ class ImportPolicy:
     _own: tuple = field(default=(), init=False, repr=False, compare=False)
     _allowed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _own_ints: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
+    _host_index: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_pools", tuple(_net(str(ipaddress.IPv4Network(p)))
@@ -83,6 +107,7 @@ class ImportPolicy:
         object.__setattr__(self, "_own", tuple(_net(str(ipaddress.IPv4Network(b)))
                                                for b in self.own_blocks))
         object.__setattr__(self, "_own_ints", frozenset(_net(a)[0] for a in self.own_addresses))
+        object.__setattr__(self, "_host_index", _host_index(self._pools, self._own))
         object.__setattr__(self, "_allowed", {
             peer: tuple((_net(f.network), f.le) for f in filters)
             for peer, filters in self.allowed.items()})
@@ -143,17 +168,17 @@ class ImportPolicy:
         it must agree with (tests/bgp/test_learned_fastpath.py compares them).
 
         ``host_values``: when every prefix is a /32, their addresses as ints
-        (``RouteUpdate.host_values``). If the span from the lowest to the highest lies in
-        one pool and touches none of our blocks, every prefix is accepted without
-        looking at each (a ToR's UPDATE of ~300 host routes); otherwise each is checked.
+        (``RouteUpdate.host_values``). If all lie inside the pools and none inside our
+        blocks -- two set operations on the addresses' leading bits (``_host_index``) --
+        the whole UPDATE (a ToR's ~300 host routes) is accepted without parsing each
+        prefix; otherwise each is checked.
         """
-        if host_values and len(host_values) == len(prefixes):
-            lo, hi = min(host_values), max(host_values)
-            if not any(own_net <= hi and lo <= own_net | (~own_mask & 0xFFFFFFFF)
-                       for own_net, own_mask, _ in self._own):
-                for pool_net, pool_mask, _ in self._pools:
-                    if lo & pool_mask == pool_net and hi & pool_mask == pool_net:
-                        return list(prefixes), []
+        index = self._host_index
+        if host_values and index is not None and len(host_values) == len(prefixes):
+            (pool_shift, pool_keys), owns = index
+            if pool_keys.issuperset({v >> pool_shift for v in host_values}) and all(
+                    keys.isdisjoint({v >> shift for v in host_values}) for shift, keys in owns):
+                return list(prefixes), []
         ok: list[str] = []
         bad: list[tuple[str, str]] = []
         own = self._own

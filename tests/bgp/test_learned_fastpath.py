@@ -375,3 +375,12 @@ def test_wire_decoder_gives_host_values_only_for_all_host_route_updates():
     mixed = decode_update("198.18.9.1", body(b"\x20" + _st.pack(">I", hosts[0])
                                              + b"\x1a" + _s.inet_aton("198.19.2.0")))
     assert mixed.host_values is None and len(mixed.announced[0][1]) == 2
+
+
+def test_whole_update_check_falls_back_when_the_pools_index_would_be_too_large():
+    wide = ImportPolicy(64512, ("198.0.0.0/8", "198.19.255.252/30"))
+    assert wide._host_index is None  # noqa: SLF001 - 2**22 keys: not built
+    values = [0xC6130001, 0xC613FFFD, 0x0A000001]
+    prefixes = ["198.19.0.1/32", "198.19.255.253/32", "10.0.0.1/32"]
+    assert wide.split_prefixes("p", prefixes, values) == (
+        prefixes[:2], [("10.0.0.1/32", "outside-pools")])
