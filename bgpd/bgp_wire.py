@@ -177,10 +177,24 @@ def _prefixes(data: bytes) -> list[str] | str:
             t, d, s = _DEC_DOT, _DEC, _SUFFIX
             return [f"{t[a]}{t[b]}{t[c]}{d[e]}{s[m]}"
                     for m, a, b, c, e in _iter_unpack("BBBBB", data)]
+    return _walk(data, 0)
+
+
+def _prefixes_addpath(data: bytes) -> list[str] | str:
+    """The same with a 4-byte path identifier before each prefix (RFC 7911)."""
+    return _walk(data, 4)
+
+
+def _walk(data: bytes, id_len: int) -> list[str] | str:
+    """The general NLRI walk: each prefix after an ``id_len``-byte path identifier."""
     out: list[str] = []
     append = out.append
-    i = 0
+    i, n = 0, len(data)
     while i < n:
+        if id_len:
+            if n - i <= id_len:
+                return "ipv4 NLRI truncated in its path identifier"
+            i += id_len
         m = data[i]
         if m > 32:
             return f"invalid prefix length {m} in ipv4 NLRI"
@@ -189,26 +203,6 @@ def _prefixes(data: bytes) -> list[str] | str:
         if j > n:
             return "ipv4 NLRI truncated"
         append(_inet_ntoa(data[i + 1:j] + _PAD[size]) + _SUFFIX[m])
-        i = j
-    return out
-
-
-def _prefixes_addpath(data: bytes) -> list[str] | str:
-    """The same with a 4-byte path identifier before each prefix (RFC 7911)."""
-    out: list[str] = []
-    i, n = 0, len(data)
-    while i < n:
-        if n - i <= 4:
-            return "ipv4 NLRI truncated in its path identifier"
-        i += 4
-        m = data[i]
-        if m > 32:
-            return f"invalid prefix length {m} in ipv4 NLRI"
-        size = (m + 7) >> 3
-        j = i + 1 + size
-        if j > n:
-            return "ipv4 NLRI truncated"
-        out.append(_inet_ntoa(data[i + 1:j] + _PAD[size]) + _SUFFIX[m])
         i = j
     return out
 

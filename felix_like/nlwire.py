@@ -147,22 +147,23 @@ def pack_route_ops(ops: Sequence[RouteOp], protocol: int, first_seq: int) -> byt
     out = bytearray()
     seq = first_seq
     append = out.extend
-    last = None
-    pack = parts = None
+    # The run's template: (op, form, table, metric) it was made for, and its pieces.
+    r_op = r_form = r_table = r_metric = None
+    pack = h0 = h1 = h2 = h3 = None
     for op, key, form in ops:
         table, dst, plen, metric = key
-        if form is not None and form[2] == MULTIPATH_OIF:
-            flags = _ADD_FLAGS if op == OP_ADD else _REPLACE_FLAGS
-            rtable = table if table < 256 else 252
-            append(_pack_multipath(flags, seq, rtable, protocol, form[0], table, dst, plen,
-                                   metric, form[1]))  # type: ignore[arg-type]
-            seq += 1
-            continue
-        if last is None or form is not last[1] or op != last[0] or table != last[2] \
-                or metric != last[3]:
-            last = (op, form, table, metric)
-            pack, parts = _template(op, form, table, metric, protocol)
-        append(pack(parts[0], seq, parts[1], plen, parts[2], dst, parts[3]))
+        if form is not r_form or op != r_op or table != r_table or metric != r_metric:
+            if form is not None and form[2] == MULTIPATH_OIF:
+                flags = _ADD_FLAGS if op == OP_ADD else _REPLACE_FLAGS
+                rtable = table if table < 256 else 252
+                append(_pack_multipath(flags, seq, rtable, protocol, form[0], table, dst,
+                                       plen, metric, form[1]))  # type: ignore[arg-type]
+                seq += 1
+                r_op = None  # never a run
+                continue
+            r_op, r_form, r_table, r_metric = op, form, table, metric
+            pack, (h0, h1, h2, h3) = _template(op, form, table, metric, protocol)
+        append(pack(h0, seq, h1, plen, h2, dst, h3))
         seq += 1
     return out
 

@@ -295,6 +295,8 @@ def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, Route
     append = ops.append
     forms: dict[int, RouteForm | None] = {}
     get_form = forms.get
+    last_want: object = _UNSET
+    form: RouteForm | None = None
     for key, want in wants.items():
         have = get_actual(key)
         if want is None:
@@ -304,9 +306,11 @@ def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, Route
                 else:
                     stale.add(key)
             continue
-        form = get_form(id(want), _UNSET)
-        if form is _UNSET:
-            form = forms[id(want)] = _form_of(want, get_index)
+        if want is not last_want:  # runs of one want are the rule
+            last_want = want
+            form = get_form(id(want), _UNSET)
+            if form is _UNSET:
+                form = forms[id(want)] = _form_of(want, get_index)
         if form is None:
             # The device is not there (yet): leave any current route alone
             # and wait for it rather than error-looping.
@@ -429,9 +433,19 @@ class RouteTable:
         get = cls.get
         dirty = self._dirty
         parse_dst = _parse_dst
+        aton = socket.inet_aton
         for dst in dsts:
-            d, plen = parse_dst(dst)
-            key = (table, d, plen, metric)
+            addr, _, plen_s = dst.partition("/")
+            if plen_s == "32" and addr.count(".") == 3:
+                # A host route (most of a ToR's table): no length to convert, no host bits.
+                try:
+                    key = (table, aton(addr), 32, metric)
+                except OSError:
+                    parse_dst(dst)  # raises the RouteTableError naming the dst
+                    raise
+            else:
+                d, plen = parse_dst(dst)
+                key = (table, d, plen, metric)
             have = get(key)
             if have is not want and have != want:
                 cls[key] = want

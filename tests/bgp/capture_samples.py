@@ -46,10 +46,7 @@ def build_fabric(owned: NetnsSet, workdir: str) -> Fabric:
 
 
 def main(out: str) -> None:
-    owned = NetnsSet()
-    wd = tempfile.mkdtemp(prefix="nr-capture-")
-    os.chmod(wd, 0o755)
-    trace = os.path.join(wd, "trace.jsonl")
+    owned, wd, trace = _workspace()
     items = []
     try:
         fab = build_fabric(owned, wd)
@@ -81,15 +78,8 @@ def main(out: str) -> None:
         sp.stop(withdraw=False)
         items.remove(sp)
     finally:
-        for it in reversed(items):
-            it.stop()
-        owned.delete_all()
-    with open(trace, "rb") as src, open(out, "wb") as dst:
-        dst.write(src.read())
-    import shutil
-
-    shutil.rmtree(wd, ignore_errors=True)
-    print(f"wrote {out}")
+        _finish(items, owned)
+    _write(trace, out, wd)
 
 
 # ------------------------------------------------------------------ --pairs
@@ -174,10 +164,7 @@ def _eor_from(trace: str, peer: str) -> bool:
 
 
 def main_pairs(out: str) -> None:
-    owned = NetnsSet()
-    wd = tempfile.mkdtemp(prefix="nr-capture-")
-    os.chmod(wd, 0o755)
-    trace = os.path.join(wd, "trace.jsonl")
+    owned, wd, trace = _workspace()
     items = []
     try:
         fab = build_fabric(owned, wd)
@@ -220,13 +207,28 @@ def main_pairs(out: str) -> None:
         sp.stop(withdraw=False)
         items.remove(sp)
     finally:
-        for it in reversed(items):
-            it.stop()
-        owned.delete_all()
-    with open(trace, "rb") as src, open(out, "wb") as dst:
-        dst.write(src.read())
+        _finish(items, owned)
+    _write(trace, out, wd)
+
+
+def _workspace() -> tuple[NetnsSet, str, str]:
+    """The namespaces we make (deleted by _finish), a work dir, the trace file in it."""
+    wd = tempfile.mkdtemp(prefix="nr-capture-")
+    os.chmod(wd, 0o755)
+    return NetnsSet(), wd, os.path.join(wd, "trace.jsonl")
+
+
+def _finish(items: list, owned) -> None:
+    for it in reversed(items):
+        it.stop()
+    owned.delete_all()
+
+
+def _write(trace: str, out: str, wd: str) -> None:
     import shutil
 
+    with open(trace, "rb") as src, open(out, "wb") as dst:
+        dst.write(src.read())
     shutil.rmtree(wd, ignore_errors=True)
     print(f"wrote {out}")
 

@@ -219,13 +219,19 @@ def test_peers_added_and_removed_without_dropping_others(fabric, cleanup):
     assert "198.19.10.0/26" in sp.routes()
 
 
-def test_deliberate_stop_withdraws_before_closing(fabric, cleanup):
+def bird_and_speaker(fabric, cleanup) -> tuple:
+    """BIRD announcing one block and our speaker (MD5) announcing OWN_BLOCK, both started."""
     b = bird(fabric, ["198.19.10.0/26"])
     cleanup.append(b.start())
     sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     sp.set_desired([OWN_BLOCK])
     cleanup.append(sp.start())
+    return b, sp
+
+
+def test_deliberate_stop_withdraws_before_closing(fabric, cleanup):
+    b, sp = bird_and_speaker(fabric, cleanup)
     b.wait_route(OWN_BLOCK, timeout=T)
     pid = sp.exabgp_pid
     sp.stop(withdraw=True)
@@ -320,12 +326,7 @@ def test_default_exabgp_runs_under_pypy(fabric, cleanup):
     """scripts/setup installs ExaBGP under PyPy in our venv; the speaker picks it by default,
     so every other test here runs PyPy's ExaBGP."""
     assert "exabgp-pypy" in default_exabgp(), "scripts/setup did not create .venv/exabgp-pypy"
-    b = bird(fabric, ["198.19.10.0/26"])
-    cleanup.append(b.start())
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
-                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
-    sp.set_desired([OWN_BLOCK])
-    cleanup.append(sp.start())
+    b, sp = bird_and_speaker(fabric, cleanup)
     wait_for(lambda: established(sp, BIRD), T, what="session with BIRD")
     exe, env = _exe_and_env(sp.exabgp_pid)
     assert os.path.basename(exe).startswith("pypy"), exe
