@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bgpd.node_registry import MeshPeer, NodeInfo, by_address, mesh_peers
 from felix_like.managers import RemoteBlock, RemoteNode, WorkloadEndpoint
@@ -147,41 +147,6 @@ def learned_context(inp: Inputs) -> LearnedContext:
         uplink=inp.uplink)
 
 
-def classify(prefix: str, nexthops: tuple[str, ...], ctx: LearnedContext) -> Classified:
-    r = _range(prefix)
-    if _within(r, ctx.own_ranges):
-        # Defence in depth: the import policy already refuses these.
-        return OWN_BLOCK_REASON
-    if not nexthops:
-        return "no next hop"
-    lo, hi = ctx.subnet_range
-    if len(nexthops) == 1:  # the common case: no sorting, no multipath
-        nexthop = nexthops[0]
-        node = ctx.nodes_by_addr.get(nexthop)
-        if node is not None and node.name != ctx.own_name and _within(r, ctx.pool_ranges):
-            return RemoteBlock(prefix, node.name)
-        ifname = ctx.uplink if lo <= _ip_int(nexthop) <= hi else None
-        return Target(dst=prefix, gateway=nexthop, ifname=ifname)
-    hops = sorted(nexthops, key=_ip_int)
-    if _within(r, ctx.pool_ranges):
-        nodes = ctx.nodes_by_addr
-        for nh in hops:
-            node = nodes.get(nh)
-            if node is not None and node.name != ctx.own_name:
-                # A block learned from a node keeps one next hop: it has exactly one
-                # owner, and RemoteBlockManager shapes the route per node (direct,
-                # IPIP onlink via tunl0, VXLAN via that node's VTEP with its static
-                # neighbour/FDB entries) -- hops through two nodes would send part of
-                # the traffic to a node that does not host the pods (two nodes claim
-                # one block only while its affinity moves). The owner also beats a
-                # ToR that re-announces the block: direct, no hairpin. The lowest
-                # address, so every node picks the same.
-                return RemoteBlock(prefix, node.name)
-    # Equal paths via routers (two ToRs, RRs' clients): one ECMP route over all of them.
-    return Target(dst=prefix, nexthops=tuple(
-        NextHop(nh, ctx.uplink if lo <= _ip_int(nh) <= hi else None) for nh in hops))
-
-
 @dataclass(frozen=True)
 class ViaNode:
     """A next hop that is another node: its blocks are remote blocks, anything else a
@@ -201,8 +166,9 @@ def classify_path(nexthops: tuple[str, ...], ctx: LearnedContext) -> PathClass:
 
     A ``Target`` (its ``dst`` empty) is the route for every prefix of the group; a
     ``ViaNode`` makes prefixes inside a pool remote blocks of that node and the rest plain
-    routes via ``plain``. Either way a prefix inside one of our own blocks is refused
-    (``own_block_reason``). Agrees with ``classify`` (pinned by tests/node/test_calculator.py).
+    routes via ``plain`` (``classify_prefix``). Equal paths via routers (two ToRs, RRs'
+    clients) are one ECMP route over all of them; among nodes the lowest address owns
+    the group's pool prefixes, so every node picks the same.
     """
     if not nexthops:
         return "no next hop"
@@ -227,6 +193,35 @@ def classify_path(nexthops: tuple[str, ...], ctx: LearnedContext) -> PathClass:
 
 def within_any(prefix: str, ranges: tuple[tuple[int, int], ...]) -> bool:
     return _within(_range(prefix), ranges)
+
+
+def classify_prefix(prefix: str, path: PathClass, ctx: LearnedContext,
+                    check_own: bool = True) -> Classified:
+    """The per-prefix step after ``classify_path``. A plain route comes back as the path's
+    template (``dst`` empty): ``classify`` names the dst, ``LearnedRoutes`` shares it.
+
+    ``check_own``: defence in depth -- the import policy already refuses a route inside
+    one of our own blocks (see ``LearnedRoutes._classify`` for when it can be skipped).
+    """
+    if check_own and within_any(prefix, ctx.own_ranges):
+        return OWN_BLOCK_REASON
+    if isinstance(path, ViaNode):
+        # A block learned from a node keeps one next hop: it has exactly one owner, and
+        # RemoteBlockManager shapes the route per node (direct, IPIP onlink via tunl0,
+        # VXLAN via that node's VTEP with its static neighbour/FDB entries) -- hops
+        # through two nodes would send part of the traffic to a node that does not host
+        # the pods (two nodes claim one block only while its affinity moves). The owner
+        # also beats a ToR that re-announces the block: direct, no hairpin.
+        if within_any(prefix, ctx.pool_ranges):
+            return RemoteBlock(prefix, path.node)
+        return path.plain
+    return path
+
+
+def classify(prefix: str, nexthops: tuple[str, ...], ctx: LearnedContext) -> Classified:
+    """What one learned route becomes (``classify_path`` + ``classify_prefix``)."""
+    c = classify_prefix(prefix, classify_path(nexthops, ctx), ctx)
+    return replace(c, dst=prefix) if isinstance(c, Target) else c
 
 
 def classify_all(learned: tuple[LearnedRoute, ...], ctx: LearnedContext

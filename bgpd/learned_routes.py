@@ -23,11 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 from bgpd.calculator import (
-    OWN_BLOCK_REASON,
     Classified,
     LearnedContext,
     classify_path,
-    within_any,
+    classify_prefix,
 )
 from bgpd.rib import Route
 from felix_like.managers import RemoteBlock
@@ -142,40 +141,19 @@ class LearnedRoutes:
         learned = self._learned
         own = ctx.own_ranges if check_own else ()
         plain: dict[Target, list[str]] = {}
-        if isinstance(path, Target):
-            # The common case (a ToR's 100k routes): one template for the whole group.
-            dsts = plain[path] = []
-            if not own:
-                # Prefixes new to us (the whole initial table) in bulk.
-                fresh = [p for p in prefixes if p not in learned]
-                learned.update(dict.fromkeys(fresh, path))
-                dsts += fresh
-                if len(fresh) == len(prefixes):
-                    return plain
-                fresh_set = set(fresh)
-                prefixes = [p for p in prefixes if p not in fresh_set]
-            for prefix in prefixes:
-                old = learned.get(prefix)
-                if old is path:
-                    continue
-                if own and within_any(prefix, own):
-                    self._settle(prefix, old, OWN_BLOCK_REASON, unroute)
-                    continue
-                learned[prefix] = path
-                if isinstance(old, RemoteBlock) and self._block_remove is not None:
-                    self._block_remove(prefix)
-                dsts.append(prefix)
-            return plain
+        if isinstance(path, Target) and not own:
+            # The common case (a ToR's 100k routes, one template for the whole group):
+            # prefixes new to us (the whole initial table) in bulk, the rest one by one.
+            fresh = [p for p in prefixes if p not in learned]
+            learned.update(dict.fromkeys(fresh, path))
+            plain[path] = fresh
+            if len(fresh) == len(prefixes):
+                return plain
+            fresh_set = set(fresh)
+            prefixes = [p for p in prefixes if p not in fresh_set]
         for prefix in prefixes:
             old = learned.get(prefix)
-            if isinstance(path, str):
-                new: Classified = path
-            elif own and within_any(prefix, own):
-                new = OWN_BLOCK_REASON
-            elif within_any(prefix, ctx.pool_ranges):
-                new = RemoteBlock(prefix, path.node)
-            else:
-                new = path.plain
+            new = classify_prefix(prefix, path, ctx, check_own)
             if new == old:
                 continue
             if isinstance(new, Target):
