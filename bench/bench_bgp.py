@@ -27,10 +27,10 @@ import tempfile
 import threading
 import time
 
-from bgpd.exabgp_config import PeerConfig, SpeakerConfig
-from bgpd.import_policy import ImportPolicy
-from bgpd.learned_routes import LearnedRoutes, plain_context
-from bgpd.speaker import Speaker
+from bgpd.bgp.exabgp_config import PeerConfig, SpeakerConfig
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.speaker import Speaker
+from bgpd.node.learned_routes import LearnedRoutes, plain_context
 from felix_like.nlwire import RT_TABLE_MAIN, RouteSocket
 from felix_like.routetable import KernelRouteDriver, RouteTable
 from lab.netns import NetnsSet, run_prefix, sh, switch_with_hosts
@@ -178,7 +178,7 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
 
 
 def like_the_daemon(gc_threshold: int = 0) -> None:
-    """Run this process as the daemon runs (bgpd/daemon.py run(), config/logs.py):
+    """Run this process as the daemon runs (bgpd/node/daemon.py run(), config/logs.py):
     info-level structlog, startup objects frozen out of GC, a large gen-0 threshold."""
     import gc
 

@@ -12,7 +12,7 @@ with P at a time. Reported: p50/p99/max latency per invocation and the phase's
 total wall time. The reference does no datastore round trip: it is the floor.
 
 ``noderouter-cni`` is measured as deployed: the daemon's CNI server
-(``python -m bgpd.cni_server``, the same ``CniServer`` ``noderouter run`` starts)
+(``python -m bgpd.cni.server``, the same ``CniServer`` ``noderouter run`` starts)
 listens in the node namespace and the plugin's fast path hands each call to it.
 ``--direct`` also measures the plugin on its own (no daemon: its fallback path).
 """
@@ -85,7 +85,7 @@ class Bench:
         subprocess.run(["ip", "netns", "exec", self.node, sys.executable, "-c", code],
                        check=True, capture_output=True, cwd=REPO)
         self.server = subprocess.Popen(
-            ["ip", "netns", "exec", self.node, sys.executable, "-m", "bgpd.cni_server",
+            ["ip", "netns", "exec", self.node, sys.executable, "-m", "bgpd.cni.server",
              "--socket", self.socket, "--log-level", "warning"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.tmp,
                                                                            "server.log"), "w"))

@@ -43,10 +43,10 @@ def simulate(nodes: int, per_node: int) -> dict:
     rss0 = proc_status_kb(__import__("os").getpid())
     from pyroute2 import IPRoute
 
-    from bgpd.calculator import BlockView, Inputs, LearnedRoute, PoolView, calculate
-    from bgpd.events import Attributes
-    from bgpd.node_registry import NodeInfo
-    from bgpd.rib import Rib
+    from bgpd.bgp.events import Attributes
+    from bgpd.bgp.rib import Rib
+    from bgpd.node.calculator import BlockView, Inputs, LearnedRoute, PoolView, calculate
+    from bgpd.node.registry import NodeInfo
     from felix_like.managers import CLASS_BGP, CLASS_ORDER, Dataplane
     from felix_like.routetable import KernelRouteDriver, RouteTable
     from lab.netns import NetnsSet, run_prefix, sh

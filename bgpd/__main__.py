@@ -1,3 +1,3 @@
-from bgpd.cli import main
+from bgpd.cli.main import main
 
 main()

@@ -1,6 +1,6 @@
 """structlog setup: JSON lines when not on a TTY (systemd, files), console on a TTY.
 
-One bound logger per component: ``get_logger("bgpd.rib").bind(peer=...)``.
+One bound logger per component: ``get_logger("bgpd.bgp.rib").bind(peer=...)``.
 Secrets are ``config.schema.Secret`` values; the ``redact_secrets`` processor
 replaces any that reach a log event, so a mistake cannot leak a password.
 """

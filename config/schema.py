@@ -105,7 +105,7 @@ def _listen(v: str):
 
 def _md5_password(v: str):
     # What ExaBGP's config tokenizer and Linux TCP MD5 (80-byte keys) take; the same rule as
-    # bgpd.exabgp_config.check_password, checked here so a bad password is refused with the
+    # bgpd.bgp.exabgp_config.check_password, checked here so a bad password is refused with the
     # rest of the config instead of when the speaker starts.
     import re
     if not re.fullmatch(r"[!$%&()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]{1,80}", v):

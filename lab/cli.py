@@ -1,4 +1,4 @@
-"""`noderouter lab up|down|list`: bring the multi-rack lab up and leave it running."""
+"""`noderouter-lab up|down|list`: bring the multi-rack lab up and leave it running."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from bgpd.output import emit, output_option
+from bgpd.cli.output import emit, output_option
 from config.logs import setup_logging
 from lab.procs import LabError
 from lab.topology import STATE_DIR, Lab, down_from_state
@@ -99,7 +99,7 @@ def describe(the_lab: Lab) -> str:
               f"  ip netns exec {p}-tora birdc -s {the_lab.tors['a'].workdir}/bird.ctl show protocols"
               if "a" in the_lab.tors else "",
               "Tear down:",
-              f"  noderouter lab down {p}"]
+              f"  noderouter-lab down {p}"]
     return "\n".join(line for line in lines if line is not None)
 
 
@@ -111,7 +111,7 @@ def lab_down(prefix: str | None, all_: bool) -> None:
     paths = sorted(glob.glob(os.path.join(STATE_DIR, "*.json"))) if all_ else \
         [os.path.join(STATE_DIR, f"{prefix}.json")] if prefix else []
     if not paths:
-        raise click.UsageError("name a lab prefix (see `noderouter lab list`) or pass --all")
+        raise click.UsageError("name a lab prefix (see `noderouter-lab list`) or pass --all")
     failed = False
     for path in paths:
         if not os.path.exists(path):
@@ -139,3 +139,11 @@ def lab_list(fmt: str) -> None:
         rows.append({"prefix": s["prefix"], "design": s.get("design"),
                      "nodes": [n["name"] for n in s.get("nodes", [])], "etcd": s.get("etcd")})
     emit(rows, fmt, ["prefix", "design", "nodes", "etcd"])
+
+
+# `noderouter-lab` console script: the lab is a development tool with its own entry
+# point, so nothing shipped (the `noderouter` CLI included) imports `lab`.
+main = lab
+
+if __name__ == "__main__":
+    main()

@@ -460,7 +460,7 @@ class Lab:
         return os.path.join(STATE_DIR, f"{self.prefix}.json")
 
     def save_state(self) -> None:
-        """What `noderouter lab down` needs to tear this lab down from another process."""
+        """What `noderouter-lab down` needs to tear this lab down from another process."""
         os.makedirs(STATE_DIR, exist_ok=True)
         daemons = []
         for role, tor in self.tors.items():
@@ -493,7 +493,7 @@ def proc_start_time(pid: int) -> int | None:
 
 
 def down_from_state(path: str) -> list[str]:
-    """Tear down a lab recorded by ``save_state`` (used by `noderouter lab down`)."""
+    """Tear down a lab recorded by ``save_state`` (used by `noderouter-lab down`)."""
     import signal
     import time
 

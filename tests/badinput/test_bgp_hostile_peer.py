@@ -207,7 +207,7 @@ def test_more_than_max_prefix_drops_the_peer_routes_until_the_session_resets(hos
     assert_daemon_healthy(lab)
 
     # Back under the limit and the session reset from the ToR: the peer stays held down
-    # (bgpd.core max-prefix hold-down, 300 s, not configurable from the node config).
+    # (bgpd.bgp.core max-prefix hold-down, 300 s, not configurable from the node config).
     tor = lab.hostile_ctx["tor"]
     proto = tor.proto_name(lab.node(NODE).address)
     announce(lab, [LEGIT])

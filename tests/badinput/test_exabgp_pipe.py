@@ -1,8 +1,8 @@
 """Garbage, truncated and huge lines on the ExaBGP API pipe: counted as malformed, never a crash.
 
-Three levels, all real code: ``bgpd.events.parse_line`` (hostile samples and a hypothesis
+Three levels, all real code: ``bgpd.bgp.events.parse_line`` (hostile samples and a hypothesis
 fuzz), ``SpeakerCore.apply`` on what it returns, and a running ``Speaker`` (real ExaBGP 5.0.15
-peering with a real BIRD) fed through the real relay process (``bgpd/exabgp_api.py``)
+peering with a real BIRD) fed through the real relay process (``bgpd/bgp/exabgp_relay.py``)
 connected to the speaker's API socket.
 """
 
@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgpd.core import SpeakerCore
-from bgpd.events import Malformed, RouteUpdate, parse_line
-from bgpd.exabgp_config import PeerConfig, SpeakerConfig
-from bgpd.import_policy import ImportPolicy
-from bgpd.speaker import RELAY, Speaker
+from bgpd.bgp.core import SpeakerCore
+from bgpd.bgp.events import Malformed, RouteUpdate, parse_line
+from bgpd.bgp.exabgp_config import PeerConfig, SpeakerConfig
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.speaker import RELAY, Speaker
 from lab.procs import wait_for
 from lab.routers import BgpNeighbor, BirdRouter
 from tests.bgp.conftest import (

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from bgpd.status_client import StatusUnavailable, query
-from bgpd.status_server import MAX_REQUEST, StatusServer
+from bgpd.cli.status_client import StatusUnavailable, query
+from bgpd.node.status_server import MAX_REQUEST, StatusServer
 
 pytestmark = pytest.mark.integration
 

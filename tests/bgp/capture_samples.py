@@ -27,9 +27,9 @@ import sys
 import tempfile
 import time
 
-from bgpd.exabgp_config import PeerConfig, SpeakerConfig
-from bgpd.import_policy import ImportPolicy
-from bgpd.speaker import Speaker
+from bgpd.bgp.exabgp_config import PeerConfig, SpeakerConfig
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.speaker import Speaker
 from lab.netns import NetnsSet
 from lab.procs import LabError, wait_for
 from lab.routers import BIRDC, BgpNeighbor, BirdRouter, FrrRouter

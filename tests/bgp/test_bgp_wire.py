@@ -1,8 +1,8 @@
-"""``bgpd.bgp_wire`` on hand-built BGP message bodies, checked against ExaBGP 5.0.15 itself.
+"""``bgpd.bgp.wire`` on hand-built BGP message bodies, checked against ExaBGP 5.0.15 itself.
 
 The oracle is the installed ExaBGP: ``Message.unpack`` of the same body with a session of
 the same negotiation, its treat-as-withdraw step from ``read_message``, its JSON encoder,
-then ``bgpd.events.parse_line`` of that parsed line -- exactly what the daemon got with
+then ``bgpd.bgp.events.parse_line`` of that parsed line -- exactly what the daemon got with
 ``receive { parsed; }``. Where ExaBGP raises (it would send a NOTIFICATION and end the
 session) the decoder must return a reason (``Malformed`` through ``parse_line``).
 No root, no daemons.
@@ -17,9 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bgpd import bgp_wire
-from bgpd.bgp_wire import Session
-from bgpd.events import (
+from bgpd.bgp import wire as bgp_wire
+from bgpd.bgp.events import (
     Attributes,
     EndOfRib,
     Malformed,
@@ -28,6 +27,7 @@ from bgpd.events import (
     RouteUpdate,
     parse_line,
 )
+from bgpd.bgp.wire import Session
 
 pytest.importorskip("exabgp")
 

@@ -1,4 +1,4 @@
-"""Contract test: the JSON members ``bgpd/events.py`` reads, pinned on real ExaBGP 5.0.15 output.
+"""Contract test: the JSON members ``bgpd/bgp/events.py`` reads, pinned on real ExaBGP 5.0.15 output.
 
 The sample was captured by ``tests/bgp/capture_samples.py`` (speaker <-> BIRD 2 and FRR 8.4,
 MD5, ECMP prefix, 3000-prefix UPDATE, withdrawals, FRR stopped, summary, a bad command,
@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from bgpd.events import (
+from bgpd.bgp.events import (
     Ack,
     Answer,
     EndOfRib,

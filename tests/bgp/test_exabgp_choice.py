@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bgpd.speaker import (
+from bgpd.bgp.speaker import (
     PYPY_GC_ENV,
     default_exabgp,
     exabgp_interpreter,

@@ -15,13 +15,13 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgpd.calculator import LearnedContext, _range, classify
-from bgpd.events import Attributes
-from bgpd.exabgp_config import PrefixFilter
-from bgpd.import_policy import ImportPolicy
-from bgpd.learned_routes import LearnedRoutes
-from bgpd.node_registry import NodeInfo
-from bgpd.rib import Rib
+from bgpd.bgp.events import Attributes
+from bgpd.bgp.exabgp_config import PrefixFilter
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.rib import Rib
+from bgpd.node.calculator import LearnedContext, _range, classify
+from bgpd.node.learned_routes import LearnedRoutes
+from bgpd.node.registry import NodeInfo
 from felix_like.managers import RemoteBlock
 from felix_like.routetable import NextHop, RouteTable, Target
 
@@ -360,7 +360,7 @@ def test_wire_decoder_gives_host_values_only_for_all_host_route_updates():
     import socket as _s
     import struct as _st
 
-    from bgpd.bgp_wire import decode_update
+    from bgpd.bgp.wire import decode_update
 
     def body(nlri: bytes) -> bytes:
         attrs = (b"\x40\x01\x01\x00"                          # ORIGIN igp

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bgpd import exabgp_commands as cmds
-from bgpd.core import SpeakerCore
-from bgpd.events import (
+from bgpd.bgp import exabgp_commands as cmds
+from bgpd.bgp.core import SpeakerCore
+from bgpd.bgp.events import (
     Attributes,
     EndOfRib,
     Malformed,
@@ -15,7 +15,7 @@ from bgpd.events import (
     RouteUpdate,
     parse_line,
 )
-from bgpd.exabgp_config import (
+from bgpd.bgp.exabgp_config import (
     ConfigError,
     PeerConfig,
     PrefixFilter,
@@ -24,8 +24,8 @@ from bgpd.exabgp_config import (
     environment,
     render,
 )
-from bgpd.import_policy import ImportPolicy
-from bgpd.rib import Rib, Route
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.rib import Rib, Route
 
 A = Attributes(as_path=(65001,), as_path_len=1)
 LONG = Attributes(as_path=(65002, 65003), as_path_len=2)
@@ -33,7 +33,7 @@ LONG = Attributes(as_path=(65002, 65003), as_path_len=2)
 
 def cfg(*peers: PeerConfig) -> SpeakerConfig:
     return SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", peers,
-                         api_argv=("/usr/bin/python3", "/x/bgpd/exabgp_api.py", "/run/x/api.sock"))
+                         api_argv=("/usr/bin/python3", "/x/bgpd/bgp/exabgp_relay.py", "/run/x/api.sock"))
 
 
 # -- config ------------------------------------------------------------------
@@ -47,7 +47,7 @@ def test_render_has_every_required_clause():
                    "manual-eor true;", "ipv4 unicast;", "encoder json;", "neighbor-changes;",
                    "packets;", "update;", "open;", "notification;", "negotiated;",
                    "processes [ noderouter-api ];",
-                   "run /usr/bin/python3 /x/bgpd/exabgp_api.py /run/x/api.sock;"):
+                   "run /usr/bin/python3 /x/bgpd/bgp/exabgp_relay.py /run/x/api.sock;"):
         assert clause in text, clause
 
 

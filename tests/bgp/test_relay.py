@@ -1,4 +1,4 @@
-"""The API relay (bgpd/exabgp_api.py) drains ExaBGP's pipe even when the daemon stops reading,
+"""The API relay (bgpd/bgp/exabgp_relay.py) drains ExaBGP's pipe even when the daemon stops reading,
 and passes commands through line by line."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from bgpd.speaker import RELAY
+from bgpd.bgp.speaker import RELAY
 
 
 def test_relay_never_blocks_exabgp_and_relays_commands(tmp_path):

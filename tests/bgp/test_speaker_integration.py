@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from bgpd.exabgp_config import PeerConfig, PrefixFilter, SpeakerConfig
-from bgpd.import_policy import ImportPolicy
-from bgpd.speaker import PYPY_GC_ENV, Speaker, default_exabgp, is_pypy
+from bgpd.bgp.exabgp_config import PeerConfig, PrefixFilter, SpeakerConfig
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.speaker import PYPY_GC_ENV, Speaker, default_exabgp, is_pypy
 from lab.procs import wait_for
 from lab.routers import BgpNeighbor, BirdRouter, FrrRouter
 from tests.bgp.conftest import BIRD, BIRD_AS, FRR, FRR_AS, LOCAL_AS, OWN_BLOCK, POOLS, SPEAKER
@@ -241,7 +241,7 @@ def test_deliberate_stop_withdraws_before_closing(fabric, cleanup):
 
 
 def test_learned_routes_reach_the_kernel_through_felix_like(fabric, cleanup):
-    from bgpd.learned_routes import LearnedRoutes, plain_context
+    from bgpd.node.learned_routes import LearnedRoutes, plain_context
     from felix_like.routetable import KernelRouteDriver, RouteTable
     from lab.routers import kernel_routes
 

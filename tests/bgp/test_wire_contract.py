@@ -1,4 +1,4 @@
-"""Contract test: a packet line decoded by ``bgpd.bgp_wire`` is the event its parsed twin gives.
+"""Contract test: a packet line decoded by ``bgpd.bgp.wire`` is the event its parsed twin gives.
 
 The sample was captured by ``python -m tests.bgp.capture_samples --pairs`` with
 ``receive { packets; parsed; }``: for every message it receives, ExaBGP 5.0.15 writes the
@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from bgpd.events import (
+from bgpd.bgp.events import (
     EndOfRib,
     Malformed,
     Negotiated,

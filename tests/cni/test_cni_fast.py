@@ -1,6 +1,6 @@
-"""The plugin's fast path (``bgpd.cni_fast`` → ``bgpd.cni_server``) and its fallback.
+"""The plugin's fast path (``bgpd.cni.fast`` → ``bgpd.cni.server``) and its fallback.
 
-The server is the daemon's own ``CniServer`` (``python -m bgpd.cni_server``), run
+The server is the daemon's own ``CniServer`` (``python -m bgpd.cni.server``), run
 inside the throwaway node namespace, so the commands it runs touch only that
 namespace and the pod namespaces. Which path served a call is read from the logs:
 the server logs to its own stderr (captured to a file), the direct path to the
@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from bgpd.cni import host_veth_name
+from bgpd.cni.protocol import host_veth_name
 
 from .conftest import REPO, CniBench
 from .test_cni_integration import assert_nothing_left, assert_valid_result, links
@@ -33,7 +33,7 @@ class Server:
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", bench.node, sys.executable, "-m", "bgpd.cni_server",
+            ["ip", "netns", "exec", bench.node, sys.executable, "-m", "bgpd.cni.server",
              "--socket", path, "--workers", "4"],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -211,14 +211,14 @@ def test_fast_path_imports_only_the_standard_library():
     """Loading the plugin's entry point and its fast path must not pull in the heavy
     modules (structlog, etcd3/grpc, pyroute2, ipam) — that cost is what it avoids."""
     code = ("import sys\n"
-            "from bgpd.cni_main import main\n"
-            "import bgpd.cni_fast\n"
-            "heavy = ('structlog', 'etcd3', 'grpc', 'pyroute2', 'ipam', 'bgpd.cni',\n"
-            "         'bgpd.cni_commands', 'bgpd.cni_state', 'bgpd.cni_netns')\n"
+            "from bgpd.cni.main import main\n"
+            "import bgpd.cni.fast\n"
+            "heavy = ('structlog', 'etcd3', 'grpc', 'pyroute2', 'ipam', 'bgpd.cni.protocol',\n"
+            "         'bgpd.cni.commands', 'bgpd.cni.records', 'bgpd.cni.netns')\n"
             "print(sorted(m for m in heavy if m in sys.modules))\n"
-            "from bgpd.cni_main import run\n"          # the lazy re-export still works
+            "from bgpd.cni.main import run\n"          # the lazy re-export still works
             "print(run.__module__)\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split("\n")[:2] == ["[]", "bgpd.cni_commands"]
+    assert res.stdout.split("\n")[:2] == ["[]", "bgpd.cni.commands"]

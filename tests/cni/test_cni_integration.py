@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from bgpd.cni import SUPPORTED_VERSIONS, host_veth_name
+from bgpd.cni.protocol import SUPPORTED_VERSIONS, host_veth_name
 
 from .conftest import NODE_ADDR, POOL, CniBench
 

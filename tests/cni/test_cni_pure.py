@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from bgpd.cni import (
+from bgpd.cni.main import run
+from bgpd.cni.protocol import (
     DEFAULT_MTU,
     DEFAULT_ROUTE_PROTOCOL,
     DEFAULT_STATE_DIR,
@@ -29,8 +30,7 @@ from bgpd.cni import (
     unknown_keys,
     version_answer,
 )
-from bgpd.cni_main import run
-from bgpd.cni_state import (
+from bgpd.cni.records import (
     StateError,
     WorkloadRecord,
     list_records,

@@ -16,7 +16,7 @@ whole rack; flushing its learned routes kills its transit data path and nothing 
 What happens, and what the test asserts:
 - a1's session to the dead ToR ends at once; GR holds that ToR's paths stale for its
   restart time (GR cannot tell a crash from a restart), but our RIB takes a stale path
-  out of an ECMP set that has a fresh equal path (``bgpd.rib``), so a1's kernel route
+  out of an ECMP set that has a fresh equal path (``bgpd.bgp.rib``), so a1's kernel route
   drops to the surviving ToR right away. Rack B's ToR (FRR, a plain GR helper) keeps the
   dead ToR in its ECMP set for the whole restart time: a return path hashed to it is
   lost until then. Times and packets lost are printed, not asserted.

@@ -189,17 +189,17 @@ def test_every_parameter_has_help_text():
 
 
 def test_check_config_cli_exit_codes(tmp_path):
-    good = subprocess.run([sys.executable, "-m", "bgpd.cli", "check-config", EXAMPLE],
+    good = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config", EXAMPLE],
                           capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert "ok" in good.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(BASE + "bgp:\n  hold_time: 2\n")
-    res = subprocess.run([sys.executable, "-m", "bgpd.cli", "check-config", str(bad)],
+    res = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config", str(bad)],
                          capture_output=True, text=True)
     assert res.returncode == 1
     assert f"{bad}:10: bgp.hold_time: 2 is wrong" in res.stderr
-    usage = subprocess.run([sys.executable, "-m", "bgpd.cli", "check-config"],
+    usage = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config"],
                            capture_output=True, text=True)
     assert usage.returncode == 2
 

@@ -62,16 +62,16 @@ def test_lab_refuses_a_prefix_already_in_use(netns_set):
 
 def test_lab_cli_up_and_down():
     prefix = "nrcli" + os.urandom(1).hex()
-    up = subprocess.run([sys.executable, "-m", "bgpd.cli", "lab", "up", "--nodes-per-rack", "1",
+    up = subprocess.run([sys.executable, "-m", "lab.cli", "up", "--nodes-per-rack", "1",
                          "--prefix", prefix], capture_output=True, text=True, timeout=180)
     try:
         assert up.returncode == 0, up.stderr
-        assert f"noderouter lab down {prefix}" in up.stdout
-        listing = subprocess.run([sys.executable, "-m", "bgpd.cli", "lab", "list", "-o", "json"],
+        assert f"noderouter-lab down {prefix}" in up.stdout
+        listing = subprocess.run([sys.executable, "-m", "lab.cli", "list", "-o", "json"],
                                  capture_output=True, text=True)
         assert prefix in listing.stdout
     finally:
-        down = subprocess.run([sys.executable, "-m", "bgpd.cli", "lab", "down", prefix],
+        down = subprocess.run([sys.executable, "-m", "lab.cli", "down", prefix],
                               capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr
     assert not glob.glob(f"/run/netns/{prefix}-*")

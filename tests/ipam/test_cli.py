@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from bgpd.cli import main
+from bgpd.cli.main import main
 
 pytestmark = pytest.mark.integration
 

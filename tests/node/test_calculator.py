@@ -2,8 +2,8 @@
 
 import pytest
 
-from bgpd.calculator import BlockView, Inputs, LearnedRoute, PoolView, Workload, calculate
-from bgpd.node_registry import NodeInfo, RegistryError, mesh_peers
+from bgpd.node.calculator import BlockView, Inputs, LearnedRoute, PoolView, Workload, calculate
+from bgpd.node.registry import NodeInfo, RegistryError, mesh_peers
 from felix_like.managers import RemoteBlock, RemoteNode, WorkloadEndpoint
 from felix_like.routetable import Target
 from tunnels.encap import EncapMode, Vtep

@@ -17,7 +17,7 @@ Threads and why:
 - ``accept``/``reader``: one per ExaBGP instance; reads the relay's socket, parses each line
   once and applies it to the core under a lock. It never waits on netlink or etcd: route
   changes are only recorded; the daemon drains them with ``take_route_changes()`` after
-  ``on_change`` woke it. The relay (``bgpd/exabgp_api.py``) itself buffers in memory, so
+  ``on_change`` woke it. The relay (``bgpd/bgp/exabgp_relay.py``) itself buffers in memory, so
   ExaBGP's pipe is drained even if this process is slow.
 - ``writer``: sends queued command lines; every line gets exactly one ``done``/``error``
   which the reader pairs with it (FIFO); errors are logged with the command and counted.
@@ -49,17 +49,17 @@ from dataclasses import dataclass
 
 import structlog
 
-from bgpd import exabgp_commands as cmds
-from bgpd.core import SpeakerCore
-from bgpd.events import Ack, Answer, RelayHello, parse_line
-from bgpd.exabgp_config import SpeakerConfig, environment, render
-from bgpd.import_policy import ImportPolicy
-from bgpd.peers import PeerStatus
-from bgpd.rib import Route
+from bgpd.bgp import exabgp_commands as cmds
+from bgpd.bgp.core import SpeakerCore
+from bgpd.bgp.events import Ack, Answer, RelayHello, parse_line
+from bgpd.bgp.exabgp_config import SpeakerConfig, environment, render
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.peers import PeerStatus
+from bgpd.bgp.rib import Route
 
-log = structlog.get_logger("bgpd.speaker")
+log = structlog.get_logger("bgpd.bgp.speaker")
 
-RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exabgp_api.py")
+RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exabgp_relay.py")
 
 
 PYPY_VENV = "exabgp-pypy"  # inside our venv; scripts/setup installs the pinned ExaBGP there

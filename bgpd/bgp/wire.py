@@ -1,7 +1,7 @@
 """BGP message bodies as ExaBGP 5.0.15 hands them over (``receive { packets; }``) -> our events.
 
 Pure: stdlib only, no I/O, never raises on what the peer sent. Each ``decode_*`` returns
-the very event ``bgpd.events`` builds from ExaBGP's parsed JSON of the same message (pinned
+the very event ``bgpd.bgp.events`` builds from ExaBGP's parsed JSON of the same message (pinned
 on real pairs by ``tests/bgp/test_wire_contract.py``), or a ``str``: the reason it could not,
 which the caller turns into ``Malformed``.
 
@@ -55,7 +55,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from bgpd.events import (
+from bgpd.bgp.events import (
     FAMILY,
     Attributes,
     EndOfRib,

@@ -3,7 +3,7 @@
 A plugin process that imports structlog, etcd3/grpc and pyroute2 pays ~400 ms before
 it does any work; the daemon has them loaded, an etcd connection open and an
 ``Ipam`` with warm caches. So ``noderouter-cni`` first sends the call to the
-daemon's CNI socket (``bgpd.cni_server``) and prints the daemon's answer. This
+daemon's CNI socket (``bgpd.cni.server``) and prints the daemon's answer. This
 module imports only ``json``, ``os``, ``socket`` and ``sys``.
 
 Protocol (one request per connection, one JSON line each way)::
@@ -16,7 +16,7 @@ When to fall back (``try_daemon`` returns None, the caller runs the command itse
 the conf's ``daemon_socket`` is ``null``/``""``, stdin is not a JSON object (the
 direct path then reports the error), or nothing accepts the connection (socket
 missing, refused, not a socket) — the daemon restarting must not stop pods from
-starting (see ``bgpd.cni``). Once the request is sent there is no fallback: the
+starting (see ``bgpd.cni.protocol``). Once the request is sent there is no fallback: the
 daemon may have done part of the work, and running the command again here could
 race it. A daemon that drops the connection without answering gets code 11 (try
 again later); the runtime retries.
@@ -31,7 +31,7 @@ import sys
 
 DEFAULT_SOCKET = "/run/noderouter/cni.sock"
 CONF_KEY = "daemon_socket"
-# The environment the commands read (bgpd.cni.parse_env / parse_conf / cni_main).
+# The environment the commands read (bgpd.cni.protocol.parse_env / parse_conf / cni_main).
 ENV_KEYS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
             "CNI_PATH", "NODEROUTER_NODE_NAME", "NODEROUTER_ETCD_ENDPOINTS")
 TRY_AGAIN_LATER = 11

@@ -24,7 +24,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from bgpd.node_registry import MeshPeer, NodeInfo, by_address, mesh_peers
+from bgpd.node.registry import MeshPeer, NodeInfo, by_address, mesh_peers
 from felix_like.managers import RemoteBlock, RemoteNode, WorkloadEndpoint
 from felix_like.routetable import NextHop, Target
 from tunnels.encap import EncapMode, PoolEncap, Vtep

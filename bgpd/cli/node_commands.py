@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from bgpd.output import emit, output_option
-from bgpd.status_client import DEFAULT_SOCKET, StatusUnavailable, query
+from bgpd.cli.output import emit, output_option
+from bgpd.cli.status_client import DEFAULT_SOCKET, StatusUnavailable, query
 
 socket_option = click.option("--socket", "socket_path", envvar="NODEROUTER_STATUS_SOCKET",
                              default=DEFAULT_SOCKET, show_default=True,
@@ -22,7 +22,7 @@ socket_option = click.option("--socket", "socket_path", envvar="NODEROUTER_STATU
               help="Where the CNI plugin records local workloads.")
 def run(config_path: str, run_dir: str, state_dir: str) -> None:
     """Run the node daemon (systemd Type=notify)."""
-    from bgpd.daemon import DaemonError, NodeDaemon
+    from bgpd.node.daemon import DaemonError, NodeDaemon
     from config import ConfigError, load_file
     from config.logs import setup_logging
 

@@ -4,7 +4,7 @@ Shape (Felix + Patroni): background threads only *record* — etcd syncers put
 snapshots and events on the queue, the speaker's reader records RIB changes and
 wakes us, signal handlers set flags — and one main loop does all the work:
 
-    drain messages → recalculate (pure, ``bgpd.calculator``) → dataplane managers
+    drain messages → recalculate (pure, ``bgpd.node.calculator``) → dataplane managers
     (``felix_like.managers``: tunnel devices and VTEPs → workloads → routes → NAT)
     → BGP announcements and peers
 
@@ -27,7 +27,11 @@ import threading
 import time
 from dataclasses import replace
 
-from bgpd.calculator import (
+from bgpd.bgp.exabgp_config import PeerConfig as SpeakerPeer
+from bgpd.bgp.exabgp_config import PrefixFilter, SpeakerConfig, peer_filters
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.speaker import Speaker
+from bgpd.node.calculator import (
     BlockView,
     Desired,
     Inputs,
@@ -35,18 +39,14 @@ from bgpd.calculator import (
     calculate,
     learned_context,
 )
-from bgpd.exabgp_config import PeerConfig as SpeakerPeer
-from bgpd.exabgp_config import PrefixFilter, SpeakerConfig, peer_filters
-from bgpd.import_policy import ImportPolicy
-from bgpd.learned_routes import LearnedRoutes
-from bgpd.metrics import Health, HealthServer, Metrics
-from bgpd.node_registry import NodeInfo, RegistryError
-from bgpd.registry_store import NodeRegistration, nodes_prefix
-from bgpd.sdnotify import Notifier
-from bgpd.speaker import Speaker
-from bgpd.status_server import StatusServer
-from bgpd.syncer import PrefixSyncer
-from bgpd.workloads import WorkloadDir
+from bgpd.node.learned_routes import LearnedRoutes
+from bgpd.node.metrics import Health, HealthServer, Metrics
+from bgpd.node.registry import NodeInfo, RegistryError
+from bgpd.node.registry_store import NodeRegistration, nodes_prefix
+from bgpd.node.sdnotify import Notifier
+from bgpd.node.status_server import StatusServer
+from bgpd.node.syncer import PrefixSyncer
+from bgpd.node.workloads import WorkloadDir
 from config import Config
 from config.logs import get_logger
 from felix_like.managers import CLASS_BGP
@@ -90,7 +90,7 @@ class NodeDaemon:
         self.state_dir = state_dir
         self.notifier = notifier or Notifier()
         self.clock = clock
-        self.log = get_logger("bgpd.daemon", node=cfg.node.name)
+        self.log = get_logger("bgpd.node.daemon", node=cfg.node.name)
         self.q: queue.Queue = queue.Queue()
         self.metrics = Metrics()
         self.health = Health(peers_configured=bool(cfg.bgp.peers) or cfg.bgp.mesh)
@@ -108,7 +108,7 @@ class NodeDaemon:
         self._next_full_resync = self._started_at + cfg.dataplane.resync_interval
         self._all_established_at: float | None = None
         self._learned_in_sync = False
-        # Learned routes -> dataplane (see bgpd.learned_routes); made with the dataplane.
+        # Learned routes -> dataplane (see bgpd.node.learned_routes); made with the dataplane.
         self.learned: LearnedRoutes | None = None
         self._routes_marked = False
         self._ready_sent = False
@@ -118,7 +118,7 @@ class NodeDaemon:
         self._stores: list[EtcdStore] = []
         self.speaker: Speaker | None = None
         self.status_server: StatusServer | None = None
-        self.cni_server = None                         # bgpd.cni_server.CniServer
+        self.cni_server = None                         # bgpd.cni.server.CniServer
         self.health_server: HealthServer | None = None
         self.registration: NodeRegistration | None = None
         self.vtep: tuple[str, str] | None = None       # (address, mac) of our vxlan device
@@ -191,12 +191,12 @@ class NodeDaemon:
         st = cfg.status
         self.status_server = StatusServer(st.socket, st.socket_mode, st.socket_owner,
                                           st.socket_group)
-        from bgpd import views
+        from bgpd.node import views
 
         views.register_all(self.status_server, self)
         self.status_server.start()
         if st.cni_socket:
-            from bgpd.cni_server import CniServer
+            from bgpd.cni.server import CniServer
 
             self.cni_server = CniServer(st.cni_socket).start()
         if cfg.metrics.listen:

@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from bgpd.output import emit, output_option
+from bgpd.cli.output import emit, output_option
 
 CLI_NODE = "noderouter-cli"
 

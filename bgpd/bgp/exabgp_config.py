@@ -12,7 +12,7 @@ Review notes:
   says in which form); ``open`` tells us whether the peer does graceful restart and its
   restart time. ``packets``, not ``parsed``: ExaBGP hands over each message's raw body
   in hex instead of JSON-encoding every prefix (a fifth of its CPU at 100k routes), and
-  ``bgpd.bgp_wire`` decodes it. ``negotiated`` adds the session's asn4 (2- or 4-byte
+  ``bgpd.bgp.wire`` decodes it. ``negotiated`` adds the session's asn4 (2- or 4-byte
   AS_PATH) and families to every packet line, plus one ``negotiated`` line per session.
 - ExaBGP only listens (passive peers, collisions) when ``exabgp.tcp.bind`` names our
   address: that lives in the environment, not the file.
@@ -122,7 +122,7 @@ class SpeakerConfig:
     api_argv: tuple[str, ...] = ()  # the API process command line (see speaker.py)
     adj_rib_in: bool = False
     extra_env: tuple[tuple[str, str], ...] = field(default=())
-    # Not ExaBGP's: how long a peer over its max-prefix stays refused (bgpd/core.py).
+    # Not ExaBGP's: how long a peer over its max-prefix stays refused (bgpd/bgp/core.py).
     max_prefix_hold_down: float = 300.0
     # The forms ExaBGP sends received messages in: "packets" (what the daemon uses) and/or
     # "parsed" (its JSON; with both, each message comes as a packet line then a parsed

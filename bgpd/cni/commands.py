@@ -1,12 +1,12 @@
 """The CNI commands (ADD, DEL, CHECK, VERSION, STATUS, GC), shared by both callers.
 
 * the plugin's direct path (``main_direct``): ``noderouter-cni`` when no daemon
-  answers on its socket (``bgpd.cni_main`` decides, before importing this module);
-* the daemon's CNI server (``bgpd.cni_server``), through ``serve_request`` with a
+  answers on its socket (``bgpd.cni.main`` decides, before importing this module);
+* the daemon's CNI server (``bgpd.cni.server``), through ``serve_request`` with a
   long-lived ``Datastore`` per worker thread.
 
-See ``bgpd.cni`` for why the plugin can talk to etcd directly and for the error
-codes, and ``bgpd.cni_state`` for the workload record the daemon reads.
+See ``bgpd.cni.protocol`` for why the plugin can talk to etcd directly and for the error
+codes, and ``bgpd.cni.records`` for the workload record the daemon reads.
 
 ADD order (and its undo, run in reverse on any failure or SIGTERM/SIGINT):
 
@@ -47,7 +47,7 @@ import structlog
 # its own lines there (fork handlers, absl init). Set before grpc is ever imported.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from bgpd.cni import (  # noqa: E402 - after the environment above
+from bgpd.cni.protocol import (  # noqa: E402 - after the environment above
     Attachment,
     CniEnv,
     CniError,
@@ -66,7 +66,7 @@ from bgpd.cni import (  # noqa: E402 - after the environment above
     unknown_keys,
     version_answer,
 )
-from bgpd.cni_state import (
+from bgpd.cni.records import (
     StateError,
     WorkloadRecord,
     list_records,
@@ -80,7 +80,7 @@ NETWORK_NAME = "k8s-pod-network"
 
 # A lazy proxy, never bound at import: a logger bound before setup_logging() would
 # keep structlog's default (console) renderer.
-log = structlog.get_logger("bgpd.cni")
+log = structlog.get_logger("bgpd.cni.protocol")
 
 
 def _log(**context):
@@ -224,7 +224,7 @@ def _attachment(rec: WorkloadRecord, host_mac: str, pod_mac: str) -> Attachment:
 
 
 def _same_attachment(rec: WorkloadRecord, env: CniEnv) -> list[str]:
-    from bgpd.cni_netns import same_netns
+    from bgpd.cni.netns import same_netns
 
     diff = []
     if rec.ifname != env.ifname:
@@ -235,7 +235,7 @@ def _same_attachment(rec: WorkloadRecord, env: CniEnv) -> list[str]:
 
 
 def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore) -> dict[str, Any]:
-    from bgpd.cni_netns import Kernel, open_netns
+    from bgpd.cni.netns import Kernel, open_netns
 
     cid = env.container_id
     blog = _log(container=cid, ifname=env.ifname)
@@ -334,7 +334,7 @@ def _add_again(env: CniEnv, conf: NetConf, ds: Datastore, k, rec: WorkloadRecord
 def teardown(conf: NetConf, ds: Datastore, cid: str, rec: WorkloadRecord | None,
              blog) -> None:
     """Everything DEL removes, in DEL's order; missing pieces are fine."""
-    from bgpd.cni_netns import Kernel
+    from bgpd.cni.netns import Kernel
 
     host = rec.host_ifname if rec else host_veth_name(conf.workload_prefix, cid)
     handle = rec.handle if rec else pod_handle(cid)
@@ -368,7 +368,7 @@ def cmd_del(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
 
 
 def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
-    from bgpd.cni_netns import Kernel, open_netns
+    from bgpd.cni.netns import Kernel, open_netns
 
     cid = env.container_id
     rec = _state(lambda: read_record(conf.state_dir, cid))
@@ -505,7 +505,7 @@ def answer(fn: Callable[[], tuple[int, dict[str, Any] | None]], env: Mapping[str
 
 def serve_request(env: Mapping[str, str], stdin: bytes, default_node: str,
                   datastore: Callable[[NetConf], Datastore]) -> tuple[int, str | None]:
-    """The daemon's side of one plugin call (``bgpd.cni_server``): the same parsing
+    """The daemon's side of one plugin call (``bgpd.cni.server``): the same parsing
     and commands as ``run``, but the daemon's logging (no ``setup_logging``: that
     would reconfigure the daemon's structlog) and a long-lived ``Datastore`` from
     ``datastore(conf)`` (never closed here). Returns what the plugin prints."""

@@ -33,7 +33,7 @@ class PrefixSyncer:
         self.on_event = on_event
         self.on_error = on_error or (lambda msg: None)
         self.retry_interval = retry_interval
-        self.log = get_logger("bgpd.syncer", prefix=prefix)
+        self.log = get_logger("bgpd.node.syncer", prefix=prefix)
         self._stop = threading.Event()
         self._cancel: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"sync{prefix}", daemon=True)

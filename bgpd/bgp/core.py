@@ -2,7 +2,7 @@
 
 ``SpeakerCore`` owns the RIB, the import policy, peer records, counters and the desired set
 of announcements. It does no I/O and never reads the clock: every input carries ``now``.
-The I/O side (``bgpd/speaker.py``) feeds it parsed events and sends the commands it queues.
+The I/O side (``bgpd/bgp/speaker.py``) feeds it parsed events and sends the commands it queues.
 
 Rules it implements:
 - Peer up -> announce the whole desired set to that peer, then End-of-RIB (``manual-eor``:
@@ -26,8 +26,8 @@ from collections.abc import Iterable
 
 import structlog
 
-from bgpd import exabgp_commands as cmds
-from bgpd.events import (
+from bgpd.bgp import exabgp_commands as cmds
+from bgpd.bgp.events import (
     Ack,
     Answer,
     Attributes,
@@ -41,12 +41,12 @@ from bgpd.events import (
     RelayHello,
     RouteUpdate,
 )
-from bgpd.exabgp_config import SpeakerConfig
-from bgpd.import_policy import ImportPolicy
-from bgpd.peers import PeerRecord, PeerStatus
-from bgpd.rib import Rib, Route
+from bgpd.bgp.exabgp_config import SpeakerConfig
+from bgpd.bgp.import_policy import ImportPolicy
+from bgpd.bgp.peers import PeerRecord, PeerStatus
+from bgpd.bgp.rib import Rib, Route
 
-log = structlog.get_logger("bgpd.core")
+log = structlog.get_logger("bgpd.bgp.core")
 
 # A configured peer idle this long with no error reported gets an explanation in its status.
 NO_ANSWER_AFTER = 15.0

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bgpd.cni import GATEWAY, CniError, Code
+from bgpd.cni.protocol import GATEWAY, CniError, Code
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703           # ioctl on an nsfs file: returns the CLONE_NEW* type

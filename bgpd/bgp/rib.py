@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from bgpd.events import Attributes
+from bgpd.bgp.events import Attributes
 
 Path = tuple[str, Attributes]  # (next hop, attributes)
 

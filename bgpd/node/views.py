@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from felix_like.managers import CLASS_ORDER
 
 if TYPE_CHECKING:
-    from bgpd.daemon import NodeDaemon
-    from bgpd.status_server import StatusServer
+    from bgpd.node.daemon import NodeDaemon
+    from bgpd.node.status_server import StatusServer
 
 
 def peers_view(d: NodeDaemon) -> list[dict]:

@@ -23,21 +23,18 @@ def main() -> None:
 def _register() -> None:
     # Each command family lives in its own module; registration is explicit so
     # a broken module fails loudly at start instead of silently vanishing.
-    from bgpd import cli_config
+    from bgpd.cli import config_commands as cli_config
 
     main.add_command(cli_config.check_config)
     main.add_command(cli_config.config_reference)
-    from bgpd import cli_node
+    from bgpd.cli import node_commands as cli_node
 
     for command in cli_node.commands:
         main.add_command(command)
-    from bgpd import cli_ipam
+    from bgpd.cli import ipam_commands as cli_ipam
 
     main.add_command(cli_ipam.ipam)
     main.add_command(cli_ipam.pool)
-    from lab import cli as lab_cli
-
-    main.add_command(lab_cli.lab)
 
 
 _register()

@@ -1,6 +1,6 @@
 """Local workloads, as the CNI plugin records them in its state directory.
 
-The plugin writes ``<state_dir>/<containerID>.json`` (``bgpd.cni_state``, atomically)
+The plugin writes ``<state_dir>/<containerID>.json`` (``bgpd.cni.records``, atomically)
 before it programs the pod's host route, and removes it after DEL. The daemon treats
 the directory as the source of truth for the ``workload`` route class, so a resync
 never sweeps a pod route whose record exists, and ``ipam check`` can use the same
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 
-from bgpd.calculator import Workload
-from bgpd.cni_state import WorkloadRecord, list_records
+from bgpd.cni.records import WorkloadRecord, list_records
+from bgpd.node.calculator import Workload
 from config.logs import get_logger
 
-log = get_logger("bgpd.workloads")
+log = get_logger("bgpd.node.workloads")
 
 
 class WorkloadDir:

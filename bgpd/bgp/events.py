@@ -13,7 +13,7 @@ Members read:
 - packet form (``receive { packets; }``, what we configure; ``type`` open/update/
   notification): ``neighbor.direction`` (must be "receive"),
   ``neighbor.message.{category,body}`` (body: hex of the BGP message after its 19-byte
-  header, decoded by ``bgpd.bgp_wire``) and ``neighbor.negotiated.{asn4,families,
+  header, decoded by ``bgpd.bgp.wire``) and ``neighbor.negotiated.{asn4,families,
   add_path.receive,nexthop}`` (``api { negotiated; }``: 2- or 4-byte AS_PATH)
 - parsed form (``receive { parsed; }``: older captures, tests):
   - ``type == "open"``: ``neighbor.direction``, ``neighbor.open.{asn,hold_time,router_id}``,
@@ -77,7 +77,7 @@ class RouteUpdate:
     announced: tuple[tuple[str, tuple[str, ...]], ...]  # (next hop, prefixes)
     withdrawn: tuple[str, ...]
     # When every announced prefix is a /32 of one next hop (a ToR's host routes): their
-    # addresses as ints, in order (bgpd.bgp_wire fills it from the wire). Lets the import
+    # addresses as ints, in order (bgpd.bgp.wire fills it from the wire). Lets the import
     # policy check a whole UPDATE at once; not part of the event's meaning (compare=False).
     host_values: tuple[int, ...] | None = field(default=None, compare=False)
 
@@ -248,4 +248,4 @@ def _from_packet(peer: str, nb: dict, m: dict) -> Event:
     return ev
 
 
-from bgpd import bgp_wire  # noqa: E402 - bgp_wire builds the event classes defined above
+from bgpd.bgp import wire as bgp_wire  # noqa: E402 - bgp_wire builds the event classes defined above

@@ -1,6 +1,6 @@
 """The CNI plugin's pure half: request parsing and validation, results, error objects.
 
-Nothing here touches the kernel, etcd or the clock; ``bgpd.cni_main`` feeds it the
+Nothing here touches the kernel, etcd or the clock; ``bgpd.cni.main`` feeds it the
 environment and stdin and writes what it returns to stdout.
 
 Why the plugin talks to etcd directly and not to the local daemon

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from config.logs import get_logger
 
-log = get_logger("bgpd.metrics")
+log = get_logger("bgpd.node.metrics")
 
 
 class Metrics:

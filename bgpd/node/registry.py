@@ -5,7 +5,7 @@ daemon keeps alive, so a node that stops for good disappears when its lease
 expires (its blocks are then withdrawn everywhere).
 
 The pure parts live here (record format, mesh peer selection); the etcd I/O is
-in ``bgpd.registry_store``.
+in ``bgpd.node.registry_store``.
 """
 
 from __future__ import annotations

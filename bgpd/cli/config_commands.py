@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from bgpd.output import emit, output_option
+from bgpd.cli.output import emit, output_option
 from config import ConfigError, load_file, reference
 
 

@@ -6,7 +6,7 @@ dataplane's ``apply()`` -- so netlink work never happens on the thread that read
 pipe. The daemon and bench/bench_bgp.py use this same class: the benchmark measures the
 daemon's path.
 
-What a learned route becomes is ``bgpd.calculator``'s decision (pure): a remote block of
+What a learned route becomes is ``bgpd.node.calculator``'s decision (pure): a remote block of
 another node (the ``RemoteBlockManager`` shapes it per pool encapsulation), a plain route
 via the next hop(s) (through the uplink when on-link), or a reason it is not routed.
 
@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from bgpd.calculator import (
+from bgpd.bgp.rib import Route
+from bgpd.node.calculator import (
     Classified,
     LearnedContext,
     classify_path,
     classify_prefix,
 )
-from bgpd.rib import Route
 from felix_like.managers import RemoteBlock
 from felix_like.routetable import RouteTable, Target
 
@@ -182,7 +182,7 @@ def plain_context(uplink: str | None = None, subnet: str = "0.0.0.0/32",
                   own_blocks: Iterable[str] = (), pools: Iterable[str] = ()) -> LearnedContext:
     """A context with no node registry: every learned route is a plain route (the
     speaker tests, the benchmark)."""
-    from bgpd.calculator import _range
+    from bgpd.node.calculator import _range
 
     return LearnedContext(own_name="", own_ranges=tuple(_range(b) for b in own_blocks),
                           pool_ranges=tuple(_range(p) for p in pools), nodes_by_addr={},

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from bgpd.node_registry import NodeInfo
+from bgpd.node.registry import NodeInfo
 from config.logs import get_logger
 from ipam.store import EtcdStore
 

@@ -26,7 +26,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bgpd.exabgp_config import PrefixFilter
+from bgpd.bgp.exabgp_config import PrefixFilter
 
 _MASKS = tuple((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF for n in range(33))
 

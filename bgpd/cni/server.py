@@ -1,9 +1,9 @@
 """The daemon's CNI server: serves ``noderouter-cni``'s fast path on a unix socket.
 
-The plugin (``bgpd.cni_fast``) sends one JSON line — the CNI environment, its stdin
+The plugin (``bgpd.cni.fast``) sends one JSON line — the CNI environment, its stdin
 and its hostname — and reads one JSON line back: the exit code and the exact text
 to print. The command runs here with the SAME code as the plugin's direct path
-(``bgpd.cni_commands.serve_request``), so the answers cannot drift apart.
+(``bgpd.cni.commands.serve_request``), so the answers cannot drift apart.
 
 * A thread pool (``workers``) runs the commands. Each worker thread keeps its own
   ``Datastore`` (its own ``EtcdStore`` and ``Ipam``) per etcd/IPAM configuration:
@@ -11,7 +11,7 @@ to print. The command runs here with the SAME code as the plugin's direct path
   (never the daemon's own stores). They live until ``stop()``.
 * Netlink: each command opens its sockets in this process's namespace; the pod
   side uses ``setns()`` on the worker thread only for the instant it opens the pod
-  socket (``bgpd.cni_netns``). pyroute2's ``IPRoute(netns=...)`` would fork a
+  socket (``bgpd.cni.netns``). pyroute2's ``IPRoute(netns=...)`` would fork a
   helper process — never used here.
 * The socket is root-only (mode 0600): it can create interfaces and hand out
   addresses. It is bound under a restrictive umask, so it is never more open.
@@ -21,7 +21,7 @@ to print. The command runs here with the SAME code as the plugin's direct path
 
 Runnable on its own (tests and the CNI benchmark run it inside a node namespace)::
 
-    python -m bgpd.cni_server --socket /run/noderouter/cni.sock [--workers 8]
+    python -m bgpd.cni.server --socket /run/noderouter/cni.sock [--workers 8]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from config.logs import get_logger
 
-log = get_logger("bgpd.cni_server")
+log = get_logger("bgpd.cni.server")
 
 DEFAULT_WORKERS = 8
 MAX_REQUEST = 4 * 1024 * 1024
@@ -69,8 +69,8 @@ class CniServer:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> CniServer:
-        # Import the commands (structlog, bgpd.cni, ...) now, not in the first request.
-        from bgpd import cni_commands  # noqa: F401
+        # Import the commands (structlog, bgpd.cni.protocol, ...) now, not in the first request.
+        from bgpd.cni import commands as cni_commands  # noqa: F401
 
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
         try:
@@ -153,7 +153,7 @@ class CniServer:
                 return
 
     def _datastore(self, conf):
-        from bgpd.cni_commands import Datastore
+        from bgpd.cni.commands import Datastore
 
         cache: dict | None = getattr(self._local, "stores", None)
         if cache is None:
@@ -167,7 +167,7 @@ class CniServer:
         return ds
 
     def _serve(self, conn: socket.socket) -> None:
-        from bgpd.cni_commands import serve_request
+        from bgpd.cni.commands import serve_request
 
         with conn:
             try:
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from config.logs import setup_logging
 
-    p = argparse.ArgumentParser(prog="python -m bgpd.cni_server",
+    p = argparse.ArgumentParser(prog="python -m bgpd.cni.server",
                                 description="Serve noderouter-cni's fast path (no BGP, "
                                             "no routes: the CNI socket only).")
     p.add_argument("--socket", required=True, help="unix socket path")

@@ -11,7 +11,7 @@ Review notes:
 - Reading ExaBGP's pipe never waits on anything: the reader thread only appends to an
   unbounded in-memory queue; a slow daemon costs memory, never ExaBGP's keepalives (an
   API process that stops reading blocks ExaBGP entirely and the peers' hold timers expire).
-- Stdlib only and runnable as a plain script (``python bgpd/exabgp_api.py SOCKET``): ExaBGP
+- Stdlib only and runnable as a plain script (``python bgpd/bgp/exabgp_relay.py SOCKET``): ExaBGP
   may run it with a different working directory and environment.
 - If the socket goes away the relay exits. ExaBGP 5.0.15 then carries on without an API
   process (``api.terminate`` did not reliably end it in our tests), so the daemon's
@@ -97,7 +97,7 @@ def relay(path: str, stdin=None, stdout=None, connect_timeout: float = 10.0) -> 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: exabgp_api.py SOCKET_PATH", file=sys.stderr)
+        print("usage: exabgp_relay.py SOCKET_PATH", file=sys.stderr)
         return 2
     return relay(args[0])
 

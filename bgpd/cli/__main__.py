@@ -1,0 +1,3 @@
+from bgpd.cli.main import main
+
+main()
