@@ -479,24 +479,30 @@ class RouteSocket:
                     raise
 
     def dump(self, protocol: int, tables: frozenset[int] | None,
-             max_attempts: int = 10) -> dict[RouteKey, RouteForm]:
-        """Routes of ``protocol`` (in ``tables``; None = all), retried on NLM_F_DUMP_INTR."""
+             max_attempts: int = 10, oif: int = 0) -> dict[RouteKey, RouteForm]:
+        """Routes of ``protocol`` (in ``tables``; None = all), retried on NLM_F_DUMP_INTR.
+        With ``oif``, only routes whose output interface is that index."""
 
         def attempt() -> tuple[dict[RouteKey, RouteForm], bool]:
-            return self._dump_once(protocol, tables)
+            return self._dump_once(protocol, tables, oif)
 
         return dump_with_retry(attempt, max_attempts)
 
-    def _dump_once(self, protocol: int, tables: frozenset[int] | None
+    def _dump_once(self, protocol: int, tables: frozenset[int] | None, oif: int = 0
                    ) -> tuple[dict[RouteKey, RouteForm], bool]:
         seq = self._next_seq(1)
         # Table filter in the request only when there is exactly one table;
         # otherwise dump all tables of our protocol and filter here.
         one = next(iter(tables)) if tables is not None and len(tables) == 1 else 0
         rtable = one if one < 256 else 252
-        req = _HDR.pack(16 + 12 + 8, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+        # With strict checking the kernel filters by RTA_OIF as well; without it the
+        # whole protocol comes back and the oif filter below does the work.
+        req = _HDR.pack(16 + 12 + 8 + (8 if oif else 0), RTM_GETROUTE,
+                        NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
         req += _RTMSG.pack(socket.AF_INET, 0, 0, 0, rtable, protocol, 0, 0, 0)
         req += struct.pack("=HHI", 8, RTA_TABLE, one)
+        if oif:
+            req += struct.pack("=HHI", 8, RTA_OIF, oif)
         self.sock.send(req)
         out: dict[RouteKey, RouteForm] = {}
         interrupted = False
@@ -507,6 +513,8 @@ class RouteSocket:
             done, intr = parse_route_dump(data, len(data), out, protocol, tables, seq)
             interrupted = interrupted or intr
             if done:
+                if oif:
+                    out = {k: f for k, f in out.items() if f[2] == oif}
                 return out, interrupted
 
 

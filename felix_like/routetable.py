@@ -117,6 +117,17 @@ class RouteDriver(Protocol):
 
     def execute(self, ops: Sequence[RouteOp], protocol: int) -> list[int]: ...
 
+    def dump_routes_via(self, protocol: int, tables: frozenset[int],
+                        oif: int) -> dict[RouteKey, RouteForm]:
+        """Routes of ``protocol`` whose output interface is ``oif`` (a small dump: the
+        kernel filters by interface, so a pod's veth yields its one or two routes)."""
+        ...
+
+
+# At most this many interfaces are re-read after EEXISTs in one apply; beyond that the
+# usual path (failed, full resync) is cheaper than many small dumps.
+MAX_ADOPTION_DUMPS = 8
+
 
 # A desired route before interface resolution: (rtn_type, gateway bytes, ifname, onlink).
 # Multipath: (RTN_UNICAST, sorted ((gateway bytes, ifname, onlink), ...), MULTIPATH, False).
@@ -587,6 +598,9 @@ class RouteTable:
                     actual.pop(key, None)
                 else:
                     actual[key] = form  # type: ignore[assignment]
+        if failed:
+            adopted = self._adopt_own_routes(ops, failed)
+            counts[OP_ADD] += adopted
         # Every examined key is settled except these; a resync examined all keys
         # and an incremental apply examined exactly the dirty ones.
         self._dirty = set(failed) | waiting | stale
@@ -602,6 +616,38 @@ class RouteTable:
         if ops or resync:
             self._log.debug("routes_applied", **result.summary())
         return result
+
+    def _adopt_own_routes(self, ops: Sequence[RouteOp], failed: dict[RouteKey, int]) -> int:
+        """Settle EEXISTs where the route on the key is already ours and exactly as desired.
+
+        Why: another writer of our protocol may add a route before we do -- the CNI
+        plugin adds a pod's /32 through its veth the moment the pod starts, and only then
+        does the daemon desire it. Our EXCL add then meets our own route. Treating that
+        as a failure logged ``routes_failed EEXIST`` and cost a full resync per pod start
+        (issue 18). Only routes of our protocol with the identical form are adopted; a
+        foreign route on our key stays a failure and is never touched. Removes the
+        adopted keys from ``failed``; returns how many.
+        """
+        by_oif: dict[int, list[tuple[RouteKey, RouteForm]]] = {}
+        for op, key, form in ops:
+            # Routes through one device only: a blackhole or multipath form has no single
+            # interface to filter a small dump by (those keep the failure + resync path).
+            if (op == OP_ADD and failed.get(key) == errno.EEXIST and form is not None
+                    and form[2] > 0):
+                by_oif.setdefault(form[2], []).append((key, form))
+        if not by_oif or len(by_oif) > MAX_ADOPTION_DUMPS:
+            return 0
+        adopted = 0
+        for oif, wanted in by_oif.items():
+            ours = self.driver.dump_routes_via(self.protocol, self.tables, oif)
+            for key, form in wanted:
+                if ours.get(key) == form:
+                    del failed[key]
+                    self._actual[key] = form
+                    adopted += 1
+        if adopted:
+            self._log.debug("routes_adopted", count=adopted)
+        return adopted
 
 
 class KernelRouteDriver:
@@ -621,6 +667,10 @@ class KernelRouteDriver:
 
     def dump_routes(self, protocol: int, tables: frozenset[int]) -> dict[RouteKey, RouteForm]:
         return self.rsock.dump(protocol, tables)
+
+    def dump_routes_via(self, protocol: int, tables: frozenset[int],
+                        oif: int) -> dict[RouteKey, RouteForm]:
+        return self.rsock.dump(protocol, tables, oif=oif)
 
     def link_indexes(self) -> dict[str, int]:
         return {link.get("ifname"): link["index"] for link in self.ipr.get_links()}

@@ -68,6 +68,7 @@ class FakeKernel:
     fail_once: dict[RouteKey, int] = field(default_factory=dict)
     interrupt_dumps: int = 0
     dumps: int = 0
+    oif_dumps: int = 0
     executed: list[RouteOp] = field(default_factory=list)
 
     # -- what tests use to arrange and inspect the "kernel" --------------------------
@@ -88,6 +89,11 @@ class FakeKernel:
                     if p == protocol and k[0] in tables}, False
 
         return dump_with_retry(attempt, max_attempts=3)
+
+    def dump_routes_via(self, protocol: int, tables: frozenset[int],
+                        oif: int) -> dict[RouteKey, RouteForm]:
+        self.oif_dumps += 1
+        return {k: f for k, f in self.dump_routes(protocol, tables).items() if f[2] == oif}
 
     def link_indexes(self) -> dict[str, int]:
         return dict(self.links)

@@ -248,3 +248,24 @@ def test_multipath_add_replace_dump_delete_against_real_netlink(node):
     rt.set_routes("bgp", [])
     res = rt.apply()
     assert res.deleted == 2 and not res.failed and ours(ns) == {}
+
+
+def test_route_of_ours_added_by_another_writer_is_adopted(node):
+    """Real netlink: a /32 of our protocol through a device (as the CNI plugin writes a
+    pod's route) is adopted by the reconciler's add: no EEXIST failure, nothing
+    replaced; a route of another protocol on a desired key still fails and survives."""
+    ns, driver = node
+    rt = table(driver)
+    rt.mark_in_sync()
+    rt.apply()
+    sh(["ip", "route", "add", "198.19.9.7/32", "dev", "nr2", "scope", "link",
+        "proto", str(OURS)], netns=ns)
+    sh(["ip", "route", "add", "198.19.9.9/32", "dev", "nr2", "scope", "link",
+        "proto", "bird"], netns=ns)
+    rt.set_routes("workload", [Target("198.19.9.7/32", ifname="nr2"),
+                               Target("198.19.9.9/32", ifname="nr2")])
+    res = rt.apply()
+    assert res.added == 1 and list(res.failed.values()) == [17]
+    assert rt.pending() == 1
+    assert routes(ns)["198.19.9.9/32"]["protocol"] == "bird"
+    assert ours(ns)["198.19.9.7/32"]["dev"] == "nr2"

@@ -71,6 +71,45 @@ def test_foreign_route_on_our_key_is_never_replaced_and_key_stays_dirty():
     assert k.routes[key("198.19.1.0/26")] == (OURS, via("198.18.1.12", 2))
 
 
+def test_route_of_ours_already_as_desired_is_adopted_without_failure_or_resync():
+    """The CNI plugin adds a pod's /32 (our protocol) before the daemon desires it: the
+    reconciler's EXCL add meets our own route. Adopt it: no failure, no full resync
+    (issue 18: every pod start logged routes_failed EEXIST and resynced the table)."""
+    k = FakeKernel(links={"lo": 1, "eth0": 2, "nrw1": 7})
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", gateway="198.18.1.12", ifname="eth0")])
+    rt.apply()                                   # first apply: the start-up resync
+    dumps = k.dumps
+    k.add_foreign("198.19.9.7/32", dev(7), protocol=OURS)          # what the plugin wrote
+    k.add_foreign("198.19.9.8/32", dev(2), protocol=OURS)          # ours, but not as desired
+    k.add_foreign("198.19.9.9/32", dev(7), protocol=BIRD)          # not ours at all
+    rt.set_routes("workload", [Target("198.19.9.7/32", ifname="nrw1"),
+                               Target("198.19.9.8/32", ifname="nrw1"),
+                               Target("198.19.9.9/32", ifname="nrw1")])
+    res = rt.apply()
+    assert res.added == 1                        # the adopted one
+    assert res.failed == {key("198.19.9.8/32"): errno.EEXIST, key("198.19.9.9/32"): errno.EEXIST}
+    assert k.routes[key("198.19.9.9/32")] == (BIRD, dev(7))        # foreign: untouched
+    assert k.routes[key("198.19.9.8/32")] == (OURS, dev(2))        # EXCL never replaces
+    # Only the adoption's small per-interface dump ran, no full dump.
+    assert k.dumps == dumps + 1 and k.oif_dumps == 1
+    # The adopted key is settled: the two failures stay dirty, the adopted one does not.
+    assert rt.pending() == 2
+
+
+def test_only_adoptions_need_no_resync():
+    k = FakeKernel(links={"lo": 1, "eth0": 2, "nrw1": 7})
+    rt = make(k)
+    rt.apply()
+    k.add_foreign("198.19.9.7/32", dev(7), protocol=OURS)
+    rt.set_routes("workload", [Target("198.19.9.7/32", ifname="nrw1")])
+    res = rt.apply()
+    assert not res.failed and res.added == 1 and rt.pending() == 0
+    dumps = k.dumps
+    res = rt.apply()                             # nothing to do, and no resync queued
+    assert not res.resynced and k.dumps == dumps and k.executed[-1][0] == OP_ADD
+
+
 def test_sweep_never_touches_other_protocols_or_unmanaged_tables():
     k = FakeKernel()
     k.add_foreign("198.19.50.0/24", via("198.18.1.1", 2), protocol=BIRD)
