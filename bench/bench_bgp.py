@@ -201,6 +201,9 @@ def main() -> None:
     ap.add_argument("--api-receive", choices=("packets", "parsed"), default="packets",
                     help="the form ExaBGP hands received messages over in (default: the "
                          "daemon's, packets; parsed: its per-prefix JSON, for comparison)")
+    ap.add_argument("--one-per-update", action="store_true",
+                    help="the ToR sends every prefix in an UPDATE of its own (a distinct MED "
+                         "each), as implementations injecting routes one at a time do")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
     ap.add_argument("--gc-threshold", type=int, default=0,
                     help="gen-0 GC threshold for the daemon process (0: the daemon's, 100000)")
@@ -215,10 +218,11 @@ def main() -> None:
         tor = BirdRouter(ns["tor"], f"{wd}/tor", TOR, TOR_AS,
                          [BgpNeighbor(NODE_BIRD, NODE_AS, hold_time=30),
                           BgpNeighbor(NODE_OURS, NODE_AS, hold_time=30)],
-                         static_routes=prefixes(args.routes)).start()
+                         static_routes=prefixes(args.routes),
+                         one_prefix_per_update=args.one_per_update).start()
         results = []
         for r in range(args.rounds):
-            row = {"round": r + 1, "routes": args.routes,
+            row = {"round": r + 1, "routes": args.routes, "one_per_update": args.one_per_update,
                    "bird": run_bird(ns, wd, args.routes), "ours": run_ours(ns, wd, args.routes, args.reactor_speed,
                                    tuple(tuple(e.split("=", 1)) for e in args.exabgp_env), args.exabgp,
                                    args.api_receive)}

@@ -111,6 +111,10 @@ class _RouterBase:
     export_learned: bool = False
     kernel_export: bool = False
     gr_restart_time: int = 120   # graceful-restart time we announce (and keep peers' routes)
+    # BIRD packs prefixes that share attributes into one UPDATE. With this set every
+    # static route gets its own MED, so each goes out in an UPDATE of its own -- the feed
+    # of implementations that inject routes one at a time (issue 18's benchmark). BIRD only.
+    one_prefix_per_update: bool = False
     daemons: list[Daemon] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -195,7 +199,11 @@ class BirdRouter(_RouterBase):
             # Preference above direct (240): a ToR announces its own connected rack
             # subnet, and BIRD exports only the best route of a prefix.
             out.append("protocol static s_announce {\n  ipv4 { preference 250; };")
-            out += [f"  route {p} blackhole;" for p in self.static_routes]
+            if self.one_prefix_per_update:
+                out += [f"  route {p} blackhole {{ bgp_med = {i}; }};"
+                        for i, p in enumerate(self.static_routes, 1)]
+            else:
+                out += [f"  route {p} blackhole;" for p in self.static_routes]
             out.append("}")
         sources = []
         if self.export_static:
