@@ -84,3 +84,27 @@ def test_deleted_pod_releases_its_address_and_route(lab):
     shown = json.loads(lab.nr("node-b2", "ipam", "show", "-o", "json", "--etcd-endpoints",
                               lab.etcd_endpoint, check=True).stdout)
     assert pod["ip"] not in json.dumps(shown)
+
+
+def test_pod_add_costs_no_route_failure_and_no_full_resync(lab):
+    """The plugin adds the pod's /32 (our protocol) before the daemon desires it; the
+    daemon adopts that route instead of failing its EXCL add with EEXIST and resyncing
+    the whole table (issue 18: every pod start logged ``routes_failed EEXIST``)."""
+    node = lab.node("node-a2")
+    log_path = f"{lab.node_dir(node.name)}/noderouter.log"
+
+    def count(event: str) -> int:
+        with open(log_path) as f:
+            return sum(1 for line in f if f'"{event}"' in line or f" {event} " in line)
+
+    failed_before = count("routes_failed")
+    pod = lab.add_pod(node.name, "adopted")
+    prefix = f"{pod['ip']}/32"
+
+    def settled():
+        rows = json.loads(lab.nr(node.name, "routes", "--prefix", prefix, "-o", "json").stdout)
+        return any(r["prefix"] == prefix and r["agree"] and r["in_kernel"] for r in rows)
+
+    wait_for(settled, 20, what=f"{prefix} desired and in the kernel on {node.name}")
+    assert count("routes_failed") == failed_before, "the pod's route was re-added and failed"
+    lab.del_pod(node.name, "adopted")
