@@ -8,10 +8,11 @@ Review notes / invariants:
   only for a key the last dump/apply showed to be ours. An EEXIST therefore means
   a foreign route sits on our key: we leave it alone, keep the key dirty, and try
   again after the next resync.
-- Routes of ours that are no longer desired are deleted only after
+- Routes of ours read back at start that nobody desires are deleted only after
   ``mark_in_sync()``: on restart the datastore may not have told us everything
   yet, and deleting a route that is about to be re-desired drops traffic
-  (felix#1592, calico#6625).
+  (felix#1592, calico#6625). A route desired during this run and then given up
+  (a peer's explicit withdraw, a deleted pod) goes at once, in sync or not.
 - Full resync on start, on ``queue_resync()``, after any failed apply, and every
   ``resync_interval`` seconds; otherwise only dirty keys are looked at.
 - One failed route stays dirty and does not block the others (errors are per
@@ -30,7 +31,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -283,12 +284,15 @@ class _Lookup(Mapping):
 
 
 def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, RouteForm],
-         ifindex: Mapping[str, int], in_sync: bool, full: bool
+         ifindex: Mapping[str, int], in_sync: bool, full: bool,
+         withdrawn: Set[RouteKey] = frozenset(),
          ) -> tuple[list[RouteOp], set[RouteKey], set[RouteKey]]:
     """Pure decision.
 
     ``wants`` maps each key to look at to its winning desired route (None: not
     desired). With ``full`` every key of ``actual`` is looked at too (a resync).
+    Before ``in_sync`` a route of ours that nobody desires is kept (stale), unless its
+    key is in ``withdrawn``: desired during this run and then given up explicitly.
     Returns (ops, waiting_for_interface, stale_kept); keys in neither and not in
     ops need nothing. Only ops, waiting and stale keys stay dirty.
 
@@ -312,7 +316,7 @@ def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, Route
         have = get_actual(key)
         if want is None:
             if have is not None:
-                if in_sync:
+                if in_sync or key in withdrawn:
                     append((OP_DELETE, key, None))
                 else:
                     stale.add(key)
@@ -332,7 +336,7 @@ def plan(wants: Mapping[RouteKey, _Want | None], actual: Mapping[RouteKey, Route
             append((OP_REPLACE, key, form))
     if full:
         for key in actual.keys() - wants.keys():
-            if in_sync:
+            if in_sync or key in withdrawn:
                 append((OP_DELETE, key, None))
             else:
                 stale.add(key)
@@ -358,6 +362,10 @@ class RouteTable:
     _want_cache: dict[tuple, _Want] = field(default_factory=dict, init=False)
     _actual: dict[RouteKey, RouteForm] = field(default_factory=dict, init=False)
     _dirty: set[RouteKey] = field(default_factory=set, init=False)
+    # Keys desired during this run and then no longer desired, while not yet in sync:
+    # an explicit withdrawal (a peer's withdraw, a deleted pod) applies at once; only
+    # routes read back at start that nobody desired yet wait for mark_in_sync (issue 18).
+    _withdrawn: set[RouteKey] = field(default_factory=set, init=False)
     _resync_pending: bool = field(default=True, init=False)
     _in_sync: bool = field(default=False, init=False)
     _last_resync: float | None = field(default=None, init=False)
@@ -411,7 +419,10 @@ class RouteTable:
             for k, w in new.items():
                 if old.get(k) != w:
                     dirty.add(k)
-            dirty.update(old.keys() - new.keys())
+            removed = old.keys() - new.keys()
+            dirty.update(removed)
+            if not self._in_sync:
+                self._withdrawn.update(removed)
         self._desired[route_class] = new
 
     def _want_for(self, t: Target) -> _Want:
@@ -477,6 +488,8 @@ class RouteTable:
             key = (table, d, plen, metric)
             if cls.pop(key, None) is not None:
                 dirty.add(key)
+                if not self._in_sync:
+                    self._withdrawn.add(key)
 
     def desired_targets(self, route_class: str) -> list[Target]:
         return [_target_of(key, want) for key, want in self._desired.get(route_class, {}).items()]
@@ -492,6 +505,7 @@ class RouteTable:
         """The sources are complete: stale routes of ours may now be deleted."""
         if not self._in_sync:
             self._in_sync = True
+            self._withdrawn = set()
             self._log.info("route_sources_in_sync")
             # Stale keys were left dirty-but-kept; look at them again.
             self._dirty.update(k for k in self._actual if self._winner(k) is None)
@@ -555,19 +569,20 @@ class RouteTable:
             self._last_resync = now
             self._resync_pending = False
             wants = self._all_wants()
-            ops, waiting, stale = plan(wants, self._actual, self._ifindex, self._in_sync, True)
+            ops, waiting, stale = plan(wants, self._actual, self._ifindex, self._in_sync, True,
+                                       self._withdrawn)
         else:
             classes = [self._desired[c] for c in self._order if self._desired.get(c)]
             want_of = classes[0].get if len(classes) == 1 else self._winner
             ops, waiting, stale = plan(_Lookup(self._dirty, want_of), self._actual,
-                                       self._ifindex, self._in_sync, False)
+                                       self._ifindex, self._in_sync, False, self._withdrawn)
             if waiting:
                 # A device we route through was missing from the last link read: it may
                 # have appeared since (a pod's veth, the VXLAN device). Re-read the links
                 # and look at just those routes again.
                 self._ifindex = self.driver.link_indexes()
                 more, waiting, _ = plan(_Lookup(waiting, want_of), self._actual,
-                                        self._ifindex, self._in_sync, False)
+                                        self._ifindex, self._in_sync, False, self._withdrawn)
                 ops += more
         try:
             results = self.driver.execute(ops, self.protocol) if ops else []

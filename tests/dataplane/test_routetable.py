@@ -146,14 +146,19 @@ def test_restart_keeps_stale_routes_until_in_sync_then_removes_only_undesired():
     assert key("198.19.200.0/24") in k.routes
 
 
-def test_removed_target_deleted_only_after_in_sync():
+def test_read_back_route_nobody_desires_deleted_only_after_in_sync():
+    # A route of ours found at start (a restart) that no source has desired yet waits;
+    # a route desired and then withdrawn during this run does not (test below).
     k = FakeKernel()
+    k.add_foreign("198.19.1.0/26", BLACKHOLE, protocol=OURS)
     rt = make(k)
-    rt.set_routes("bgp", [Target("198.19.1.0/26", type="blackhole")])
+    rt.set_routes("bgp", [Target("198.19.2.0/26", type="blackhole")])
     rt.apply()
-    rt.route_remove("bgp", "198.19.1.0/26")
     res = rt.apply()
     assert res.stale_kept == 1 and key("198.19.1.0/26") in k.routes
+    rt.set_routes("bgp", [])
+    res = rt.apply()
+    assert key("198.19.1.0/26") in k.routes and key("198.19.2.0/26") not in k.routes
     rt.mark_in_sync()
     assert rt.apply().deleted == 1
     assert k.routes == {}
@@ -398,3 +403,27 @@ def test_multipath_delete():
     rt.apply()
     rt.set_routes("bgp", [])
     assert rt.apply().deleted == 1 and k.of_protocol(OURS) == {}
+
+
+def test_explicit_withdrawal_before_in_sync_applies_at_once_read_back_routes_wait():
+    """Before mark_in_sync only routes read back at start wait; a route desired in this
+    run and then withdrawn (a peer's withdraw right after session up) goes at once
+    (issue 18: withdrawals waited for the settle time after peers came up)."""
+    k = FakeKernel()
+    k.add_foreign("198.19.7.0/26", via("198.18.1.20", 2), protocol=OURS)   # read back
+    rt = make(k)
+    rt.set_routes("bgp", [Target("198.19.1.0/26", gateway="198.18.1.12", ifname="eth0"),
+                          Target("198.19.2.0/26", gateway="198.18.1.12", ifname="eth0")])
+    rt.apply()
+    rt.route_remove("bgp", "198.19.1.0/26")                  # incremental withdraw
+    res = rt.apply()
+    assert res.deleted == 1 and res.stale_kept == 1
+    rt.set_routes("bgp", [])                                   # whole-class replace
+    res = rt.apply()
+    assert res.deleted == 1
+    assert set(k.of_protocol(OURS)) == {key("198.19.7.0/26")}  # the read-back one waits
+    rt.queue_resync()
+    res = rt.apply()                                           # a resync keeps it too
+    assert res.deleted == 0 and res.stale_kept == 1
+    rt.mark_in_sync()
+    assert rt.apply().deleted == 1 and not k.of_protocol(OURS)
