@@ -14,6 +14,7 @@ from ipam.model import (
     Block,
     HandleRecord,
     Pool,
+    cidr_from_key,
     cidr_key,
     claim_order,
     key_cidr,
@@ -152,6 +153,25 @@ def test_affinity_index_and_keys():
     assert a.without_block("198.19.0.0/26").blocks == {}
     assert cidr_key(net("198.19.0.0/26")) == "198.19.0.0-26"
     assert key_cidr("fd00::-122") == net("fd00::/122")
+
+
+def test_cidr_from_key_reads_the_cidr_back_from_pool_and_block_keys():
+    # The daemon's datastore watch gets only the key of a deleted pool or block.
+    assert cidr_from_key("/noderouter/ipam/v1/pools/198.19.0.0-16") == net("198.19.0.0/16")
+    assert (cidr_from_key("/noderouter/ipam/v1/blocks/198.19.0.0-16/198.19.7.64-26")
+            == net("198.19.7.64/26"))
+    assert cidr_from_key("/p/blocks/2001:2::-48/2001:2::40-122") == net("2001:2::40/122")
+    # Round trip with the encoder for both families.
+    for cidr in ("198.18.0.0/15", "2001:2::/48", "198.19.0.5/32"):
+        assert cidr_from_key("/x/pools/" + cidr_key(cidr)) == net(cidr)
+
+
+@pytest.mark.parametrize("key", ["/p/pools/198.19.0.0", "/p/pools/198.19.0.0-33", "/p/pools/",
+                                 "/p/blocks/198.19.0.1-26", "/p/pools/nonsense-8"])
+def test_cidr_from_key_names_the_bad_key(key):
+    with pytest.raises(IpamInvalid) as e:
+        cidr_from_key(key)
+    assert repr(key) in str(e.value)
 
 
 @pytest.mark.parametrize("sel,labels,want", [
