@@ -17,6 +17,7 @@ from ipam.model import (
     cidr_from_key,
     cidr_key,
     claim_order,
+    eligible_pools,
     key_cidr,
     overlapping,
     pod_handle,
@@ -203,3 +204,19 @@ def test_block_json_fast_path_equals_plain_encoding():
     assert Block.from_json(b.to_json()) == b
     empty = Block(net("198.19.0.0/28"), net("198.19.0.0/16"), None)
     assert json.loads(empty.to_json()) == empty.to_dict()
+
+
+def test_eligible_pools_gives_each_excluded_pool_its_reason():
+    pools = [(Pool.new("198.19.0.0/16"), 7),
+             (Pool.new("198.18.0.0/24", disabled=True), 8),
+             (Pool.new("198.18.1.0/24", node_selector='rack == "b"'), 9),
+             (Pool.new("2001:2::/48"), 10)]
+    ok, why = eligible_pools(pools, None, "n1", {"rack": "a"})
+    assert [(str(p.cidr), mod) for p, mod in ok] == [("198.19.0.0/16", 7), ("2001:2::/48", 10)]
+    assert why == ["pool 198.18.0.0/24: disabled",
+                   "pool 198.18.1.0/24: node selector 'rack == \"b\"' excludes node n1"]
+    ok, why = eligible_pools(pools, net("198.18.0.0/24"), "n1", {})
+    assert ok == [] and why == ["pool 198.18.0.0/24: disabled"]
+    ok, why = eligible_pools(pools, net("198.18.9.0/24"), "n1", {})
+    assert ok == [] and why == ["pool 198.18.9.0/24: does not exist"]
+
