@@ -2,12 +2,15 @@
 
 ``check_state`` compares what the blocks and handles say with the live
 workloads; ``plan_gc`` turns a check and the previous gc state into the next
-state and the actions that are due. Neither does I/O or reads the clock.
+state and the actions that are due; ``GcReport`` is what a gc run did;
+``parse_live_handles`` reads a live-workload list. None does I/O or reads the
+clock: ``ipam.gc`` reads the snapshot and carries the plan out.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections import defaultdict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -180,3 +183,26 @@ def plan_gc(report: CheckReport, blocks: Mapping[str, Block], prev_state: Mappin
     state = {"leaks": leaks, "empty": empty, "at": now}
     return GcPlan(state=state, due_leaks=due, waiting_leaks=waiting, due_blocks=due_blocks,
                   kept_blocks=kept)
+
+
+@dataclass
+class GcReport:
+    """What one gc run did (``dry_run``: what it would do; every leak is then "waiting")."""
+
+    released: list[dict]
+    skipped: list[dict]
+    waiting: list[dict]
+    freed_blocks: list[str]
+    kept_blocks: list[str]
+    dry_run: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def parse_live_handles(text: str) -> set[str]:
+    """A live-workload list: a JSON list of handles, or one handle per line (# comments)."""
+    s = text.strip()
+    if s.startswith("["):
+        return {str(h) for h in json.loads(s)}
+    return {ln.strip() for ln in s.splitlines() if ln.strip() and not ln.strip().startswith("#")}

@@ -91,8 +91,23 @@ def cidr_key(net: IPNetwork | str) -> str:
 
 
 def key_cidr(segment: str) -> IPNetwork:
+    """The inverse of :func:`cidr_key` for one key segment (198.19.0.0-26 -> 198.19.0.0/26)."""
     head, _, plen = segment.rpartition("-")
     return ipaddress.ip_network(f"{head}/{plen}")
+
+
+def cidr_from_key(key: str) -> IPNetwork:
+    """The CIDR a pool or block key ends in (``P/pools/<pool>``, ``P/blocks/<pool>/<block>``).
+
+    A watch reports a deletion by key only, so this is how a reader learns which
+    pool or block went away. Raises :class:`IpamInvalid` naming the key.
+    """
+    segment = key.rsplit("/", 1)[-1]
+    try:
+        return key_cidr(segment)
+    except ValueError as exc:
+        raise IpamInvalid(f"etcd key {key!r} does not end in a CIDR written as "
+                          f"address-prefixlen, e.g. 198.19.0.0-26 ({exc})") from None
 
 
 # ---------------------------------------------------------------- selectors
@@ -217,6 +232,30 @@ class Pool:
                    nat_outgoing=bool(d.get("nat_outgoing", False)),
                    strict_affinity=bool(d.get("strict_affinity", False)),
                    deleting=bool(d.get("deleting", False)))
+
+
+def eligible_pools(pools: Iterable[tuple[Pool, int]], want: IPNetwork | None, node: str,
+                   labels: Mapping[str, str]) -> tuple[list[tuple[Pool, int]], list[str]]:
+    """The (pool, mod revision) pairs ``node`` may allocate from, by CIDR, and for
+    every other pool (restricted to ``want`` when given) the reason it may not:
+    being deleted, disabled, or excluded by its node selector."""
+    reasons: list[str] = []
+    out = []
+    for p, mod in sorted(pools, key=lambda pm: net_sort_key(pm[0].cidr)):
+        if want is not None and p.cidr != want:
+            continue
+        if p.deleting:
+            reasons.append(f"pool {p.cidr}: being deleted")
+        elif p.disabled:
+            reasons.append(f"pool {p.cidr}: disabled")
+        elif not selector_matches(p.node_selector, node, labels):
+            reasons.append(f"pool {p.cidr}: node selector {p.node_selector!r} excludes "
+                           f"node {node}")
+        else:
+            out.append((p, mod))
+    if want is not None and not out and not reasons:
+        reasons.append(f"pool {want}: does not exist")
+    return out, reasons
 
 
 def overlapping(new: IPNetwork, existing: Iterable[IPNetwork]) -> list[IPNetwork]:

@@ -7,7 +7,6 @@ import ipaddress
 
 import pytest
 
-from ipam.allocator import Ipam
 from ipam.errors import (
     IpamAddressInUse,
     IpamAffinityError,
@@ -18,6 +17,9 @@ from ipam.errors import (
     IpamPoolOverlap,
     IpamReserved,
 )
+from ipam.leases import LeaseAllocator
+from ipam.model import Block
+from tests.ipam.blockstate import borrowed_addresses, confirmed_blocks
 
 pytestmark = pytest.mark.integration
 POOL = "198.19.0.0/16"
@@ -36,7 +38,7 @@ def test_allocate_is_ordered_idempotent_and_recorded(make_ipam):
     b = make_ipam("node-a")
     assert b.allocate("k8s-pod-network.c1") == l1.ip
     assert b.handle_ips("k8s-pod-network.c2") == [l2.ip]
-    assert a.blocks_for_node() == [l1.block]
+    assert confirmed_blocks(a) == [l1.block]
     blk = [x for x in a.snapshot()[1] if str(x.cidr) == l1.block][0]
     held = blk.holder(ipaddress.ip_address(l1.ip))
     assert held.handle == "k8s-pod-network.c1" and held.attrs["pod"] == "p1"
@@ -83,12 +85,12 @@ def test_assign_explicit_address(make_ipam):
     a.add_pool(POOL)
     assert a.assign("198.19.7.9", "k8s-pod-network.x", {"pod": "x"}) == "198.19.7.9"
     assert a.assign("198.19.7.9", "k8s-pod-network.x") == "198.19.7.9"     # idempotent
-    assert "198.19.7.0/26" in a.blocks_for_node()
+    assert "198.19.7.0/26" in confirmed_blocks(a)
     with pytest.raises(IpamAddressInUse, match="k8s-pod-network.x"):
         b.assign("198.19.7.9", "k8s-pod-network.y")
     # b may take another address in a's block (borrowing) unless strict.
     assert b.assign("198.19.7.10", "k8s-pod-network.y") == "198.19.7.10"
-    assert b.borrowed_for_node() == ["198.19.7.10/32"]
+    assert borrowed_addresses(b) == ["198.19.7.10"]
     strict = make_ipam("node-b", strict_affinity=True)
     with pytest.raises(IpamAffinityError, match="strict affinity"):
         strict.assign("198.19.7.11", "k8s-pod-network.z")
@@ -126,18 +128,18 @@ def test_two_phase_claim_pending_is_not_routed(make_ipam, monkeypatch):
     a = make_ipam("node-a")
     a.add_pool(POOL)
     # Crash between phase 1 (pending claim) and phase 2 (confirm).
-    monkeypatch.setattr(Ipam, "_confirm", lambda self, *args: False)
+    monkeypatch.setattr(LeaseAllocator, "_confirm", lambda self, *args: False)
     with pytest.raises(IpamConflict):   # never confirmed: the bounded loop gives up
         a.allocate("k8s-pod-network.c1")
     monkeypatch.undo()
     _, blocks = a.snapshot()
     assert [b.state for b in blocks] == ["pending"]
-    assert a.blocks_for_node() == []                 # pending: never routed
+    assert confirmed_blocks(a) == []                 # pending: the daemon never routes it
     rep = a.check(set())
     assert rep.clean and len(rep.pending_blocks) == 1
     fresh = make_ipam("node-a")                      # the node restarts and allocates
     ip = fresh.allocate("k8s-pod-network.c1")
-    assert fresh.blocks_for_node() == [str(blocks[0].cidr)]
+    assert confirmed_blocks(fresh) == [str(blocks[0].cidr)]
     assert ipaddress.ip_address(ip) in blocks[0].cidr
 
 
@@ -161,11 +163,11 @@ def test_borrowing_when_out_of_blocks(make_ipam):
     b.allocate("k8s-pod-network.b0")
     got = {a.allocate(f"k8s-pod-network.a{i}") for i in range(1, 7)}   # 3 own + 3 borrowed
     assert len(got) == 6
-    borrowed = a.borrowed_for_node()
-    assert len(borrowed) == 3 and all(x.endswith("/32") for x in borrowed)
+    borrowed = borrowed_addresses(a)
+    assert len(borrowed) == 3 and set(borrowed) <= got
     with pytest.raises(IpamExhausted, match="no free address to borrow"):
         a.allocate("k8s-pod-network.a9")
-    assert b.blocks_for_node() and a.blocks_for_node()
+    assert confirmed_blocks(b) and confirmed_blocks(a)
 
 
 def test_exhaustion_when_no_pool_or_disabled_or_selector(make_ipam):
@@ -196,7 +198,7 @@ def test_pools_overlap_and_delete(make_ipam):
     out = a.delete_pool(POOL, force=True)
     assert out["released"] == 2
     assert a.handle_ips("k8s-pod-network.c1") == []
-    assert all(not b.startswith("198.19.") for b in a.blocks_for_node())
+    assert all(not b.startswith("198.19.") for b in confirmed_blocks(a))
     assert a.check(set()).clean
     assert ip.startswith("198.19.")
     a.delete_pool("198.18.128.0/24")
@@ -205,16 +207,19 @@ def test_pools_overlap_and_delete(make_ipam):
         a.delete_pool("198.18.128.0/24")
 
 
-def test_snapshot_then_watch(make_ipam):
+def test_snapshot_then_watch_sees_the_claim_pending_then_confirmed(make_ipam):
+    # What the daemon's syncer sees: a snapshot of the block keys, then a watch from
+    # the next revision (bgpd/node/daemon.py parses the same keys and values).
     a = make_ipam("node-a")
     a.add_pool(POOL)
     rev, blocks = a.snapshot()
     assert blocks == []
-    events, cancel = a.watch_blocks(rev + 1)
+    events, cancel = a.store.watch(a.keys.blocks(), rev + 1)
     a.allocate("k8s-pod-network.c1")
     seen = []
-    for kind, _cidr, block, _mod in events:
-        seen.append((kind, block.state if block else None))
+    for ev in events:
+        block = Block.from_json(ev.value) if ev.kind == "put" else None
+        seen.append((ev.kind, block.state if block else None))
         if block is not None and block.allocations:
             break
     cancel()
@@ -229,7 +234,7 @@ def test_ipv6_pool_and_dual_stack_handle(make_ipam):
     v6 = a.allocate("k8s-pod-network.ds", pool="fd00:198:19::/112")
     assert ipaddress.ip_address(v6).version == 6 and ipaddress.ip_address(v4).version == 4
     assert a.handle_ips("k8s-pod-network.ds") == sorted([v4, v6])
-    assert any(ipaddress.ip_network(b).version == 6 for b in a.blocks_for_node())
+    assert any(ipaddress.ip_network(b).version == 6 for b in confirmed_blocks(a))
     assert a.check({"k8s-pod-network.ds"}).clean
     assert sorted(a.release_handle("k8s-pod-network.ds")) == sorted([v4, v6])
     assert a.check(set()).clean

@@ -14,6 +14,7 @@ import pytest
 
 from ipam.errors import IpamStoreUnavailable
 from ipam.store import EtcdStore
+from tests.ipam.blockstate import borrowed_addresses, confirmed_blocks
 
 pytestmark = pytest.mark.integration
 POOL = "198.19.0.0/16"
@@ -135,7 +136,7 @@ def test_contention_on_shared_blocks_by_borrowers(etcd_server, make_ipam, tmp_pa
     assert len(set(leases)) == len(leases)
     assert not [ip for ip, c in Counter(held.values()).items() if c > 1]
     borrowed = {ip for n in ("borrower-0", "borrower-1", "borrower-2")
-                for ip in admin.borrowed_for_node(n)}
+                for ip in borrowed_addresses(admin, n)}
     assert len(borrowed) == sum(1 for h in held if ".borrower-" in h)
     d = admin.dump()
     assert {h: sorted(r.ips) for h, (r, _) in d.handles.items()} == {h: [ip] for h, ip in held.items()}
@@ -161,10 +162,10 @@ def test_block_limit_is_exact_with_parallel_processes_of_one_node(etcd_server, m
         assert p.returncode == 0, err[-2000:]
     for f in outs:
         f.close()
-    assert len(admin.blocks_for_node("node-x")) == 2
+    assert len(confirmed_blocks(admin, "node-x")) == 2
     d = admin.dump()
     assert len(d.blocks) == 2 and len(d.handles) == 60
-    assert sorted(d.affinities["node-x"][0].blocks) == sorted(admin.blocks_for_node("node-x"))
+    assert sorted(d.affinities["node-x"][0].blocks) == sorted(confirmed_blocks(admin, "node-x"))
     assert admin.check({h for h in d.handles}).clean
 
 
@@ -225,18 +226,18 @@ def test_gc_frees_empty_blocks_after_two_sightings(etcd_server, make_ipam):
     a = make_ipam("node-a")
     a.add_pool("198.19.0.0/24", 29)     # blocks of 8
     ips = [a.allocate(f"k8s-pod-network.c{i}") for i in range(12)]   # two blocks
-    assert len(a.blocks_for_node()) == 2
+    assert len(confirmed_blocks(a)) == 2
     for i in range(12):
         a.release_handle(f"k8s-pod-network.c{i}")
     g1 = a.gc(set(), now=100, grace=0, live_nodes=["node-a"])
     assert g1.freed_blocks == []
     g2 = a.gc(set(), now=101, grace=0, live_nodes=["node-a"])
     assert len(g2.freed_blocks) == 1 and len(g2.kept_blocks) == 1   # the node keeps one
-    assert len(a.blocks_for_node()) == 1
+    assert len(confirmed_blocks(a)) == 1
     assert a.check(set(), live_nodes=["node-a"]).clean
     # The node is gone: its last block goes too, and allocation claims anew afterwards.
     a.gc(set(), now=102, grace=0, live_nodes=[])
-    assert a.blocks_for_node() == []
+    assert confirmed_blocks(a) == []
     assert a.allocate("k8s-pod-network.new") in {ip for ip in ips} | {a.handle_ips("k8s-pod-network.new")[0]}
     assert a.check({"k8s-pod-network.new"}).clean
 

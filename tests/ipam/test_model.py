@@ -14,8 +14,10 @@ from ipam.model import (
     Block,
     HandleRecord,
     Pool,
+    cidr_from_key,
     cidr_key,
     claim_order,
+    eligible_pools,
     key_cidr,
     overlapping,
     pod_handle,
@@ -154,6 +156,25 @@ def test_affinity_index_and_keys():
     assert key_cidr("fd00::-122") == net("fd00::/122")
 
 
+def test_cidr_from_key_reads_the_cidr_back_from_pool_and_block_keys():
+    # The daemon's datastore watch gets only the key of a deleted pool or block.
+    assert cidr_from_key("/noderouter/ipam/v1/pools/198.19.0.0-16") == net("198.19.0.0/16")
+    assert (cidr_from_key("/noderouter/ipam/v1/blocks/198.19.0.0-16/198.19.7.64-26")
+            == net("198.19.7.64/26"))
+    assert cidr_from_key("/p/blocks/2001:2::-48/2001:2::40-122") == net("2001:2::40/122")
+    # Round trip with the encoder for both families.
+    for cidr in ("198.18.0.0/15", "2001:2::/48", "198.19.0.5/32"):
+        assert cidr_from_key("/x/pools/" + cidr_key(cidr)) == net(cidr)
+
+
+@pytest.mark.parametrize("key", ["/p/pools/198.19.0.0", "/p/pools/198.19.0.0-33", "/p/pools/",
+                                 "/p/blocks/198.19.0.1-26", "/p/pools/nonsense-8"])
+def test_cidr_from_key_names_the_bad_key(key):
+    with pytest.raises(IpamInvalid) as e:
+        cidr_from_key(key)
+    assert repr(key) in str(e.value)
+
+
 @pytest.mark.parametrize("sel,labels,want", [
     ("all()", {}, True),
     ("", {}, True),
@@ -183,3 +204,19 @@ def test_block_json_fast_path_equals_plain_encoding():
     assert Block.from_json(b.to_json()) == b
     empty = Block(net("198.19.0.0/28"), net("198.19.0.0/16"), None)
     assert json.loads(empty.to_json()) == empty.to_dict()
+
+
+def test_eligible_pools_gives_each_excluded_pool_its_reason():
+    pools = [(Pool.new("198.19.0.0/16"), 7),
+             (Pool.new("198.18.0.0/24", disabled=True), 8),
+             (Pool.new("198.18.1.0/24", node_selector='rack == "b"'), 9),
+             (Pool.new("2001:2::/48"), 10)]
+    ok, why = eligible_pools(pools, None, "n1", {"rack": "a"})
+    assert [(str(p.cidr), mod) for p, mod in ok] == [("198.19.0.0/16", 7), ("2001:2::/48", 10)]
+    assert why == ["pool 198.18.0.0/24: disabled",
+                   "pool 198.18.1.0/24: node selector 'rack == \"b\"' excludes node n1"]
+    ok, why = eligible_pools(pools, net("198.18.0.0/24"), "n1", {})
+    assert ok == [] and why == ["pool 198.18.0.0/24: disabled"]
+    ok, why = eligible_pools(pools, net("198.18.9.0/24"), "n1", {})
+    assert ok == [] and why == ["pool 198.18.9.0/24: does not exist"]
+
