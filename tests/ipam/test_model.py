@@ -42,9 +42,9 @@ def test_pool_defaults_and_block_math():
 
 
 def test_pool_v6_default_block_size():
-    p = Pool.new("fd00:10::/116")
+    p = Pool.new("2001:2:10::/116")
     assert p.block_size == 122 and p.n_blocks == 64
-    assert p.block_for(ip("fd00:10::105")) == net("fd00:10::100/122")
+    assert p.block_for(ip("2001:2:10::105")) == net("2001:2:10::100/122")
 
 
 @pytest.mark.parametrize("cidr,size,msg", [
@@ -71,10 +71,10 @@ def test_pool_roundtrip():
 
 
 def test_overlap():
-    existing = [net("198.19.0.0/16"), net("fd00::/64")]
+    existing = [net("198.19.0.0/16"), net("2001:2::/64")]
     assert overlapping(net("198.19.4.0/24"), existing) == [net("198.19.0.0/16")]
     assert overlapping(net("198.18.0.0/16"), existing) == []
-    assert overlapping(net("fd00::/48"), existing) == [net("fd00::/64")]
+    assert overlapping(net("2001:2::/48"), existing) == [net("2001:2::/64")]
 
 
 def test_claim_order_is_seeded_by_name_and_covers_every_block():
@@ -132,7 +132,7 @@ def test_block_roundtrip_and_expired_cooldown_pruned():
 def test_reserved_ordinals():
     blk = net("198.19.0.0/26")
     assert reserved_ordinals(blk, [net("198.19.0.0/30"), net("198.19.0.63/32")]) == {0, 1, 2, 3, 63}
-    assert reserved_ordinals(blk, [net("198.18.0.0/16"), net("fd00::/64")]) == frozenset()
+    assert reserved_ordinals(blk, [net("198.18.0.0/16"), net("2001:2::/64")]) == frozenset()
     assert reserved_ordinals(blk, [net("198.19.0.0/16")]) == frozenset(range(64))
 
 
@@ -153,7 +153,7 @@ def test_affinity_index_and_keys():
     assert AffinityIndex.from_json(a.to_json()) == a
     assert a.without_block("198.19.0.0/26").blocks == {}
     assert cidr_key(net("198.19.0.0/26")) == "198.19.0.0-26"
-    assert key_cidr("fd00::-122") == net("fd00::/122")
+    assert key_cidr("2001:2::-122") == net("2001:2::/122")
 
 
 def test_cidr_from_key_reads_the_cidr_back_from_pool_and_block_keys():
