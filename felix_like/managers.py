@@ -337,6 +337,18 @@ class Dataplane:
                    blackholes=BlackholeManager(routes),
                    nat=NatOutgoing(netns), rp_filter=rp_filter)
 
+    @classmethod
+    def for_node(cls, ipr, local: LocalUnderlay, protocol: int, resync_interval: float,
+                 clock, vxlan_device: str = "vxlan.nr") -> Dataplane:
+        """The daemon's dataplane: a route table over real netlink (``ipr``'s namespace)
+        owning ``protocol``, and every manager; the route table stays inside."""
+        from felix_like.routetable import KernelRouteDriver
+
+        routes = RouteTable(driver=KernelRouteDriver(ipr=ipr), protocol=protocol,
+                            class_order=CLASS_ORDER, resync_interval=resync_interval,
+                            clock=clock)
+        return cls.create(ipr, routes, local, vxlan_device=vxlan_device)
+
     def on_update(self, msg: DataplaneUpdate) -> None:
         """Hand one message to every manager; each records what concerns it (no I/O)."""
         for manager in self._managers:

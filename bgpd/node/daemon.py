@@ -136,8 +136,7 @@ class NodeDaemon:
         os.makedirs(self.run_dir, exist_ok=True)
         from pyroute2 import IPRoute
 
-        from felix_like.managers import CLASS_ORDER, Dataplane
-        from felix_like.routetable import KernelRouteDriver, RouteTable
+        from felix_like.managers import Dataplane
         from tunnels.encap import LocalUnderlay
 
         self.ipr = IPRoute()
@@ -146,13 +145,11 @@ class NodeDaemon:
             raise DaemonError(f"underlay.interface {cfg.underlay.interface!r} does not exist "
                               f"on this node; fix the config")
         uplink_mtu = self.ipr.get_links(links[0])[0].get_attr("IFLA_MTU")
-        routes = RouteTable(driver=KernelRouteDriver(ipr=self.ipr),
-                            protocol=cfg.dataplane.route_protocol, class_order=CLASS_ORDER,
-                            resync_interval=cfg.dataplane.resync_interval, clock=self.clock)
         local = LocalUnderlay(cfg.underlay.interface, (
             f"{cfg.underlay.address}/{cfg.underlay.subnet.prefixlen}",))
-        self.dp = Dataplane.create(self.ipr, routes, local,
-                                   vxlan_device=cfg.dataplane.vxlan_device)
+        self.dp = Dataplane.for_node(self.ipr, local, cfg.dataplane.route_protocol,
+                                     cfg.dataplane.resync_interval, self.clock,
+                                     vxlan_device=cfg.dataplane.vxlan_device)
 
         self.kv = self._store()
         self.ipam = Ipam(self.kv, cfg.node.name, prefix=ipam_prefix(cfg),
