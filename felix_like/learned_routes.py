@@ -57,17 +57,21 @@ class LearnedRoutes:
         self._block_remove = on_block_remove
         self.context: LearnedContext | None = None
         self._learned: dict[str, Classified] = {}
+        # The few prefixes that are not plain routes, kept apart so the cycle's snapshot
+        # and the context change do not walk 100k learned routes to find them.
+        self._blocks: dict[str, RemoteBlock] = {}
+        self._not_routed: dict[str, str] = {}
         # Queued by on_update, applied in order by complete_deferred_work.
         self._queued: list[LearnedContextUpdate | LearnedRouteChanges] = []
         self._paths: dict[LearnedRoute, object] = {}  # per context: route -> classify_path()
 
     # -- queries ------------------------------------------------------------------
     def remote_blocks(self) -> list[RemoteBlock]:
-        return [c for c in self._learned.values() if isinstance(c, RemoteBlock)]
+        return list(self._blocks.values())
 
     def pending(self) -> list[tuple[str, str]]:
         """(prefix, why it is not routed)."""
-        return [(p, c) for p, c in self._learned.items() if isinstance(c, str)]
+        return sorted(self._not_routed.items())
 
     def __len__(self) -> int:
         return len(self._learned)
@@ -97,8 +101,10 @@ class LearnedRoutes:
         RIB's best routes) again and replace the learned route class at once."""
         self.context = ctx
         self._paths = {}
-        old_blocks = {p for p, c in self._learned.items() if isinstance(c, RemoteBlock)}
+        old_blocks = set(self._blocks)
         self._learned = {}
+        self._blocks = {}
+        self._not_routed = {}
         groups: dict[LearnedRoute, list[str]] = {}
         for prefix, route in routes.items():
             groups.setdefault(route, []).append(prefix)
@@ -142,8 +148,12 @@ class LearnedRoutes:
     def _forget(self, old: Classified | None, prefix: str, unroute: list[str]) -> None:
         if isinstance(old, Target):
             unroute.append(prefix)
-        elif isinstance(old, RemoteBlock) and self._block_remove is not None:
-            self._block_remove(prefix)
+        elif isinstance(old, RemoteBlock):
+            del self._blocks[prefix]
+            if self._block_remove is not None:
+                self._block_remove(prefix)
+        elif old is not None:
+            del self._not_routed[prefix]
 
     def _classify(self, route: LearnedRoute, prefixes: list[str], check_own: bool = False,
                   unroute: list[str] | None = None) -> dict[Target, list[str]]:
@@ -184,8 +194,12 @@ class LearnedRoutes:
                 continue
             if isinstance(new, Target):
                 learned[prefix] = new
-                if isinstance(old, RemoteBlock) and self._block_remove is not None:
-                    self._block_remove(prefix)
+                if isinstance(old, RemoteBlock):
+                    del self._blocks[prefix]
+                    if self._block_remove is not None:
+                        self._block_remove(prefix)
+                elif isinstance(old, str):
+                    del self._not_routed[prefix]
                 plain.setdefault(new, []).append(prefix)
             else:
                 self._settle(prefix, old, new, unroute)
@@ -195,6 +209,12 @@ class LearnedRoutes:
                 unroute: list[str] | None) -> None:
         """A prefix becomes a remote block or a not-routed reason."""
         self._learned[prefix] = new
+        if isinstance(new, RemoteBlock):
+            self._blocks[prefix] = new
+            self._not_routed.pop(prefix, None)
+        else:
+            self._not_routed[prefix] = new
+            self._blocks.pop(prefix, None)
         if isinstance(old, Target) and unroute is not None:
             unroute.append(prefix)
         elif isinstance(old, RemoteBlock) and self._block_remove is not None \
