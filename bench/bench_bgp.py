@@ -30,9 +30,11 @@ import time
 from bgpd.bgp.exabgp_config import PeerConfig, SpeakerConfig
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.speaker import Speaker
-from bgpd.node.learned_routes import LearnedRoutes, plain_context
+from felix_like.classify import plain_context
+from felix_like.learned_routes import LearnedRoutes
 from felix_like.nlwire import RT_TABLE_MAIN, RouteSocket
 from felix_like.routetable import KernelRouteDriver, RouteTable
+from felix_like.updates import LearnedContextUpdate, LearnedRouteChanges
 from lab.netns import NetnsSet, run_prefix, sh, switch_with_hosts
 from lab.procs import wait_for
 from lab.routers import BgpNeighbor, BirdRouter
@@ -133,9 +135,13 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
     table.mark_in_sync()
     # The daemon's path: a context with an own block (every learned prefix is checked
     # against it) and the uplink (routes via an on-link next hop name the device).
+    # Messages in through the manager's on_update, work in complete_deferred_work: what
+    # Dataplane.on_update / apply() do with the cycle's learned-route messages.
     learned = LearnedRoutes(table)
-    learned.set_context(plain_context(uplink=ns["uplink"], subnet=SUBNET, own_blocks=(OWN_BLOCK,),
-                                      pools=POOLS), {})
+    learned.on_update(LearnedContextUpdate(
+        plain_context(uplink=ns["uplink"], subnet=SUBNET, own_blocks=(OWN_BLOCK,), pools=POOLS),
+        {}))
+    learned.complete_deferred_work()
     installed = 0
     sp.start()
     cpu0: dict[str, float] = {}
@@ -156,7 +162,8 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
             if os.environ.get("NR_BENCH_TRACE") and t_up:
                 print(f"t={time.monotonic() - t_up[0]:.3f} changes={len(changes)} cpu={cpu_s(os.getpid()):.2f} exa={cpu_s(sp.exabgp_pid):.2f}", flush=True)
             if changes:
-                learned.apply(changes)
+                learned.on_update(LearnedRouteChanges(changes))
+                learned.complete_deferred_work()
                 res = table.apply()
                 installed += res.added + res.replaced
         t_done = time.monotonic()

@@ -12,9 +12,10 @@ process (so its RSS is only this) builds, inside a throwaway namespace:
   BGP updates (one update per node, next hop = the ToR, as in the ToR design),
   plus a default route;
 
-and times the daemon's own path on them: ``Rib.add`` per update → ``calculate()`` →
-the felix_like managers (``Dataplane``: blackholes for our 2 blocks, remote
-blocks, BGP routes) → ``RouteTable.apply()`` into the namespace's kernel. Then a
+and times the daemon's own path on them (``Cycle.run``'s steps): ``Rib.add`` per
+update → ``calculate()`` → ``Dataplane.on_update`` with its typed updates and the
+learned routes (``LearnedContextUpdate``) → ``Dataplane.apply()`` (learned routes,
+blackholes for our 2 blocks, remote blocks) into the namespace's kernel. Then a
 second cycle with one node's blocks withdrawn (incremental). RSS is the child's
 VmRSS before (imports only) and after, and its peak (VmHWM).
 Goal (issue 8): 5,000 nodes converge in < 10 s with < 300 MB RSS.
@@ -45,10 +46,11 @@ def simulate(nodes: int, per_node: int) -> dict:
 
     from bgpd.bgp.events import Attributes
     from bgpd.bgp.rib import Rib
-    from bgpd.node.calculator import BlockView, Inputs, LearnedRoute, PoolView, calculate
+    from bgpd.node.calculator import BlockView, Inputs, PoolView, calculate, learned_context
     from bgpd.node.registry import NodeInfo
-    from felix_like.managers import CLASS_BGP, CLASS_ORDER, Dataplane
+    from felix_like.managers import CLASS_ORDER, Dataplane
     from felix_like.routetable import KernelRouteDriver, RouteTable
+    from felix_like.updates import LearnedContextUpdate, LearnedRouteChanges
     from lab.netns import NetnsSet, run_prefix, sh
     from tunnels.encap import LocalUnderlay
 
@@ -89,19 +91,27 @@ def simulate(nodes: int, per_node: int) -> dict:
         dp.apply()
         rss_built = proc_status_kb(os_.getpid())
 
+        seen: dict[str, object] = {"ctx": None}
+
         def cycle() -> tuple[dict, object]:
+            # The daemon's cycle (bgpd/node/cycle.py Cycle.run), minus etcd and the speaker:
+            # calculate → Dataplane.on_update per update → learned routes as a context
+            # update (all RIB routes) when the context changed, else as changes → apply.
             t = time.perf_counter()
-            learned = tuple(LearnedRoute(p, r.nexthops) for p, r in rib.routes().items())
-            desired = calculate(Inputs(own=own, uplink="eth0", pools=pools,
-                                       blocks=tuple(blocks), nodes=node_info, learned=learned,
-                                       mesh=False))
+            inputs = Inputs(own=own, uplink="eth0", pools=pools, blocks=tuple(blocks),
+                            nodes=node_info, mesh=False)
+            desired = calculate(inputs)
+            for msg in desired.dataplane_updates():
+                dp.on_update(msg)
+            changes = rib.take_changes()
+            ctx = learned_context(inputs)
+            if ctx != seen["ctx"]:
+                seen["ctx"] = ctx
+                dp.on_update(LearnedContextUpdate(ctx, rib.routes()))
+            elif changes:
+                dp.on_update(LearnedRouteChanges(changes))
             t_calc = time.perf_counter() - t
             t = time.perf_counter()
-            dp.blackholes.on_update(desired.own_blocks)
-            dp.workloads.replace_all(desired.workloads)
-            dp.remote.replace_all(desired.pool_encaps, desired.remote_blocks,
-                                  desired.remote_nodes)
-            routes.set_routes(CLASS_BGP, desired.plain_routes)
             res = dp.apply()
             return {"calculate_s": t_calc, "dataplane_apply_s": time.perf_counter() - t}, res
 
@@ -109,7 +119,6 @@ def simulate(nodes: int, per_node: int) -> dict:
         rib.add(TOR, ["0.0.0.0/0"], TOR, attrs)
         for name in names[1:]:
             rib.add(TOR, by_node[name], TOR, attrs)
-        rib.take_changes()
         t_rib = time.perf_counter() - t0
         stages, res = cycle()
         total = time.perf_counter() - t0

@@ -1,15 +1,21 @@
 """The dataplane: managers that turn desired state into kernel objects (Felix pattern).
 
 Modules
+- ``updates``: the vocabulary (values only, no I/O): route targets, workload endpoints,
+  remote nodes/blocks, the learned-route context, and the update messages the
+  daemon hands to ``Dataplane.on_update``.
+- ``classify``: pure: what a learned BGP route becomes (remote block, plain route, why not).
+- ``learned_routes``: ``LearnedRoutes``, the learned-routes manager (100k-route path).
 - ``routetable``: ``RouteTable`` - desired routes per route class vs the kernel's
   routes of our protocol number; ``set_routes`` / ``route_update`` /
   ``route_remove`` / ``queue_resync`` / ``mark_in_sync`` / ``apply``.
   ``KernelRouteDriver(netns=None, ipr=None)`` is its real-netlink driver.
 - ``nlwire``: struct-packed rtnetlink for bulk routes (batched sends, errors by
   sequence number, raw filtered dumps with NLM_F_DUMP_INTR retry).
-- ``managers``: ``Dataplane`` (one loop step: ``apply()``) with
-  ``RemoteBlockManager``, ``TunnelDeviceManager``, ``WorkloadManager``,
-  ``BlackholeManager``; ``compute_remote_routes`` is the pure part.
+- ``managers``: ``Dataplane`` (one way in: ``on_update(msg)`` to every manager; one loop
+  step: ``apply()``) with ``LearnedRoutes``, ``RemoteBlockManager``,
+  ``TunnelDeviceManager``, ``WorkloadManager``, ``BlackholeManager``, NAT;
+  ``compute_remote_routes`` is the pure part.
 - ``sysctls``: idempotent sysctl writes inside the node's namespace.
 - ``nat``: NAT outgoing through one nftables table of ours.
 
@@ -21,5 +27,6 @@ Review notes (invariants)
 - Failed routes stay dirty, do not block others, and trigger a full resync.
 - ``on_*`` methods only record; kernel I/O happens in
   ``complete_deferred_work()`` / ``apply()``.
+- Nothing here imports ``bgpd``; nothing outside ``felix_like`` writes a ``RouteTable``.
 - IPv4 only for now.
 """

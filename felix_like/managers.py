@@ -1,9 +1,13 @@
 """Dataplane managers (Felix pattern) and the loop step that drives them.
 
-Each manager's ``on_*`` methods only record desired state and mark it dirty;
-``complete_deferred_work()`` does the kernel work. ``Dataplane.apply()`` calls
-them in dependency order - tunnel devices before routes (a route through a
-device needs the device), routes last - and returns a one-line summary.
+One way in: ``Dataplane.on_update(msg)`` hands every message of the vocabulary
+(``felix_like.updates``) to every manager; a manager's ``on_update`` (and its finer
+``on_*`` methods) only record desired state and mark it dirty; ``complete_deferred_work()``
+does the work. ``Dataplane.apply()`` calls them in dependency order - learned routes
+before remote blocks (they feed it), tunnel devices before routes (a route through a
+device needs the device), routes last - and returns the route table's result. Nothing
+outside ``felix_like`` touches the ``RouteTable``: the daemon asks the ``Dataplane``
+(``mark_in_sync``, ``queue_resync``, ``desired_snapshot``).
 
 Route classes (highest priority first): workload /32s beat everything (a local
 pod wins over a stale borrowed /32 from BGP), then remote blocks (calculated
@@ -19,9 +23,23 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from felix_like.learned_routes import LearnedRoutes
 from felix_like.nat import NatOutgoing
-from felix_like.routetable import ApplyResult, RouteTable, Target
+from felix_like.routetable import ApplyResult, DesiredRoutes, RouteTable
 from felix_like.sysctls import SysctlError, Sysctls, conf_key, node_sysctls
+from felix_like.updates import (
+    DataplaneUpdate,
+    IpipDeviceUpdate,
+    OwnBlocksUpdate,
+    PoolsUpdate,
+    RemoteBlock,
+    RemoteNode,
+    RemoteNodesUpdate,
+    Target,
+    VxlanDeviceUpdate,
+    WorkloadEndpoint,
+    WorkloadsUpdate,
+)
 from tunnels.devices import VxlanParams, ensure_ipip, ensure_vxlan, probe_kind, sync_vxlan_peers
 from tunnels.encap import Encap, LocalUnderlay, PoolEncap, Vtep, route_for_block
 from tunnels.errors import TunnelError
@@ -33,29 +51,6 @@ CLASS_REMOTE_BLOCKS = "remote-blocks"
 CLASS_BGP = "bgp"
 CLASS_BLACKHOLE = "blackhole"
 CLASS_ORDER = (CLASS_WORKLOAD, CLASS_REMOTE_BLOCKS, CLASS_BGP, CLASS_BLACKHOLE)
-
-
-# --- values ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class WorkloadEndpoint:
-    """A local pod: its host-side veth and its addresses (each gets a /32 route)."""
-
-    name: str
-    host_ifname: str
-    addresses: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class RemoteNode:
-    name: str
-    address: str                 # underlay address
-    vtep: Vtep | None = None     # from the node registry, when the node runs VXLAN
-
-
-@dataclass(frozen=True)
-class RemoteBlock:
-    cidr: str
-    node: str
 
 
 # --- pure calculation ------------------------------------------------------------------
@@ -107,6 +102,17 @@ class RemoteBlockManager:
     vteps: tuple[Vtep, ...] = ()
     _dirty: bool = True
 
+    def on_update(self, msg: DataplaneUpdate) -> None:
+        if isinstance(msg, PoolsUpdate):
+            if dict(msg.encaps) != self.pools:
+                self.pools = dict(msg.encaps)
+                self._dirty = True
+        elif isinstance(msg, RemoteNodesUpdate):
+            nodes = {n.name: n for n in msg.nodes}
+            if nodes != self.nodes:
+                self.nodes = nodes
+                self._dirty = True
+
     def on_pool_update(self, cidr: str, encap: PoolEncap) -> None:
         self.pools[cidr] = encap
         self._dirty = True
@@ -127,14 +133,6 @@ class RemoteBlockManager:
 
     def on_node_remove(self, name: str) -> None:
         self._dirty |= self.nodes.pop(name, None) is not None
-
-    def replace_all(self, pools: Mapping[str, PoolEncap], blocks: Iterable[RemoteBlock],
-                    nodes: Iterable[RemoteNode]) -> None:
-        """The whole desired set at once (the daemon recalculates from snapshots)."""
-        new = (dict(pools), {b.cidr: b for b in blocks}, {n.name: n for n in nodes})
-        if new != (self.pools, self.blocks, self.nodes):
-            self.pools, self.blocks, self.nodes = new
-            self._dirty = True
 
     def complete_deferred_work(self) -> None:
         if not self._dirty:
@@ -161,6 +159,17 @@ class TunnelDeviceManager:
     _dirty: bool = True
     _vteps: tuple[Vtep, ...] | None = None
     _vteps_applied: tuple[Vtep, ...] | None = None
+
+    def on_update(self, msg: DataplaneUpdate) -> None:
+        if isinstance(msg, VxlanDeviceUpdate):
+            params = VxlanParams(vni=msg.vni, port=msg.port, local=msg.local, mtu=msg.mtu,
+                                 address=msg.address, mac=msg.mac, name=msg.name)
+            if params != self.vxlan:
+                self.on_vxlan_update(params)
+        elif isinstance(msg, IpipDeviceUpdate):
+            if (msg.enabled, msg.mtu, msg.address) != (self.ipip_enabled, self.ipip_mtu,
+                                                       self.ipip_address):
+                self.on_ipip_update(msg.enabled, msg.mtu, msg.address)
 
     def on_vxlan_update(self, params: VxlanParams | None) -> None:
         self.vxlan = params
@@ -209,7 +218,11 @@ class WorkloadManager:
     _configured: dict[str, WorkloadEndpoint] = field(default_factory=dict)
     _dirty: bool = True
 
-    def on_update(self, ep: WorkloadEndpoint) -> None:
+    def on_update(self, msg: DataplaneUpdate) -> None:
+        if isinstance(msg, WorkloadsUpdate):
+            self.replace_all(msg.endpoints)
+
+    def on_endpoint_update(self, ep: WorkloadEndpoint) -> None:
         self.endpoints[ep.name] = ep
         self._dirty = True
 
@@ -223,7 +236,7 @@ class WorkloadManager:
             self.on_remove(name)
         for ep in new.values():
             if self.endpoints.get(ep.name) != ep:
-                self.on_update(ep)
+                self.on_endpoint_update(ep)
 
     def complete_deferred_work(self) -> None:
         if not self._dirty:
@@ -257,18 +270,41 @@ class BlackholeManager:
     """A blackhole route for every block this node owns (so the whole block is ours)."""
 
     routes: RouteTable
+    blocks: tuple[str, ...] = ()
+    _dirty: bool = False
 
-    def on_update(self, owned_blocks: Iterable[str]) -> None:
-        self.routes.set_routes(CLASS_BLACKHOLE,
-                               [Target(b, type="blackhole") for b in sorted(set(owned_blocks))])
+    def on_update(self, msg: DataplaneUpdate) -> None:
+        if isinstance(msg, OwnBlocksUpdate):
+            blocks = tuple(sorted(set(msg.blocks)))
+            if blocks != self.blocks:
+                self.blocks = blocks
+                self._dirty = True
 
     def complete_deferred_work(self) -> None:
-        pass  # the route table does the work
+        if self._dirty:
+            self.routes.set_routes(CLASS_BLACKHOLE,
+                                   [Target(b, type="blackhole") for b in self.blocks])
+            self._dirty = False
+
+
+@dataclass
+class NatManager:
+    """NAT outgoing for the pools that ask for it (``NatOutgoing`` does the nftables)."""
+
+    nat: NatOutgoing
+
+    def on_update(self, msg: DataplaneUpdate) -> None:
+        if isinstance(msg, PoolsUpdate):
+            self.nat.on_update(msg.all_pools, msg.nat_pools)
+
+    def complete_deferred_work(self) -> None:
+        self.nat.complete_deferred_work()
 
 
 @dataclass
 class Dataplane:
-    """All managers of one node plus the route table; ``apply()`` is one loop step."""
+    """All managers of one node plus the route table; ``on_update`` is the one way in,
+    ``apply()`` one loop step."""
 
     routes: RouteTable
     sysctls: Sysctls
@@ -277,8 +313,18 @@ class Dataplane:
     workloads: WorkloadManager
     blackholes: BlackholeManager
     nat: NatOutgoing
+    learned: LearnedRoutes | None = None
     rp_filter: str | None = None
     _sysctls_done: bool = False
+
+    def __post_init__(self) -> None:
+        if self.learned is None:
+            self.learned = LearnedRoutes(self.routes, CLASS_BGP,
+                                         on_block_update=self.remote.on_block_update,
+                                         on_block_remove=self.remote.on_block_remove)
+        # Dependency order of complete_deferred_work (see the module docstring).
+        self._managers = (self.learned, self.remote, self.tunnels, self.workloads,
+                          self.blackholes, NatManager(self.nat))
 
     @classmethod
     def create(cls, ipr, routes: RouteTable, local: LocalUnderlay, netns: str | None = None,
@@ -291,25 +337,58 @@ class Dataplane:
                    blackholes=BlackholeManager(routes),
                    nat=NatOutgoing(netns), rp_filter=rp_filter)
 
+    @classmethod
+    def for_node(cls, ipr, local: LocalUnderlay, protocol: int, resync_interval: float,
+                 clock, vxlan_device: str = "vxlan.nr") -> Dataplane:
+        """The daemon's dataplane: a route table over real netlink (``ipr``'s namespace)
+        owning ``protocol``, and every manager; the route table stays inside."""
+        from felix_like.routetable import KernelRouteDriver
+
+        routes = RouteTable(driver=KernelRouteDriver(ipr=ipr), protocol=protocol,
+                            class_order=CLASS_ORDER, resync_interval=resync_interval,
+                            clock=clock)
+        return cls.create(ipr, routes, local, vxlan_device=vxlan_device)
+
+    def on_update(self, msg: DataplaneUpdate) -> None:
+        """Hand one message to every manager; each records what concerns it (no I/O)."""
+        for manager in self._managers:
+            manager.on_update(msg)
+
     def queue_resync(self) -> None:
         self._sysctls_done = False
         self.tunnels.queue_resync()
         self.nat.queue_resync()
         self.routes.queue_resync()
 
+    def mark_in_sync(self) -> None:
+        """Every route source is complete: stale routes of ours may now be deleted."""
+        self.routes.mark_in_sync()
+
+    @property
+    def routes_in_sync(self) -> bool:
+        return self.routes.in_sync
+
+    def learned_pending(self) -> list[tuple[str, str]]:
+        """Learned prefixes that are not routed, with the reason."""
+        return self.learned.pending()
+
+    def desired_snapshot(self) -> DesiredRoutes:
+        """A frozen copy of the desired routes per class, for other threads."""
+        return self.routes.desired_snapshot()
+
     def apply(self) -> ApplyResult:
         if not self._sysctls_done:
             self.sysctls.ensure(node_sysctls(self.rp_filter))
             self._sysctls_done = True
-        self.remote.complete_deferred_work()
+        learned, remote, tunnels, *rest = self._managers
+        learned.complete_deferred_work()
+        remote.complete_deferred_work()
         # Every known node's VTEP, not only those routes use right now: after a restart
         # the routes come back from BGP a moment after the registry, and syncing only the
         # in-use VTEPs would delete the neighbour/FDB entries live traffic still needs.
-        self.tunnels.on_vteps(tuple(sorted(
-            (n.vtep for n in self.remote.nodes.values() if n.vtep is not None),
+        tunnels.on_vteps(tuple(sorted(
+            (n.vtep for n in remote.nodes.values() if n.vtep is not None),
             key=lambda v: v.underlay)))
-        self.tunnels.complete_deferred_work()
-        self.workloads.complete_deferred_work()
-        self.blackholes.complete_deferred_work()
-        self.nat.complete_deferred_work()
+        for manager in (tunnels, *rest):
+            manager.complete_deferred_work()
         return self.routes.apply()

@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 import structlog
@@ -52,6 +53,11 @@ from felix_like.nlwire import (
     RouteOp,
 )
 
+# The route values live in the vocabulary module (no I/O there); re-exported here.
+from felix_like.updates import NextHop, Target
+
+__all__ = ["NextHop", "Target", "RouteTable", "KernelRouteDriver", "DesiredRoutes"]
+
 log = structlog.get_logger("felix_like.routetable")
 
 ROUTE_TYPES = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE,
@@ -63,33 +69,25 @@ class RouteTableError(ValueError):
     """A route target that can never be programmed (bad CIDR, unmanaged table...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class NextHop:
-    """One next hop of a multipath route: a gateway, optionally a device and onlink."""
+@dataclass(frozen=True)
+class DesiredRoutes:
+    """A frozen copy of a ``RouteTable``'s desired routes (``desired_snapshot``)."""
 
-    gateway: str
-    ifname: str | None = None
-    onlink: bool = False
+    version: int
+    class_order: tuple[str, ...]          # highest priority first
+    by_class: Mapping[str, Mapping[RouteKey, tuple]]
 
+    def counts(self) -> dict[str, int]:
+        return {c: len(self.by_class.get(c, ())) for c in self.class_order}
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One desired IPv4 route.
-
-    ``dst`` is a CIDR with no host bits ("198.19.1.0/26"); ``ifname`` is resolved
-    to an index at apply time so a target may name a device that appears later.
-    ``nexthops`` (instead of gateway/ifname/onlink) makes an ECMP route; their
-    order does not matter and duplicates collapse.
-    """
-
-    dst: str
-    gateway: str | None = None
-    ifname: str | None = None
-    type: str = "unicast"
-    onlink: bool = False
-    table: int = RT_TABLE_MAIN
-    metric: int = 0
-    nexthops: tuple[NextHop, ...] = ()
+    def winners(self) -> dict[str, tuple[str, Target]]:
+        """dst -> (route class, target) of the class that wins each prefix."""
+        out: dict[str, tuple[str, Target]] = {}
+        for cls in reversed(self.class_order):  # lowest priority first: winners overwrite
+            for key, want in self.by_class.get(cls, {}).items():
+                t = _target_of(key, want)
+                out[t.dst] = (cls, t)
+        return out
 
 
 @dataclass(frozen=True)
@@ -371,6 +369,10 @@ class RouteTable:
     _last_resync: float | None = field(default=None, init=False)
     _ifindex: dict[str, int] = field(default_factory=dict, init=False)
     _order: list[str] = field(default_factory=list, init=False)
+    # Bumped by every change to the desired routes, so a copy for other threads
+    # (``desired_snapshot``) is made only when something changed.
+    _version: int = field(default=0, init=False)
+    _snapshot: DesiredRoutes | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.protocol <= 255:
@@ -424,6 +426,7 @@ class RouteTable:
             if not self._in_sync:
                 self._withdrawn.update(removed)
         self._desired[route_class] = new
+        self._version += 1
 
     def _want_for(self, t: Target) -> _Want:
         # Many targets share gateway/device/type: validate and build that part once and
@@ -451,6 +454,7 @@ class RouteTable:
         table, metric, want = self._template(template)
         if route_class not in self._order:
             self._order.append(route_class)
+        self._version += 1
         cls = self._desired.setdefault(route_class, {})
         get = cls.get
         dirty = self._dirty
@@ -482,6 +486,7 @@ class RouteTable:
         cls = self._desired.get(route_class)
         if not cls:
             return
+        self._version += 1
         dirty = self._dirty
         for dst in dsts:
             d, plen = _parse_dst(dst)
@@ -496,6 +501,19 @@ class RouteTable:
 
     def desired_count(self, route_class: str) -> int:
         return len(self._desired.get(route_class, ()))
+
+    def desired_snapshot(self) -> DesiredRoutes:
+        """An immutable copy of the desired routes, safe to read from another thread
+        (the status API) while this table keeps changing. Copied only when the desired
+        routes changed since the last call (a dict copy per class, no Target built)."""
+        snap = self._snapshot
+        if snap is None or snap.version != self._version:
+            order = tuple(self._order) + tuple(c for c in self._desired if c not in self._order)
+            snap = self._snapshot = DesiredRoutes(
+                self._version, order,
+                MappingProxyType({c: MappingProxyType(dict(d))
+                                  for c, d in self._desired.items()}))
+        return snap
 
     # --- sync control --------------------------------------------------------------
     def queue_resync(self) -> None:

@@ -1,4 +1,9 @@
-"""What the status API serves: plain JSON-able data built from the daemon's state.
+"""What the status API serves: plain JSON-able data built from the last ``NodeSnapshot``.
+
+The views run on the status server's threads; they read only the snapshot the cycle
+published (a frozen value), never the daemon's live state (issue 13: reading the route
+table and the learned routes while the loop changed them raced). ``routes`` also dumps
+the kernel's routes of our protocol (read-only netlink) to show what agrees.
 
 No secret reaches these views: peers are shown by address, AS and description.
 """
@@ -7,34 +12,35 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from felix_like.managers import CLASS_ORDER
-
-if TYPE_CHECKING:
-    from bgpd.node.daemon import NodeDaemon
-    from bgpd.node.status_server import StatusServer
+from bgpd.node.snapshot import NodeSnapshot
+from bgpd.node.status_server import StatusServer
 
 
-def peers_view(d: NodeDaemon) -> list[dict]:
-    names = {p.address: p.description for p in d._applied_peers}  # noqa: SLF001
+class NotReady(RuntimeError):
+    """No snapshot yet: the daemon is still starting."""
+
+
+def peers_view(snap: NodeSnapshot) -> list[dict]:
     out = []
-    for s in (d.speaker.status() if d.speaker else []):
+    for s in snap.peers:
         row = s.as_dict()
-        row["description"] = names.get(s.address, "")
+        row["rejected"] = dict(row["rejected"])
+        row["description"] = snap.peer_descriptions.get(s.address, "")
         row["uptime"] = round(s.uptime, 1) if s.uptime is not None else None
         row["rejected_total"] = sum(s.rejected.values())
         out.append(row)
     return sorted(out, key=lambda r: ipaddress.IPv4Address(r["address"]))
 
 
-def _kernel_routes(d: NodeDaemon) -> dict[str, dict]:
+def _kernel_routes(route_protocol: int) -> dict[str, dict]:
     """Our routes as the kernel has them (a fresh dump, read-only)."""
     from felix_like.nlwire import RouteSocket
 
     sock = RouteSocket.open()
     try:
-        actual = sock.dump(d.cfg.dataplane.route_protocol, frozenset({254}))
+        actual = sock.dump(route_protocol, frozenset({254}))
     finally:
         sock.close()
     out = {}
@@ -45,18 +51,14 @@ def _kernel_routes(d: NodeDaemon) -> dict[str, dict]:
     return out
 
 
-def routes_view(d: NodeDaemon, request: dict) -> list[dict]:
+def routes_view(snap: NodeSnapshot, request: dict) -> list[dict]:
     prefix = request.get("prefix")
     want = ipaddress.IPv4Network(prefix) if prefix else None
-    desired = {}
-    # Lowest priority first, so the class that wins a prefix is the one shown.
-    for cls in reversed(CLASS_ORDER):
-        for t in d.routes.desired_targets(cls):
-            desired[t.dst] = (cls, t)
-    learned = d.speaker.routes() if d.speaker else {}
-    announced = d.desired.announce if d.desired else frozenset()
+    desired = snap.desired_routes.winners() if snap.desired_routes is not None else {}
+    learned = snap.learned
+    announced = snap.announce
     try:
-        kernel = _kernel_routes(d)
+        kernel = _kernel_routes(snap.route_protocol)
         kernel_error = None
     except Exception as exc:  # noqa: BLE001 - the view still shows the rest
         kernel, kernel_error = {}, str(exc)
@@ -82,42 +84,46 @@ def routes_view(d: NodeDaemon, request: dict) -> list[dict]:
     return rows
 
 
-def status_view(d: NodeDaemon) -> dict:
-    cfg = d.cfg
-    peers = peers_view(d)
-    own_blocks = list(d.desired.own_blocks) if d.desired else []
-    ready, readiness = d.health.ready()
+def status_view(snap: NodeSnapshot) -> dict:
+    peers = peers_view(snap)
     return {
-        "node": cfg.node.name,
-        "as_number": cfg.node.as_number,
-        "router_id": str(cfg.router_id),
-        "address": str(cfg.underlay.address),
-        "mesh": cfg.bgp.mesh,
+        "node": snap.node,
+        "as_number": snap.as_number,
+        "router_id": snap.router_id,
+        "address": snap.address,
+        "mesh": snap.mesh,
         "peers": [{k: p[k] for k in ("address", "asn", "description", "state", "uptime",
                                      "accepted", "announced", "rejected_total", "last_error")}
                   for p in peers],
-        "blocks": own_blocks,
-        "borrowed": sorted(a for a in (d.desired.announce if d.desired else ())
-                           if a.endswith("/32")),
-        "pools": [{"cidr": c, "ipip_mode": p.ipip_mode, "vxlan_mode": p.vxlan_mode,
+        "blocks": list(snap.own_blocks),
+        "borrowed": sorted(a for a in snap.announce if a.endswith("/32")),
+        "pools": [{"cidr": p.cidr, "ipip_mode": p.ipip_mode, "vxlan_mode": p.vxlan_mode,
                    "nat_outgoing": p.nat_outgoing, "disabled": p.disabled}
-                  for c, p in sorted(d.pools.items())],
-        "vtep": {"address": d.vtep[0], "mac": d.vtep[1]} if d.vtep else None,
-        "workloads": len(d.workload_dir.records),
-        "routes": d.route_counts(),
-        "pending": [{"prefix": p, "why": why}
-                    for p, why in (d.learned.pending() if d.learned else [])],
-        "sync": {"datastore": d.datastore_in_sync, "routes_swept": d._routes_marked,  # noqa: SLF001
-                 "ready": ready, **readiness},
-        "exabgp_pid": d.speaker.exabgp_pid if d.speaker else None,
-        "exabgp_starts": d.speaker.starts if d.speaker else 0,
-        "last_error": d._last_error,  # noqa: SLF001
+                  for p in snap.pools],
+        "vtep": {"address": snap.vtep[0], "mac": snap.vtep[1]} if snap.vtep else None,
+        "workloads": snap.workloads,
+        "routes": snap.route_counts(),
+        "pending": [{"prefix": p, "why": why} for p, why in snap.pending],
+        "sync": {"datastore": snap.datastore_in_sync, "routes_swept": snap.routes_swept,
+                 "ready": snap.ready, **snap.readiness},
+        "exabgp_pid": snap.exabgp_pid,
+        "exabgp_starts": snap.exabgp_starts,
+        "last_error": snap.last_error,
+        "cycle": snap.cycle,
         "time": time.time(),
     }
 
 
-def register_all(server: StatusServer, d: NodeDaemon) -> None:
-    server.register("status", lambda req: status_view(d))
-    server.register("peers", lambda req: peers_view(d))
-    server.register("routes", lambda req: routes_view(d, req))
-    server.register("counters", lambda req: d.speaker.counters() if d.speaker else {})
+def register_all(server: StatusServer, snapshot: Callable[[], NodeSnapshot | None]) -> None:
+    """Each view reads the latest published snapshot (one read per request)."""
+
+    def latest() -> NodeSnapshot:
+        snap = snapshot()
+        if snap is None:
+            raise NotReady("the daemon is starting; no snapshot published yet")
+        return snap
+
+    server.register("status", lambda req: status_view(latest()))
+    server.register("peers", lambda req: peers_view(latest()))
+    server.register("routes", lambda req: routes_view(latest(), req))
+    server.register("counters", lambda req: dict(latest().counters))

@@ -3,7 +3,7 @@
 - ``ImportPolicy.split_prefixes`` (inlined, one call per UPDATE) == ``check_prefix`` per prefix;
 - ``Rib.add`` settles new prefixes without re-ranking and interns routes;
 - ``LearnedRoutes`` (classification per next-hop group, bulk ``update_many``) installs
-  exactly what ``calculator.classify`` says per prefix, incrementally and after a
+  exactly what ``felix_like.classify.classify`` says per prefix, incrementally and after a
   context change;
 - ``RouteTable``'s bulk methods == the per-route ones; ``desired_targets`` round-trips.
 """
@@ -19,11 +19,12 @@ from bgpd.bgp.events import Attributes
 from bgpd.bgp.exabgp_config import PrefixFilter
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.rib import Rib
-from bgpd.node.calculator import LearnedContext, _range, classify
-from bgpd.node.learned_routes import LearnedRoutes
 from bgpd.node.registry import NodeInfo
-from felix_like.managers import RemoteBlock
+from felix_like.classify import classify
+from felix_like.learned_routes import LearnedRoutes
 from felix_like.routetable import NextHop, RouteTable, Target
+from felix_like.updates import LearnedContext, RemoteBlock
+from felix_like.updates import prefix_range as _range
 
 A = Attributes(as_path=(65001,), as_path_len=1)
 
@@ -81,7 +82,7 @@ CTX = LearnedContext(
     own_name="node-a1",
     own_ranges=(_range("198.19.1.0/26"),),
     pool_ranges=(_range("198.19.0.0/16"),),
-    nodes_by_addr={n.address: n for n in (NODE_A2, NODE_B1)},
+    node_names_by_addr={n.address: n.name for n in (NODE_A2, NODE_B1)},
     subnet_range=_range("198.18.1.0/24"),
     uplink="eth0")
 # Pool blocks, prefixes outside the pools (a ToR's default, a /32 elsewhere), own block.

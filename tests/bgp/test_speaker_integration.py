@@ -241,7 +241,8 @@ def test_deliberate_stop_withdraws_before_closing(fabric, cleanup):
 
 
 def test_learned_routes_reach_the_kernel_through_felix_like(fabric, cleanup):
-    from bgpd.node.learned_routes import LearnedRoutes, plain_context
+    from felix_like.classify import plain_context
+    from felix_like.learned_routes import LearnedRoutes
     from felix_like.routetable import KernelRouteDriver, RouteTable
     from lab.routers import kernel_routes
 

@@ -23,15 +23,16 @@ from dataclasses import dataclass
 import pytest
 from pyroute2 import IPRoute
 
-from felix_like.managers import (
-    CLASS_ORDER,
-    Dataplane,
+from felix_like.managers import CLASS_ORDER, Dataplane
+from felix_like.nat import NatOutgoing
+from felix_like.routetable import KernelRouteDriver, RouteTable
+from felix_like.updates import (
+    OwnBlocksUpdate,
     RemoteBlock,
     RemoteNode,
     WorkloadEndpoint,
+    WorkloadsUpdate,
 )
-from felix_like.nat import NatOutgoing
-from felix_like.routetable import KernelRouteDriver, RouteTable
 from lab.netns import run_prefix, sh, sysctl, veth_pair
 from tunnels.devices import VxlanParams
 from tunnels.encap import EncapMode, LocalUnderlay, PoolEncap, Vtep
@@ -101,9 +102,9 @@ def node_dataplane(ns: str, spec: NodeSpec, ipr: IPRoute) -> Dataplane:
         dp.remote.on_node_update(RemoteNode(other.name, addr(other),
                                             Vtep(other.vtep_addr, other.vtep_mac, addr(other))))
         dp.remote.on_block_update(RemoteBlock(other.block, other.name))
-    dp.blackholes.on_update([spec.block])
-    dp.workloads.on_update(WorkloadEndpoint(f"pod-{spec.name}", f"nrw{spec.name}",
-                                            (spec.pod_addr,)))
+    dp.on_update(OwnBlocksUpdate((spec.block,)))
+    dp.on_update(WorkloadsUpdate((WorkloadEndpoint(f"pod-{spec.name}", f"nrw{spec.name}",
+                                                   (spec.pod_addr,)),)))
     routes.mark_in_sync()
     return dp
 

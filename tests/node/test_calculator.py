@@ -1,11 +1,30 @@
 """The calculator's decisions, from snapshots to what the managers and the speaker get."""
 
+import ipaddress
+
 import pytest
 
-from bgpd.node.calculator import BlockView, Inputs, LearnedRoute, PoolView, Workload, calculate
+from bgpd.node.calculator import (
+    BlockView,
+    Inputs,
+    PoolView,
+    Workload,
+    calculate,
+    learned_context,
+    tunnel_pools,
+)
 from bgpd.node.registry import NodeInfo, RegistryError, mesh_peers
-from felix_like.managers import RemoteBlock, RemoteNode, WorkloadEndpoint
+from felix_like.classify import classify
 from felix_like.routetable import Target
+from felix_like.updates import (
+    OwnBlocksUpdate,
+    PoolsUpdate,
+    RemoteBlock,
+    RemoteNode,
+    RemoteNodesUpdate,
+    WorkloadEndpoint,
+    WorkloadsUpdate,
+)
 from tunnels.encap import EncapMode, Vtep
 
 A1 = NodeInfo("node-a1", "198.18.1.11", "198.18.1.0/24", 64601, vtep_address="198.19.255.1",
@@ -27,6 +46,17 @@ def inputs(**kw):
     return Inputs(**base)
 
 
+def learned(routes, **kw):
+    """What each learned (prefix, next hops) becomes in the context ``calculate`` gives
+    the learned-routes manager: (remote blocks, plain routes, pending), each sorted."""
+    ctx = learned_context(inputs(**kw))
+    out = {p: classify(p, hops, ctx) for p, hops in routes}
+    key = lambda p: ipaddress.IPv4Network(p)  # noqa: E731
+    return (tuple(out[p] for p in sorted(out, key=key) if isinstance(out[p], RemoteBlock)),
+            tuple(out[p] for p in sorted(out, key=key) if isinstance(out[p], Target)),
+            tuple((p, out[p]) for p in sorted(out, key=key) if isinstance(out[p], str)))
+
+
 def test_own_confirmed_blocks_are_owned_and_announced_pending_ones_not():
     d = calculate(inputs())
     assert d.own_blocks == ("198.19.1.0/26",)
@@ -44,16 +74,15 @@ def test_workloads_become_endpoints_for_the_workload_manager():
 
 
 def test_routes_learned_from_nodes_are_remote_blocks_the_rest_plain_routes():
-    learned = (LearnedRoute("198.19.2.0/26", ("198.18.1.12",)),
-               LearnedRoute("198.19.3.0/26", ("198.18.2.11",)),
-               LearnedRoute("198.19.9.0/26", ("198.18.1.1",)),      # via the ToR
-               LearnedRoute("0.0.0.0/0", ("198.18.1.1",)))
-    d = calculate(inputs(learned=learned))
-    assert d.remote_blocks == (RemoteBlock("198.19.2.0/26", "node-a2"),
-                               RemoteBlock("198.19.3.0/26", "node-b1"))
-    assert d.plain_routes == (Target("0.0.0.0/0", gateway="198.18.1.1", ifname="eth0"),
-                              Target("198.19.9.0/26", gateway="198.18.1.1", ifname="eth0"))
-    assert d.pool_encaps["198.19.0.0/16"].vxlan == EncapMode.CROSS_SUBNET
+    remote, plain, _ = learned((("198.19.2.0/26", ("198.18.1.12",)),
+                                ("198.19.3.0/26", ("198.18.2.11",)),
+                                ("198.19.9.0/26", ("198.18.1.1",)),      # via the ToR
+                                ("0.0.0.0/0", ("198.18.1.1",))))
+    assert remote == (RemoteBlock("198.19.2.0/26", "node-a2"),
+                      RemoteBlock("198.19.3.0/26", "node-b1"))
+    assert plain == (Target("0.0.0.0/0", gateway="198.18.1.1", ifname="eth0"),
+                     Target("198.19.9.0/26", gateway="198.18.1.1", ifname="eth0"))
+    assert calculate(inputs()).pool_encaps["198.19.0.0/16"].vxlan == EncapMode.CROSS_SUBNET
 
 
 def test_remote_nodes_carry_their_vtep_from_the_registry():
@@ -66,23 +95,24 @@ def test_remote_nodes_carry_their_vtep_from_the_registry():
 
 
 def test_learned_route_off_our_subnet_has_no_device():
-    d = calculate(inputs(learned=(LearnedRoute("198.19.9.0/26", ("198.18.7.1",)),)))
-    assert d.plain_routes == (Target("198.19.9.0/26", gateway="198.18.7.1"),)
+    _, plain, _ = learned((("198.19.9.0/26", ("198.18.7.1",)),))
+    assert plain == (Target("198.19.9.0/26", gateway="198.18.7.1"),)
 
 
 def test_tunnel_devices_follow_the_active_pools():
-    assert calculate(inputs()).need_vxlan
-    ipip = calculate(inputs(pools=(PoolView("198.19.0.0/16", ipip_mode="Always"),)))
-    assert ipip.need_ipip and not ipip.need_vxlan
-    off = calculate(inputs(pools=(PoolView("198.19.0.0/16", vxlan_mode="Always",
-                                           disabled=True),)))
-    assert not off.need_vxlan
+    assert tunnel_pools(inputs().pools) == ("198.19.0.0/16", None)
+    assert tunnel_pools((PoolView("198.19.0.0/16", ipip_mode="Always"),)) == (
+        None, "198.19.0.0/16")
+    assert tunnel_pools((PoolView("198.19.0.0/16", vxlan_mode="Always", disabled=True),
+                         PoolView("198.18.128.0/20", vxlan_mode="Always"))) == (
+        "198.18.128.0/20", None)
+    assert tunnel_pools((PoolView("198.19.0.0/16", vxlan_mode="Always",
+                                  disabled=True),)) == (None, None)
 
 
 def test_a_learned_route_inside_our_own_block_is_never_installed():
-    d = calculate(inputs(learned=(LearnedRoute("198.19.1.8/32", ("198.18.2.11",)),)))
-    assert d.remote_blocks == () and d.plain_routes == ()
-    assert d.pending == (("198.19.1.8/32", "inside one of our own blocks"),)
+    assert learned((("198.19.1.8/32", ("198.18.2.11",)),)) == (
+        (), (), (("198.19.1.8/32", "inside one of our own blocks"),))
 
 
 def test_mesh_peers_one_side_dials_the_higher_address_is_passive():
@@ -111,30 +141,40 @@ def test_node_record_round_trip_and_validation():
 def test_equal_paths_via_two_tors_become_one_ecmp_route_with_sorted_hops():
     from felix_like.routetable import NextHop
 
-    learned = (LearnedRoute("198.19.9.0/26", ("198.18.1.2", "198.18.1.1")),
-               LearnedRoute("198.19.10.0/26", ("198.18.7.1", "198.18.1.2")),   # one off-subnet
-               LearnedRoute("0.0.0.0/0", ("198.18.1.1",)))
-    d = calculate(inputs(learned=learned))
-    assert d.remote_blocks == ()
-    assert d.plain_routes == (
+    remote, plain, _ = learned((("198.19.9.0/26", ("198.18.1.2", "198.18.1.1")),
+                                ("198.19.10.0/26", ("198.18.7.1", "198.18.1.2")),  # off-subnet
+                                ("0.0.0.0/0", ("198.18.1.1",))))
+    assert remote == ()
+    assert plain == (
         Target("0.0.0.0/0", gateway="198.18.1.1", ifname="eth0"),
         Target("198.19.9.0/26", nexthops=(NextHop("198.18.1.1", "eth0"),
                                           NextHop("198.18.1.2", "eth0"))),
         Target("198.19.10.0/26", nexthops=(NextHop("198.18.1.2", "eth0"),
                                            NextHop("198.18.7.1", None))))
     # The order the RIB lists the hops in does not matter: every node decides the same.
-    again = calculate(inputs(learned=(LearnedRoute("198.19.9.0/26", ("198.18.1.1",
-                                                                      "198.18.1.2")),)))
-    assert again.plain_routes == (d.plain_routes[1],)
+    _, again, _ = learned((("198.19.9.0/26", ("198.18.1.1", "198.18.1.2")),))
+    assert again == (plain[1],)
 
 
 def test_a_block_learned_from_nodes_keeps_one_next_hop():
     # Two nodes announce one block (affinity moving) / a ToR re-announces it: one owner,
     # the lowest node address, never an ECMP route across nodes or via the ToR.
-    learned = (LearnedRoute("198.19.3.0/26", ("198.18.2.11", "198.18.1.12")),
-               LearnedRoute("198.19.2.0/26", ("198.18.1.1", "198.18.1.12")))
-    d = calculate(inputs(learned=learned))
-    assert d.remote_blocks == (RemoteBlock("198.19.2.0/26", "node-a2"),
-                               RemoteBlock("198.19.3.0/26", "node-a2"))
-    assert d.plain_routes == ()
+    remote, plain, _ = learned((("198.19.3.0/26", ("198.18.2.11", "198.18.1.12")),
+                                ("198.19.2.0/26", ("198.18.1.1", "198.18.1.12"))))
+    assert remote == (RemoteBlock("198.19.2.0/26", "node-a2"),
+                      RemoteBlock("198.19.3.0/26", "node-a2"))
+    assert plain == ()
 
+
+
+def test_desired_state_reaches_the_dataplane_as_typed_updates():
+    d = calculate(inputs(workloads=(Workload("c1", "198.19.1.5", "nrwabc"),),
+                         pools=(PoolView("198.19.0.0/16", vxlan_mode="CrossSubnet",
+                                         nat_outgoing=True),)))
+    own, workloads, pools, nodes = d.dataplane_updates()
+    assert own == OwnBlocksUpdate(("198.19.1.0/26",))
+    assert workloads == WorkloadsUpdate((WorkloadEndpoint("c1", "nrwabc", ("198.19.1.5",)),))
+    assert pools.all_pools == pools.nat_pools == ("198.19.0.0/16",)
+    assert pools.encaps["198.19.0.0/16"].vxlan == EncapMode.CROSS_SUBNET
+    assert isinstance(pools, PoolsUpdate) and isinstance(nodes, RemoteNodesUpdate)
+    assert [n.name for n in nodes.nodes] == ["node-a2", "node-b1"]

@@ -1,14 +1,18 @@
-"""Learned BGP routes -> the dataplane: the route table and the remote-block manager.
+"""Learned BGP routes -> the dataplane: a manager (Felix pattern) over the route table
+and the remote-block manager.
 
-The speaker's reader thread only records RIB changes; the daemon's loop drains them with
-``Speaker.take_route_changes()`` and hands them to ``LearnedRoutes.apply``, then calls the
-dataplane's ``apply()`` -- so netlink work never happens on the thread that reads ExaBGP's
-pipe. The daemon and bench/bench_bgp.py use this same class: the benchmark measures the
-daemon's path.
+The speaker's reader thread only records RIB changes; the daemon's cycle drains them
+(``Speaker.take_route_changes()``) and hands them to ``Dataplane.on_update`` as a
+``LearnedRouteChanges`` message (or, when the classification context changed, a
+``LearnedContextUpdate`` with every best route). ``on_update`` only queues;
+``complete_deferred_work`` classifies and writes the route table's desired state; the
+route table's ``apply()`` does the netlink work -- so netlink work never happens on the
+thread that reads ExaBGP's pipe. The daemon and bench/bench_bgp.py use this same path:
+the benchmark measures the daemon's.
 
-What a learned route becomes is ``bgpd.node.calculator``'s decision (pure): a remote block of
-another node (the ``RemoteBlockManager`` shapes it per pool encapsulation), a plain route
-via the next hop(s) (through the uplink when on-link), or a reason it is not routed.
+What a learned route becomes is ``felix_like.classify``'s decision (pure): a remote block
+of another node (the ``RemoteBlockManager`` shapes it per pool encapsulation), a plain
+route via the next hop(s) (through the uplink when on-link), or a reason it is not routed.
 
 Review notes: this sits on the 100k-routes path. The RIB's ``Route`` values are interned,
 so changes are grouped by route object and classified once per group
@@ -20,17 +24,18 @@ per prefix.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 
-from bgpd.bgp.rib import Route
-from bgpd.node.calculator import (
-    Classified,
+from felix_like.classify import Classified, classify_path, classify_prefix
+from felix_like.routetable import RouteTable
+from felix_like.updates import (
     LearnedContext,
-    classify_path,
-    classify_prefix,
+    LearnedContextUpdate,
+    LearnedRoute,
+    LearnedRouteChanges,
+    RemoteBlock,
+    Target,
 )
-from felix_like.managers import RemoteBlock
-from felix_like.routetable import RouteTable, Target
 
 ROUTE_CLASS = "bgp"
 
@@ -52,28 +57,55 @@ class LearnedRoutes:
         self._block_remove = on_block_remove
         self.context: LearnedContext | None = None
         self._learned: dict[str, Classified] = {}
-        self._paths: dict[Route, object] = {}  # per context: route -> classify_path()
+        # The few prefixes that are not plain routes, kept apart so the cycle's snapshot
+        # and the context change do not walk 100k learned routes to find them.
+        self._blocks: dict[str, RemoteBlock] = {}
+        self._not_routed: dict[str, str] = {}
+        # Queued by on_update, applied in order by complete_deferred_work.
+        self._queued: list[LearnedContextUpdate | LearnedRouteChanges] = []
+        self._paths: dict[LearnedRoute, object] = {}  # per context: route -> classify_path()
 
     # -- queries ------------------------------------------------------------------
     def remote_blocks(self) -> list[RemoteBlock]:
-        return [c for c in self._learned.values() if isinstance(c, RemoteBlock)]
+        return list(self._blocks.values())
 
     def pending(self) -> list[tuple[str, str]]:
         """(prefix, why it is not routed)."""
-        return [(p, c) for p, c in self._learned.items() if isinstance(c, str)]
+        return sorted(self._not_routed.items())
 
     def __len__(self) -> int:
         return len(self._learned)
 
+    # -- the manager interface (Dataplane.on_update / apply) -----------------------
+    def on_update(self, msg: object) -> None:
+        """Record a learned-routes message; no work until ``complete_deferred_work``."""
+        if isinstance(msg, LearnedContextUpdate):
+            # Its routes are the RIB's whole best set: earlier changes are in it.
+            self._queued = [msg]
+        elif isinstance(msg, LearnedRouteChanges) and msg.changes:
+            self._queued.append(msg)
+
+    def complete_deferred_work(self) -> None:
+        queued, self._queued = self._queued, []
+        for msg in queued:
+            if isinstance(msg, LearnedContextUpdate):
+                self.set_context(msg.context, msg.routes)
+            elif self.context is not None:
+                # Before the first context the changes are dropped: the context update
+                # carries the RIB's whole table, these changes included.
+                self.apply(msg.changes)
+
     # -- inputs -------------------------------------------------------------------
-    def set_context(self, ctx: LearnedContext, routes: Mapping[str, Route]) -> None:
+    def set_context(self, ctx: LearnedContext, routes: Mapping[str, LearnedRoute]) -> None:
         """The context (our blocks, pools, nodes) changed: classify all of ``routes`` (the
         RIB's best routes) again and replace the learned route class at once."""
         self.context = ctx
         self._paths = {}
-        old_blocks = {p for p, c in self._learned.items() if isinstance(c, RemoteBlock)}
+        old_blocks = set(self._blocks)
         self._learned = {}
-        groups: dict[Route, list[str]] = {}
+        self._blocks = {}
+        self._not_routed = {}
+        groups: dict[LearnedRoute, list[str]] = {}
         for prefix, route in routes.items():
             groups.setdefault(route, []).append(prefix)
         plain: list[tuple[list[str], Target]] = []
@@ -85,12 +117,12 @@ class LearnedRoutes:
             for prefix in old_blocks - {b.cidr for b in self.remote_blocks()}:
                 self._block_remove(prefix)
 
-    def apply(self, changes: Mapping[str, Route | None]) -> int:
+    def apply(self, changes: Mapping[str, LearnedRoute | None]) -> int:
         """RIB changes ({prefix: Route, or None when gone}) into the dataplane (no I/O).
         Returns how many prefixes changed what they are."""
         if self.context is None:
             raise RuntimeError("LearnedRoutes.apply before set_context")
-        groups: dict[Route | None, list[str]] = {}
+        groups: dict[LearnedRoute | None, list[str]] = {}
         last: object = groups  # never a route
         lst: list[str] = []
         for prefix, route in changes.items():
@@ -116,10 +148,14 @@ class LearnedRoutes:
     def _forget(self, old: Classified | None, prefix: str, unroute: list[str]) -> None:
         if isinstance(old, Target):
             unroute.append(prefix)
-        elif isinstance(old, RemoteBlock) and self._block_remove is not None:
-            self._block_remove(prefix)
+        elif isinstance(old, RemoteBlock):
+            del self._blocks[prefix]
+            if self._block_remove is not None:
+                self._block_remove(prefix)
+        elif old is not None:
+            del self._not_routed[prefix]
 
-    def _classify(self, route: Route, prefixes: list[str], check_own: bool = False,
+    def _classify(self, route: LearnedRoute, prefixes: list[str], check_own: bool = False,
                   unroute: list[str] | None = None) -> dict[Target, list[str]]:
         """Record what each prefix of one route group becomes; returns the plain routes
         that changed, by template. ``unroute`` (incremental mode) collects prefixes that
@@ -158,8 +194,12 @@ class LearnedRoutes:
                 continue
             if isinstance(new, Target):
                 learned[prefix] = new
-                if isinstance(old, RemoteBlock) and self._block_remove is not None:
-                    self._block_remove(prefix)
+                if isinstance(old, RemoteBlock):
+                    del self._blocks[prefix]
+                    if self._block_remove is not None:
+                        self._block_remove(prefix)
+                elif isinstance(old, str):
+                    del self._not_routed[prefix]
                 plain.setdefault(new, []).append(prefix)
             else:
                 self._settle(prefix, old, new, unroute)
@@ -169,6 +209,12 @@ class LearnedRoutes:
                 unroute: list[str] | None) -> None:
         """A prefix becomes a remote block or a not-routed reason."""
         self._learned[prefix] = new
+        if isinstance(new, RemoteBlock):
+            self._blocks[prefix] = new
+            self._not_routed.pop(prefix, None)
+        else:
+            self._not_routed[prefix] = new
+            self._blocks.pop(prefix, None)
         if isinstance(old, Target) and unroute is not None:
             unroute.append(prefix)
         elif isinstance(old, RemoteBlock) and self._block_remove is not None \
@@ -176,14 +222,3 @@ class LearnedRoutes:
             self._block_remove(prefix)
         if isinstance(new, RemoteBlock) and self._block_update is not None:
             self._block_update(new)
-
-
-def plain_context(uplink: str | None = None, subnet: str = "0.0.0.0/32",
-                  own_blocks: Iterable[str] = (), pools: Iterable[str] = ()) -> LearnedContext:
-    """A context with no node registry: every learned route is a plain route (the
-    speaker tests, the benchmark)."""
-    from bgpd.node.calculator import _range
-
-    return LearnedContext(own_name="", own_ranges=tuple(_range(b) for b in own_blocks),
-                          pool_ranges=tuple(_range(p) for p in pools), nodes_by_addr={},
-                          subnet_range=_range(subnet), uplink=uplink or "")

@@ -1,0 +1,408 @@
+"""``Cycle.run(now)`` with its ports faked and the REAL ``Dataplane`` over a stateful fake
+kernel (tests/dataplane/fakenetlink.py): restart gate, learned routes, failed routes,
+reload, and one frozen ``NodeSnapshot`` published per run. No root, no etcd, no ExaBGP.
+
+The sysctl and nftables writers are the only other kernel-facing parts of the
+``Dataplane``; they get recording fakes here (writing /proc/sys or running nft would
+touch this machine's own namespace).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import threading
+
+import pytest
+
+from bgpd.bgp.peers import PeerStatus
+from bgpd.bgp.rib import Route
+from bgpd.node.cycle import LEARNED_SETTLE_SECONDS, Cycle
+from bgpd.node.metrics import Health, Metrics
+from bgpd.node.registry import NodeInfo
+from bgpd.node.state import NodeState
+from bgpd.node.views import peers_view, routes_view, status_view
+from config import load_text
+from felix_like.managers import (
+    CLASS_ORDER,
+    BlackholeManager,
+    Dataplane,
+    RemoteBlockManager,
+    TunnelDeviceManager,
+    WorkloadManager,
+)
+from felix_like.nat import NatOutgoing
+from felix_like.routetable import RouteTable
+from felix_like.sysctls import Sysctls
+from ipam.model import Allocation, Block, Pool
+from ipam.store import KV, WatchEvent
+from tests.dataplane.fakenetlink import BLACKHOLE, FakeKernel, key, via
+from tunnels.encap import LocalUnderlay
+
+pytestmark = pytest.mark.unit
+
+PROTO = 73
+CONFIG = """\
+node:
+  name: node-a1
+  as_number: 64601
+underlay:
+  interface: eth0
+  address: 198.18.1.11
+  subnet: 198.18.1.0/24
+etcd:
+  endpoints: [198.18.0.10:2379]
+bgp:
+  mesh: true
+  restart_time: 60
+dataplane:
+  route_protocol: 73
+pools:
+  - cidr: 198.19.0.0/16
+"""
+A1 = NodeInfo("node-a1", "198.18.1.11", "198.18.1.0/24", 64601)
+A2 = NodeInfo("node-a2", "198.18.1.12", "198.18.1.0/24", 64601)
+TOR = "198.18.1.1"
+OWN_BLOCK = "198.19.1.0/26"
+A2_BLOCK = "198.19.2.0/26"
+
+
+# --- fakes for the ports ---------------------------------------------------------------
+class FakeSpeaker:
+    """The speaker port: a RIB the test edits, peer states it sets, and what the
+    cycle told it."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, Route] = {}
+        self._changes: dict[str, Route | None] = {}
+        self.peer_states: dict[str, str] = {}
+        self.policies: list = []
+        self.desired: list[frozenset[str]] = []
+        self.configs: list = []
+        self.starts = 1
+        self.exabgp_pid = None
+
+    def learn(self, prefix: str, *nexthops: str) -> None:
+        route = Route(tuple(sorted(nexthops)), (TOR,))
+        self.best[prefix] = self._changes[prefix] = route
+
+    def withdraw(self, prefix: str) -> None:
+        del self.best[prefix]
+        self._changes[prefix] = None
+
+    def take_route_changes(self):
+        changes, self._changes = self._changes, {}
+        return changes
+
+    def routes(self):
+        return dict(self.best)
+
+    def status(self):
+        return [PeerStatus(a, 64601, s, 0.0, 1.0 if s == "established" else None, 0,
+                           len(self.best), 0, 0, {}, "", None)
+                for a, s in sorted(self.peer_states.items())]
+
+    def counters(self):
+        return {"updates": 0}
+
+    def set_policy(self, policy) -> None:
+        self.policies.append(policy)
+
+    def set_desired(self, prefixes) -> None:
+        self.desired.append(frozenset(prefixes))
+
+    def update_config(self, config) -> None:
+        self.configs.append(config)
+
+
+class FakeWorkloads:
+    records: list = []
+
+    def poll(self) -> bool:
+        return False
+
+    def workloads(self):
+        return ()
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.ready_calls: list[str] = []
+
+    def ready(self, status: str) -> None:
+        self.ready_calls.append(status)
+
+    def watchdog(self, now: float) -> None:
+        pass
+
+
+class RecordingSysctls(Sysctls):
+    """/proc/sys of a namespace that has every key, recorded in a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[tuple[str, ...], str] = {}
+
+    def get(self, key):
+        return self.values.get(key, "0")
+
+    def set(self, key, value) -> bool:
+        changed = self.values.get(key) != value
+        self.values[key] = value
+        return changed
+
+
+class RecordingNat(NatOutgoing):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+
+    def _run(self, script: str) -> None:
+        self.scripts.append(script)
+
+
+# --- the rig ---------------------------------------------------------------------------
+def kv(key_: str, value: bytes) -> KV:
+    return KV(key_, value, 1, 1)
+
+
+def pool_kv(cidr: str = "198.19.0.0/16") -> KV:
+    return kv(f"/nr/ipam/v1/pools/{cidr.replace('/', '-')}",
+              json.dumps(Pool.new(cidr, 26).to_dict()).encode())
+
+
+def block_kv(cidr: str, node: str, allocations=None) -> KV:
+    import ipaddress
+
+    b = Block(ipaddress.ip_network(cidr), ipaddress.ip_network("198.19.0.0/16"), node,
+              state="confirmed", allocations=allocations or {})
+    return kv(f"/nr/ipam/v1/blocks/198.19.0.0-16/{cidr.replace('/', '-')}", b.to_json())
+
+
+def node_kv(n: NodeInfo) -> KV:
+    return kv(f"/nr/nodes/{n.name}", n.to_json())
+
+
+class Rig:
+    def __init__(self, config: str = CONFIG) -> None:
+        self.cfg = load_text(config, environ={})
+        self.kernel = FakeKernel()
+        self.routes = RouteTable(driver=self.kernel, protocol=PROTO, class_order=CLASS_ORDER)
+        sysctls = RecordingSysctls()
+        self.nat = RecordingNat()
+        self.dp = Dataplane(
+            routes=self.routes, sysctls=sysctls,
+            tunnels=TunnelDeviceManager(None, self.routes),
+            remote=RemoteBlockManager(self.routes, LocalUnderlay("eth0", ("198.18.1.11/24",))),
+            workloads=WorkloadManager(self.routes, sysctls),
+            blackholes=BlackholeManager(self.routes), nat=self.nat)
+        self.state = NodeState("node-a1")
+        self.speaker = FakeSpeaker()
+        self.notifier = FakeNotifier()
+        self.metrics = Metrics()
+        self.cycle = Cycle(self.cfg, self.state, FakeWorkloads(), self.speaker, self.dp,
+                           self.notifier, self.metrics, Health(), started_at=0.0,
+                           uplink_mtu=1500)
+
+    def sync(self, blocks=None, nodes=(A1, A2)) -> None:
+        if blocks is None:
+            blocks = (block_kv(OWN_BLOCK, "node-a1"), block_kv(A2_BLOCK, "node-a2"))
+        for name, kvs in (("nodes", [node_kv(n) for n in nodes]), ("pools", [pool_kv()]),
+                          ("blocks", list(blocks))):
+            if self.state.apply(("snapshot", name, 1, kvs)).changed:
+                self.cycle.mark_dirty()
+
+    def ours(self) -> dict:
+        return self.kernel.of_protocol(PROTO)
+
+
+STALE = "198.19.200.0/26"   # a route of ours from before the restart, no longer desired
+
+
+def test_nothing_is_swept_before_the_datastore_and_learned_routes_are_in_sync():
+    rig = Rig()
+    rig.kernel.add_foreign(STALE, via(TOR, 2), PROTO)
+    rig.kernel.add_foreign("198.18.50.0/24", via(TOR, 2), 186)    # someone else's
+    rig.speaker.peer_states = {"198.18.1.12": "connected"}
+
+    rig.cycle.run(1.0)                         # etcd not in sync: nothing calculated
+    assert key(STALE) in rig.ours() and rig.cycle.snapshot.datastore_in_sync is False
+
+    rig.sync()
+    rig.cycle.run(2.0)                         # in sync, but the peer is not up yet
+    assert rig.ours()[key(OWN_BLOCK)] == BLACKHOLE           # new routes go in at once
+    assert key(STALE) in rig.ours()                          # ...stale ones stay
+    assert rig.cycle.snapshot.routes_swept is False
+
+    rig.speaker.peer_states = {"198.18.1.12": "established"}
+    rig.cycle.run(3.0)                         # established: settle time starts now
+    rig.cycle.run(3.0 + LEARNED_SETTLE_SECONDS - 0.1)
+    assert key(STALE) in rig.ours() and not rig.cycle.snapshot.routes_swept
+
+    rig.cycle.run(3.0 + LEARNED_SETTLE_SECONDS)
+    assert key(STALE) not in rig.ours()
+    assert rig.cycle.snapshot.routes_swept is True
+    assert rig.kernel.routes[key("198.18.50.0/24")][0] == 186  # never ours to touch
+
+
+def test_without_peers_the_graceful_restart_time_bounds_the_wait():
+    rig = Rig()
+    rig.kernel.add_foreign(STALE, via(TOR, 2), PROTO)
+    rig.speaker.peer_states = {"198.18.1.12": "connected"}       # never comes up
+    rig.sync()
+    rig.cycle.run(59.0)
+    assert key(STALE) in rig.ours()
+    rig.cycle.run(60.0)                                          # restart_time: 60
+    assert key(STALE) not in rig.ours()
+
+
+def test_learned_routes_reach_the_kernel_through_the_dataplane_and_leave_again():
+    rig = Rig()
+    rig.sync()
+    rig.speaker.learn("0.0.0.0/0", TOR)
+    rig.speaker.learn(A2_BLOCK, A2.address)
+    # Accepted before we owned the block (the import policy refuses it from then on):
+    # the context's own-block check keeps it out of the kernel.
+    rig.speaker.learn("198.19.1.8/32", TOR)
+    rig.cycle.run(1.0)
+    assert rig.ours()[key("0.0.0.0/0")] == via(TOR, 2)
+    assert rig.ours()[key(A2_BLOCK)] == via(A2.address, 2)      # remote block, same subnet
+    snap = rig.cycle.snapshot
+    assert snap.route_counts() == {"workload": 0, "remote-blocks": 1, "bgp": 1,
+                                   "blackhole": 1}
+    assert key("198.19.1.8/32") not in rig.ours()
+    assert snap.pending == (("198.19.1.8/32", "inside one of our own blocks"),)
+
+    rig.speaker.withdraw("0.0.0.0/0")
+    rig.speaker.withdraw("198.19.1.8/32")
+    rig.cycle.run(2.0)
+    assert key("0.0.0.0/0") not in rig.ours()
+    assert rig.cycle.snapshot.pending == ()
+
+
+def test_a_failed_route_stays_dirty_and_goes_in_on_a_later_cycle():
+    rig = Rig()
+    rig.sync()
+    rig.kernel.fail_once[key("198.19.9.0/26")] = errno.ENETUNREACH
+    rig.speaker.learn("198.19.9.0/26", TOR)
+    rig.speaker.learn("198.19.10.0/26", TOR)
+    summary = rig.cycle.run(1.0)
+    assert "failed=1" in summary
+    assert key("198.19.9.0/26") not in rig.ours()
+    assert key("198.19.10.0/26") in rig.ours()                   # the other is not blocked
+    assert rig.metrics.reconcile_errors._value.get() == 1        # noqa: SLF001
+    assert rig.cycle.snapshot.readiness["dataplane_applied"] is False
+
+    rig.cycle.run(2.0)                                           # nothing new: a retry
+    assert rig.ours()[key("198.19.9.0/26")] == via(TOR, 2)
+    assert rig.cycle.snapshot.readiness["dataplane_applied"] is True
+
+
+def test_reload_changes_the_peers_and_keeps_the_rest():
+    rig = Rig()
+    rig.sync()
+    rig.cycle.run(1.0)
+    assert [p.address for p in rig.speaker.configs[-1].peers] == ["198.18.1.12"]   # mesh
+    calls = len(rig.speaker.configs)
+    rig.cycle.run(2.0)
+    assert len(rig.speaker.configs) == calls                    # unchanged: not re-sent
+
+    reloaded = load_text(CONFIG.replace("  restart_time: 60\n", """\
+  restart_time: 60
+  peers:
+    - address: 198.18.1.1
+      as_number: 64701
+      description: tor-a
+"""), environ={})
+    rig.cycle.set_config(reloaded)
+    rig.cycle.run(3.0)
+    assert [p.address for p in rig.speaker.configs[-1].peers] == ["198.18.1.1", "198.18.1.12"]
+    assert rig.cycle.snapshot.peer_descriptions["198.18.1.1"] == "tor-a"
+    assert rig.ours()[key(OWN_BLOCK)] == BLACKHOLE               # the dataplane stays
+
+
+def test_one_frozen_snapshot_per_run_that_later_runs_do_not_change():
+    rig = Rig()
+    rig.sync(blocks=(block_kv(OWN_BLOCK, "node-a1"),
+                     block_kv(A2_BLOCK, "node-a2",
+                              {5: Allocation("k8s-pod-network.c1", 1, "node-a1")})))
+    rig.speaker.peer_states = {"198.18.1.12": "established"}
+    rig.speaker.learn("198.19.9.0/26", TOR)
+    rig.cycle.run(1.0)
+    first = rig.cycle.snapshot
+    assert first.cycle == 1 and first.taken_at == 1.0
+    assert first.own_blocks == (OWN_BLOCK,)
+    assert first.announce == frozenset({OWN_BLOCK, "198.19.2.5/32"})   # + a borrowed /32
+    assert [p.address for p in first.peers] == ["198.18.1.12"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.last_error = "x"  # type: ignore[misc]
+
+    rig.speaker.learn("198.19.10.0/26", TOR)
+    rig.state.apply(("event", "blocks", WatchEvent(
+        "delete", "/nr/ipam/v1/blocks/198.19.0.0-16/198.19.2.0-26", b"", 2)))
+    rig.cycle.mark_dirty()
+    rig.cycle.run(2.0)
+    second = rig.cycle.snapshot
+    assert second.cycle == 2 and second is not first
+    assert second.announce == frozenset({OWN_BLOCK})
+    assert set(second.learned) == {"198.19.9.0/26", "198.19.10.0/26"}
+    # The first snapshot still shows what was true then.
+    assert first.announce == frozenset({OWN_BLOCK, "198.19.2.5/32"})
+    assert set(first.learned) == {"198.19.9.0/26"}
+    assert "198.19.10.0/26" not in first.desired_routes.winners()
+    assert second.desired_routes.winners()["198.19.10.0/26"][0] == "bgp"
+
+
+def test_the_views_answer_from_snapshots_while_the_cycle_churns():
+    """The status API's views on another thread while the loop learns and withdraws
+    routes: every answer is complete JSON and none fails (issue 13's race)."""
+    rig = Rig()
+    rig.sync()
+    rig.cycle.run(0.0)
+    errors: list[str] = []
+    answers = 0
+    stop = threading.Event()
+
+    def reader() -> None:
+        nonlocal answers
+        while not stop.is_set():
+            snap = rig.cycle.snapshot
+            try:
+                for data in (status_view(snap), peers_view(snap), routes_view(snap, {})):
+                    json.loads(json.dumps(data, default=str))
+                answers += 1
+            except Exception as exc:  # noqa: BLE001 - counted, shown below
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(300):
+            for j in range(20):
+                prefix = f"198.18.{100 + j}.{i % 64 * 4}/30"
+                if (i + j) % 2:
+                    rig.speaker.learn(prefix, TOR)
+                elif prefix in rig.speaker.best:
+                    rig.speaker.withdraw(prefix)
+            rig.cycle.run(float(i))
+    finally:
+        stop.set()
+        t.join()
+    assert errors == [] and answers > 0
+    assert rig.cycle.snapshot.cycle == 301
+
+
+def test_a_node_that_leaves_turns_its_block_into_a_plain_route_or_nothing():
+    rig = Rig()
+    rig.sync()
+    rig.speaker.learn(A2_BLOCK, A2.address)
+    rig.cycle.run(1.0)
+    assert rig.cycle.snapshot.route_counts()["remote-blocks"] == 1
+    rig.state.apply(("event", "nodes", WatchEvent("delete", "/nr/nodes/node-a2", b"", 2)))
+    rig.cycle.mark_dirty()
+    rig.cycle.run(2.0)
+    # Not a node any more: the route via its address is plain routing now.
+    assert rig.cycle.snapshot.route_counts()["remote-blocks"] == 0
+    assert rig.cycle.snapshot.desired_routes.winners()[A2_BLOCK][0] == "bgp"
+    assert rig.ours()[key(A2_BLOCK)] == via(A2.address, 2)
