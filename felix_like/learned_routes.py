@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from felix_like.classify import Classified, classify_path, classify_prefix
 from felix_like.routetable import RouteTable
 from felix_like.updates import (
+    CLASS_BGP,
     LearnedContext,
     LearnedContextUpdate,
     LearnedRoute,
@@ -36,8 +37,6 @@ from felix_like.updates import (
     RemoteBlock,
     Target,
 )
-
-ROUTE_CLASS = "bgp"
 
 
 class LearnedRoutes:
@@ -48,7 +47,7 @@ class LearnedRoutes:
     route via another node is a plain route.
     """
 
-    def __init__(self, table: RouteTable, route_class: str = ROUTE_CLASS,
+    def __init__(self, table: RouteTable, route_class: str = CLASS_BGP,
                  on_block_update: Callable[[RemoteBlock], None] | None = None,
                  on_block_remove: Callable[[str], None] | None = None) -> None:
         self.table = table

@@ -28,6 +28,11 @@ from felix_like.nat import NatOutgoing
 from felix_like.routetable import ApplyResult, DesiredRoutes, RouteTable
 from felix_like.sysctls import SysctlError, Sysctls, conf_key, node_sysctls
 from felix_like.updates import (
+    CLASS_BGP,
+    CLASS_BLACKHOLE,
+    CLASS_ORDER,
+    CLASS_REMOTE_BLOCKS,
+    CLASS_WORKLOAD,
     DataplaneUpdate,
     IpipDeviceUpdate,
     OwnBlocksUpdate,
@@ -41,16 +46,19 @@ from felix_like.updates import (
     WorkloadsUpdate,
 )
 from tunnels.devices import VxlanParams, ensure_ipip, ensure_vxlan, probe_kind, sync_vxlan_peers
-from tunnels.encap import Encap, LocalUnderlay, PoolEncap, Vtep, route_for_block
+from tunnels.encap import (
+    IPIP_DEVICE,
+    VXLAN_DEVICE,
+    Encap,
+    LocalUnderlay,
+    PoolEncap,
+    Vtep,
+    route_for_block,
+)
 from tunnels.errors import TunnelError
 
 log = structlog.get_logger("felix_like.managers")
 
-CLASS_WORKLOAD = "workload"
-CLASS_REMOTE_BLOCKS = "remote-blocks"
-CLASS_BGP = "bgp"
-CLASS_BLACKHOLE = "blackhole"
-CLASS_ORDER = (CLASS_WORKLOAD, CLASS_REMOTE_BLOCKS, CLASS_BGP, CLASS_BLACKHOLE)
 
 
 # --- pure calculation ------------------------------------------------------------------
@@ -94,8 +102,8 @@ def compute_remote_routes(pools: Mapping[str, PoolEncap], blocks: Iterable[Remot
 class RemoteBlockManager:
     routes: RouteTable
     local: LocalUnderlay
-    vxlan_device: str = "vxlan.nr"
-    ipip_device: str = "tunl0"
+    vxlan_device: str = VXLAN_DEVICE
+    ipip_device: str = IPIP_DEVICE
     pools: dict[str, PoolEncap] = field(default_factory=dict)
     blocks: dict[str, RemoteBlock] = field(default_factory=dict)
     nodes: dict[str, RemoteNode] = field(default_factory=dict)
@@ -199,7 +207,7 @@ class TunnelDeviceManager:
                 changed |= r.created or r.recreated
                 self._vteps_applied = None
             if changed:  # indexes changed: re-resolve routes through the tunnel devices
-                names = {"tunl0"} | ({self.vxlan.name} if self.vxlan else set())
+                names = {IPIP_DEVICE} | ({self.vxlan.name} if self.vxlan else set())
                 self.routes.on_links_changed(names)
             self._dirty = False
         if self.vxlan is not None and self._vteps is not None \
@@ -328,7 +336,7 @@ class Dataplane:
 
     @classmethod
     def create(cls, ipr, routes: RouteTable, local: LocalUnderlay, netns: str | None = None,
-               vxlan_device: str = "vxlan.nr", rp_filter: str | None = None) -> Dataplane:
+               vxlan_device: str = VXLAN_DEVICE, rp_filter: str | None = None) -> Dataplane:
         sysctls = Sysctls(netns)
         return cls(routes=routes, sysctls=sysctls,
                    tunnels=TunnelDeviceManager(ipr, routes),
@@ -339,7 +347,7 @@ class Dataplane:
 
     @classmethod
     def for_node(cls, ipr, local: LocalUnderlay, protocol: int, resync_interval: float,
-                 clock, vxlan_device: str = "vxlan.nr") -> Dataplane:
+                 clock, vxlan_device: str = VXLAN_DEVICE) -> Dataplane:
         """The daemon's dataplane: a route table over real netlink (``ipr``'s namespace)
         owning ``protocol``, and every manager; the route table stays inside."""
         from felix_like.routetable import KernelRouteDriver

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from felix_like.errors import DataplaneError
+
 log = structlog.get_logger("felix_like.nat")
 
 DEFAULT_TABLE = "noderouter_nat"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 
 
-class NatError(RuntimeError):
+class NatError(DataplaneError, RuntimeError):
     pass
 
 

@@ -44,6 +44,8 @@ from typing import TypeAlias
 
 import structlog
 
+from felix_like.errors import DataplaneError
+
 log = structlog.get_logger("felix_like.nlwire")
 
 RouteKey: TypeAlias = tuple[int, bytes, int, int]
@@ -116,7 +118,7 @@ DEFAULT_CHUNK = 4096  # requests per send: ~230 KB, well under the forced sndbuf
 _SOCK_BUF = 32 * 1024 * 1024
 
 
-class NetlinkError(OSError):
+class NetlinkError(DataplaneError, OSError):
     """A netlink exchange failed as a whole (not a per-route error)."""
 
 

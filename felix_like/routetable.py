@@ -38,6 +38,7 @@ from typing import Protocol
 
 import structlog
 
+from felix_like.errors import DataplaneError
 from felix_like.nlwire import (
     MULTIPATH_OIF,
     OP_ADD,
@@ -65,7 +66,7 @@ ROUTE_TYPES = {"unicast": RTN_UNICAST, "blackhole": RTN_BLACKHOLE,
 DEFAULT_RESYNC_INTERVAL = 90.0
 
 
-class RouteTableError(ValueError):
+class RouteTableError(DataplaneError, ValueError):
     """A route target that can never be programmed (bad CIDR, unmanaged table...)."""
 
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import structlog
 
+from felix_like.errors import DataplaneError
+
 log = structlog.get_logger("felix_like.sysctls")
 
 
-class SysctlError(RuntimeError):
+class SysctlError(DataplaneError, RuntimeError):
     pass
 
 

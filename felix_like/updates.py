@@ -27,6 +27,16 @@ from tunnels.encap import PoolEncap, Vtep
 RT_TABLE_MAIN = 254  # the kernel's main routing table (rtnetlink RT_TABLE_MAIN)
 
 
+# --- route classes: who produces a route (one producer per class) -----------------------
+# Listed highest priority first in CLASS_ORDER: when two classes want one key the earlier
+# wins (a local workload /32 beats a borrowed /32 learned over BGP).
+CLASS_WORKLOAD = "workload"
+CLASS_REMOTE_BLOCKS = "remote-blocks"
+CLASS_BGP = "bgp"
+CLASS_BLACKHOLE = "blackhole"
+CLASS_ORDER = (CLASS_WORKLOAD, CLASS_REMOTE_BLOCKS, CLASS_BGP, CLASS_BLACKHOLE)
+
+
 # --- routes ----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class NextHop:

@@ -135,7 +135,7 @@ def ensure_ipip(ipr, mtu: int, address: str | None, name: str = IPIP_DEVICE) -> 
     link = _get(ipr, name)
     created = recreated = False
     if link is not None and not _ipip_compatible(link):
-        if name == "tunl0":
+        if name == IPIP_DEVICE:
             raise TunnelError(
                 f"{name} exists but is not a plain ipip device (kind={_kind(link)}, "
                 f"local={_info(link, 'IFLA_IPTUN_LOCAL')}, "

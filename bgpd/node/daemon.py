@@ -27,6 +27,7 @@ from dataclasses import replace
 from bgpd.bgp.speaker import Speaker
 from bgpd.node.calculator import PoolView, tunnel_pools
 from bgpd.node.cycle import LEARNED_SETTLE_SECONDS, Cycle, TunnelAddresses
+from bgpd.node.errors import NodeError
 from bgpd.node.metrics import Health, HealthServer, Metrics
 from bgpd.node.peering import import_policy, speaker_config
 from bgpd.node.registry_store import NodeRegistration, nodes_prefix
@@ -51,7 +52,7 @@ DEFAULT_RUN_DIR = "/run/noderouter"
 DEFAULT_STATE_DIR = "/var/lib/noderouter/cni"
 
 
-class DaemonError(RuntimeError):
+class DaemonError(NodeError, RuntimeError):
     """The daemon cannot start or continue; the message says what and how to fix it."""
 
 

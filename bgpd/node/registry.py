@@ -16,11 +16,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
+from bgpd.node.errors import NodeError
+
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
-class RegistryError(ValueError):
+class RegistryError(NodeError, ValueError):
     """A node record that cannot be used; the message names the node and the field."""
 
 
