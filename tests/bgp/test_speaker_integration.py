@@ -454,3 +454,49 @@ def test_max_prefix_teardown_withdraws_first_under_graceful_restart(fabric, clea
     b.wait_route(OWN_BLOCK, present=False, timeout=10)
     assert not b.established(SPEAKER)
     assert sp.counters().get("teardowns.cease1") == 1
+
+
+def test_peer_tcp_loss_keeps_its_routes_for_the_restart_time(fabric, cleanup):
+    """BIRD killed (no NOTIFICATION: its kernel closes the socket): its route is held
+    stale for its restart time (120 s), as graceful restart intends."""
+    b, sp = bird_and_speaker(fabric, cleanup)
+    wait_for(lambda: "198.19.10.0/26" in sp.routes(), T, what="BIRD's route learned")
+    for d in b.daemons:
+        d.signal(signal.SIGKILL)
+    wait_for(lambda: sp.peer(BIRD).state != "established", T, what="session lost")
+    time.sleep(5)
+    st = sp.peer(BIRD)
+    assert "198.19.10.0/26" in sp.routes() and st.stale == 1, st
+    assert st.last_notification == ""
+
+
+@pytest.mark.parametrize("graceful_restart", [None, 120])
+def test_removed_peer_gets_cease_3_and_keeps_none_of_our_routes(fabric, cleanup,
+                                                                graceful_restart):
+    """FRR (graceful restart on, 120 s) removed from our config: without graceful restart
+    ExaBGP sends Cease 3 (Peer De-configured); with it ExaBGP closes silently, so our
+    routes were withdrawn first. Either way FRR holds none of them stale."""
+    b = bird(fabric, ["198.19.10.0/26"])
+    f = frr(fabric, ["198.19.20.0/26"])
+    cleanup += [b.start(), f.start()]
+    bird_peer = PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")
+    # Passive towards FRR: ExaBGP would reconnect right after the teardown, and the reload
+    # then closes that new session silently -- FRR's last reset would name that instead.
+    sp = Speaker(speaker_config(bird_peer, PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2",
+                                                      passive=True,
+                                                      graceful_restart=graceful_restart)),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    sp.set_desired([OWN_BLOCK], complete=True)
+    cleanup.append(sp.start())
+    wait_for(lambda: established(sp, BIRD) and established(sp, FRR), T, what="both sessions")
+    f.wait_route(OWN_BLOCK, timeout=T)
+    sp.update_config(speaker_config(bird_peer))
+    f.wait_route(OWN_BLOCK, present=False, timeout=10)  # not FRR's 120 s for a restart
+    if graceful_restart is None:
+        import json
+
+        nb = json.loads(f.cli(f"show bgp neighbor {SPEAKER} json"))[SPEAKER]
+        assert (nb["lastErrorCodeSubcode"], nb["lastNotificationReason"]) == \
+            ("0603", "Cease/Peer De-configured"), nb
+    assert sp.peer(FRR) is None and established(sp, BIRD)
+    assert sp.counters()["teardowns.cease3"] == 1
