@@ -78,6 +78,13 @@ BAD = [
      "198.18.2.11 is not inside underlay.subnet 198.18.1.0/24"),
     ("AS out of range", BASE.replace("name: node-a1", "name: node-a1\n  as_number: 0"), 3,
      "node.as_number: 0 is wrong; expected a number from 1 to 4294967295"),
+    # RFC 6286 2.1: the BGP Identifier is a non-zero 32-bit number (issue 18).
+    ("router id zero", BASE.replace("name: node-a1", "name: node-a1\n  router_id: 0.0.0.0"), 3,
+     "node.router_id: '0.0.0.0' is wrong; expected a non-zero BGP identifier (RFC 6286)"),
+    ("underlay address zero as router id",
+     BASE.replace("address: 198.18.1.11", "address: 0.0.0.0").replace(
+         "subnet: 198.18.1.0/24", "subnet: 0.0.0.0/24"), 5,
+     "underlay.address: 0.0.0.0 would be the BGP router id, which must be non-zero"),
     ("AS is a string", BASE.replace("name: node-a1", "name: node-a1\n  as_number: abc"), 3,
      "node.as_number: expected an integer, got 'abc'"),
     ("bad node name", BASE.replace("name: node-a1", "name: Node_A1"), 2,
