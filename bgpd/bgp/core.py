@@ -35,6 +35,7 @@ Rules it implements:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -66,21 +67,27 @@ log = structlog.get_logger("bgpd.bgp.core")
 # A configured peer idle this long with no error reported gets an explanation in its status.
 NO_ANSWER_AFTER = 15.0
 
-# NOTIFICATION error code "Hold Timer Expired" (RFC 4271 4.5).
+# NOTIFICATION error code "Hold Timer Expired" (RFC 4271 4.5) and the Cease subcode
+# "Connection Collision Resolution" (RFC 4486).
 HOLD_TIMER_EXPIRED = 4
+CEASE, CEASE_COLLISION = 6, 7
 
 
-def ends_graceful_restart(code: int | None) -> bool:
-    """Whether a session that ended with a NOTIFICATION of ``code`` (None: none, i.e. TCP
-    loss) ends graceful restart for the peer's routes.
+def ends_graceful_restart(notification: tuple[int, int] | None) -> bool:
+    """Whether an established session that ended with ``notification`` ((code, subcode);
+    None: none, i.e. TCP loss) ends graceful restart for the peer's routes.
 
     RFC 4724 keeps routes stale only when the session is lost; a NOTIFICATION ends the
     session deliberately, unless both sides negotiated RFC 8538's N bit (we never
     advertise it: ExaBGP 5.0.15 has no support). Hold timer expiry (either side's) is kept
     with TCP loss: ExaBGP reports its own expiry as "notification sent (4,0)", but it is
-    the liveness failure graceful restart exists for (and what RFC 8538 keeps too).
+    the liveness failure graceful restart exists for (and what RFC 8538 keeps too). A
+    collision Cease closes one of two connections, not the session.
     """
-    return code is not None and code != HOLD_TIMER_EXPIRED
+    if notification is None:
+        return False
+    code, subcode = notification
+    return code != HOLD_TIMER_EXPIRED and (code, subcode) != (CEASE, CEASE_COLLISION)
 
 
 @dataclass(frozen=True)
@@ -342,8 +349,8 @@ class SpeakerCore:
             if rec is not None:
                 # ExaBGP reports the NOTIFICATION it received before the "down" it causes.
                 rec.last_notification = f"received {event.text}"
-                code = event.text.split("/", 1)[0]
-                rec.notification_code = int(code) if code.isdigit() else 0
+                m = re.match(r"(\d+)/(\d+)", event.text)
+                rec.notification_code = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
             self._inc("notifications")
         elif isinstance(event, Malformed):
             self._inc("malformed_lines")
@@ -401,16 +408,20 @@ class SpeakerCore:
         rec.last_error = reason or rec.last_error
         rec.rejected_now.clear()
         rec.eor_sent = False
-        code = rec.notification_code
+        notification = rec.notification_code
         rec.notification_code = None
         by_notification = notification_in_reason(reason)
         if by_notification is not None:
             direction, code, subcode = by_notification
+            notification = (code, subcode)
             if direction == "sent" or not rec.last_notification:
                 why = f" ({rec.teardown_reason})" if rec.teardown_reason else ""
                 rec.last_notification = f"{direction} {code}/{subcode}{why}"
         held = self.rib.count(rec.address)
-        if ends_graceful_restart(code):
+        # Only the end of an established session: a NOTIFICATION on a reconnect attempt
+        # while the restart timer runs (the peer refusing while it restarts, a collision)
+        # leaves the hold to its timer.
+        if was == "established" and ends_graceful_restart(notification):
             swept = self.rib.drop_peer(rec.address)
             rec.gr_deadline = None
             self.log.info("peer_down", peer=rec.address, reason=reason, dropped=swept,

@@ -74,7 +74,7 @@ class PeerRecord:
     # Set by a NOTIFICATION (received event or "notification sent" down reason), cleared
     # when a session is up again; see PeerStatus.last_notification.
     last_notification: str = ""
-    notification_code: int | None = None  # code of a NOTIFICATION received this session
+    notification_code: tuple[int, int] | None = None  # (code, subcode) received this session
     eor_sent: bool = False  # End-of-RIB sent to it in the current session
     max_prefix_error: str = ""  # why its routes are held down (kept across reconnects)
     teardown_reason: str = ""  # why we asked ExaBGP to tear the session down

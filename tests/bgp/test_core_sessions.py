@@ -81,14 +81,25 @@ def test_a_notification_we_send_ends_graceful_restart_too():
     assert c.routes() == {}
 
 
-def test_a_notification_while_reconnecting_ends_a_running_hold():
+def test_a_notification_on_a_reconnect_attempt_leaves_a_running_hold_to_its_timer():
     c = core()
     gr_session(c)
     c.apply(PeerState(P1, "down", "closing connection"), 10)  # stale until 130
-    c.apply(PeerState(P1, "connected"), 20)
-    c.apply(Notification(P1, "6/5 Connection Rejected"), 20)
-    c.apply(PeerState(P1, "down", "notification received (6,5)"), 20)
+    # The restarting peer refuses us until it is ready; or both sides connect at once.
+    for t, (code, sub) in ((20, (6, 5)), (25, (6, 7))):
+        c.apply(PeerState(P1, "connected"), t)
+        c.apply(Notification(P1, f"{code}/{sub}"), t)
+        c.apply(PeerState(P1, "down", f"notification received ({code},{sub})"), t)
+    assert len(c.routes()) == 2
+    c.tick(130)
     assert c.routes() == {}
+
+
+def test_a_collision_cease_does_not_end_graceful_restart():
+    c = core()
+    gr_session(c)
+    c.apply(PeerState(P1, "down", "notification sent (6,7)"), 10)
+    assert len(c.routes()) == 2
 
 
 def test_last_notification_survives_refused_reconnects_until_the_session_is_back():
@@ -113,8 +124,9 @@ def test_notification_in_reason():
         == ("sent", 4, 0)
     assert notification_in_reason("closing connection") is None
     assert notification_in_reason("") is None
-    assert ends_graceful_restart(6) and ends_graceful_restart(3)
-    assert not ends_graceful_restart(4) and not ends_graceful_restart(None)
+    assert ends_graceful_restart((6, 2)) and ends_graceful_restart((3, 1))
+    assert not ends_graceful_restart((4, 0)) and not ends_graceful_restart(None)
+    assert not ends_graceful_restart((6, 7))
 
 
 def test_notification_event_from_exabgp_json():

@@ -500,3 +500,20 @@ def test_removed_peer_gets_cease_3_and_keeps_none_of_our_routes(fabric, cleanup,
             ("0603", "Cease/Peer De-configured"), nb
     assert sp.peer(FRR) is None and established(sp, BIRD)
     assert sp.counters()["teardowns.cease3"] == 1
+
+
+def test_peer_hold_timer_expiry_keeps_its_routes_for_the_restart_time(fabric, cleanup):
+    """BIRD frozen (SIGSTOP): our 9 s hold timer expires and ExaBGP sends 4/0 -- a
+    NOTIFICATION, but the liveness failure graceful restart is for: routes held stale."""
+    b, sp = bird_and_speaker(fabric, cleanup)
+    wait_for(lambda: "198.19.10.0/26" in sp.routes(), T, what="BIRD's route learned")
+    for d in b.daemons:
+        d.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: sp.peer(BIRD).state != "established", T, what="hold timer expiry")
+        st = sp.peer(BIRD)
+        assert st.last_notification.startswith("sent 4/0"), st
+        assert "198.19.10.0/26" in sp.routes() and st.stale == 1, st
+    finally:
+        for d in b.daemons:
+            d.signal(signal.SIGCONT)
