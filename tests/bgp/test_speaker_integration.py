@@ -401,6 +401,24 @@ def test_peer_cease_drops_its_routes_at_once_and_keeps_the_notification(fabric, 
     assert sp.peer(BIRD).last_notification == ""
 
 
+def test_frr_neighbor_shutdown_drops_its_routes_at_once(fabric, cleanup):
+    """FRR (graceful restart on, 120 s) shuts our neighbour down: Cease 6/2 with its
+    shutdown message; its routes go at once, not after 120 s."""
+    f = frr(fabric, ["198.19.20.0/26"])
+    cleanup.append(f.start())
+    sp = Speaker(speaker_config(PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2")),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    sp.set_desired([OWN_BLOCK], complete=True)
+    cleanup.append(sp.start())
+    wait_for(lambda: "198.19.20.0/26" in sp.routes(), T, what="FRR's route learned")
+    assert sp.peer(FRR).graceful_restart == 120
+    f.configure(f"router bgp {FRR_AS}", f"neighbor {SPEAKER} shutdown message maintenance")
+    wait_for(lambda: "198.19.20.0/26" not in sp.routes(), 20, what="FRR's route gone")
+    st = sp.peer(FRR)
+    assert st.stale == 0 and st.last_notification.startswith("received 6/2"), st
+    assert "maintenance" in st.last_notification, st
+
+
 class SlowBird(BirdRouter):
     """BIRD waiting 30 s before it connects again after an error (the lab's 1 s would
     have the session back before we can look at what it kept)."""
