@@ -206,6 +206,13 @@ def test_check_config_cli_exit_codes(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 1
     assert f"{bad}:10: bgp.hold_time: 2 is wrong" in res.stderr
+    zero_id = tmp_path / "zero-id.yaml"  # issue 18: used to print "ok"
+    zero_id.write_text(BASE.replace("name: node-a1", "name: node-a1\n  router_id: 0.0.0.0"))
+    res = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config", str(zero_id)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert f"{zero_id}:3: node.router_id: '0.0.0.0' is wrong; expected a non-zero BGP " \
+           "identifier (RFC 6286)" in res.stderr, res.stderr
     usage = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config"],
                            capture_output=True, text=True)
     assert usage.returncode == 2
