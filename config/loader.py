@@ -274,6 +274,9 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     u = cfg.underlay
     if u.address not in u.subnet:
         out.append(("underlay.address", f"{u.address} is not inside underlay.subnet {u.subnet}"))
+    if cfg.node.router_id is None and int(u.address) == 0:
+        out.append(("underlay.address", f"{u.address} would be the BGP router id, which must "
+                                        "be non-zero (RFC 6286); set node.router_id"))
     seen: dict[ipaddress.IPv4Address, int] = {}
     for i, p in enumerate(cfg.bgp.peers):
         if p.address == u.address:

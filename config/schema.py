@@ -85,6 +85,12 @@ def _ifname(v: str):
     return None
 
 
+def _bgp_identifier(v: IPv4Address):
+    # RFC 6286 2.1 (and RFC 4271 6.2): a BGP Identifier of 0 is an error; peers refuse
+    # the OPEN (Bad BGP Identifier), after the node has started and registered (issue 18).
+    return None if int(v) != 0 else "a non-zero BGP identifier (RFC 6286)"
+
+
 def _node_name(v: str):
     import re
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", v):
@@ -136,7 +142,8 @@ class NodeSection:
     as_number: int = param(64512, check=in_range(1, 4294967295),
                            help="The node's BGP AS number (per node or per rack).")
     router_id: IPv4Address | None = param(
-        None, help="BGP router id (default: the underlay address).")
+        None, check=_bgp_identifier,
+        help="BGP router id, non-zero (default: the underlay address).")
 
 
 @dataclass(frozen=True)

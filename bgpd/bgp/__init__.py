@@ -19,5 +19,10 @@ Review notes (invariants)
 - Imports nothing of ``bgpd.node``, ``bgpd.cni`` or ``bgpd.cli`` (import-linter).
 - ExaBGP never touches the FIB; the RIB's changes leave this room as values.
 - Every command line written to ExaBGP is acknowledged and read (exabgp #1168).
-- After ExaBGP (re)starts or a peer comes up, the whole desired set is re-announced.
+- After ExaBGP (re)starts or a peer comes up, the whole desired set is re-announced;
+  End-of-RIB follows only once the node marked its announcements complete (issue 18).
+- Graceful restart holds a peer's routes only when its session was lost (TCP, hold timer,
+  ExaBGP restart), never after a NOTIFICATION ended it (issue 18).
+- A session we end on purpose ends with a Cease (RFC 4486) or, where ExaBGP would close
+  silently (our graceful restart), after our routes to that peer were withdrawn.
 """

@@ -39,6 +39,7 @@ avoids per-route objects.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 FAMILY = "ipv4 unicast"
@@ -135,6 +136,19 @@ def notification_text(code: object, subcode: object, data_hex: object, message: 
     text = (str(message) if isinstance(message, str) and message.isprintable()
             and "\ufffd" not in message else str(data_hex))
     return f"{code}/{subcode} {text}" if text and text != "0x" else f"{code}/{subcode}"
+
+
+_DOWN_BY_NOTIFICATION = re.compile(r"notification (sent|received) \((\d+),(\d+)\)")
+
+
+def notification_in_reason(reason: str) -> tuple[str, int, int] | None:
+    """``("received", 6, 2)`` when ExaBGP's "down" reason says a NOTIFICATION ended the
+    session (``"notification received (6,2)"``, ``"notification sent (4,0)"``; its
+    reactor/peer.py ``_run``), else None (TCP loss: ``"closing connection"``, ...)."""
+    m = _DOWN_BY_NOTIFICATION.search(reason or "")
+    if m is None:
+        return None
+    return m.group(1), int(m.group(2)), int(m.group(3))
 
 
 def parse_line(raw: bytes | str) -> Event:

@@ -15,6 +15,11 @@ from collections.abc import Iterable, Iterator
 
 BATCH = 500  # prefixes per line: well below ExaBGP's message packing limits
 
+# Cease NOTIFICATION subcodes (RFC 4486) we send with ``teardown``.
+CEASE_MAX_PREFIXES = 1
+CEASE_ADMIN_SHUTDOWN = 2
+CEASE_PEER_DECONFIGURED = 3
+
 
 class CommandError(ValueError):
     """A value cannot be spliced into an ExaBGP command safely."""
@@ -78,8 +83,10 @@ def eor(neighbor: str) -> str:
 def teardown(neighbor: str, subcode: int) -> str:
     """Cease with ``subcode`` (RFC 4486: 1 max prefixes, 2 admin shutdown, 3 de-configured).
 
-    Note: ExaBGP 5.0.15 closes silently (no NOTIFICATION) when graceful restart was
-    negotiated (reactor/peer.py); the session still goes down.
+    Note: ExaBGP 5.0.15 closes silently (no NOTIFICATION) when our OPEN announced graceful
+    restart (reactor/peer.py ``_main``: ``neighbor['capability']['graceful-restart']`` and
+    the sent OPEN's capability; what the peer announced does not matter); the session
+    still goes down. The core withdraws our routes from such a peer first (``Teardown``).
     """
     if not 1 <= int(subcode) <= 10:
         raise CommandError(f"Cease subcode {subcode!r} out of range 1..10")
@@ -90,5 +97,29 @@ def route_refresh(neighbor: str) -> str:
     return f"neighbor {address(neighbor)} announce route-refresh ipv4 unicast"
 
 
+def updates_sent(answer_lines: list[str], neighbor: str) -> int | None:
+    """UPDATE messages ExaBGP has sent to ``neighbor`` in its current session, from the
+    answer to ``SHOW_NEIGHBORS_JSON`` (one JSON list; ``messages.sent.update`` per peer,
+    exabgp/bgp/neighbor.py ``as_dict``). None when absent or unreadable."""
+    import json
+
+    want = address(neighbor)
+    for line in answer_lines:
+        try:
+            peers = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(peers, list):
+            continue
+        for p in peers:
+            try:
+                if p["peer"]["address"] == want:
+                    return int(p["messages"]["sent"]["update"])
+            except (KeyError, TypeError, ValueError):
+                continue
+    return None
+
+
 RELOAD = "reload"
+SHOW_NEIGHBORS_JSON = "show neighbor json"
 SUMMARY = "show neighbor summary"

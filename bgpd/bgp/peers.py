@@ -25,9 +25,35 @@ class PeerStatus:
     rejected: dict[str, int]  # counters since start, by reason
     last_error: str
     graceful_restart: int | None  # the peer's restart time (from its OPEN)
+    # The NOTIFICATION that ended the last session ("received 6/2 Shutdown Communication:
+    # \"bye\"", "sent 6/1 ..."), kept until a session is up again: the failed reconnects
+    # that follow must not hide why the peer left (issue 18).
+    last_notification: str = ""
+    received_total: int = 0  # prefixes received in UPDATEs since start (monotonic)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class PeerCounters:
+    """Monotonic per-peer counters for the life of the speaker (issue 18, metrics).
+
+    They survive session flaps, ExaBGP restarts and the peer's removal from and return to
+    the config (the core keeps them by address), so an exporter can publish them as
+    Prometheus counters: no value ever goes down.
+    """
+
+    received: int = 0  # prefixes in UPDATE NLRI from the peer, rejected ones included
+    rejected: dict[str, int] = field(default_factory=dict)  # by import-policy reason
+
+
+@dataclass(frozen=True)
+class PeerCounts:
+    """An immutable snapshot of one peer's ``PeerCounters``."""
+
+    received: int
+    rejected: dict[str, int]
 
 
 @dataclass
@@ -44,7 +70,15 @@ class PeerRecord:
     last_error: str = ""
     watched_since: float | None = None  # first tick after the peer was configured
     rejected_now: dict[str, tuple] = field(default_factory=dict)  # prefix -> (nh, attrs, reason)
-    rejected_count: dict[str, int] = field(default_factory=dict)
+    counters: PeerCounters = field(default_factory=PeerCounters)
+    # Set by a NOTIFICATION (received event or "notification sent" down reason), cleared
+    # when a session is up again; see PeerStatus.last_notification.
+    last_notification: str = ""
+    notification_code: tuple[int, int] | None = None  # (code, subcode) received this session
+    eor_sent: bool = False  # End-of-RIB sent to it in the current session
+    max_prefix_error: str = ""  # why its routes are held down (kept across reconnects)
+    teardown_reason: str = ""  # why we asked ExaBGP to tear the session down
+    deconfigured: bool = False  # being removed from the config: announce nothing on "up"
 
     def set_state(self, state: str, now: float) -> None:
         if state != self.state:
@@ -56,4 +90,5 @@ class PeerRecord:
             self.established_at = None
 
     def count(self, reason: str, n: int = 1) -> None:
-        self.rejected_count[reason] = self.rejected_count.get(reason, 0) + n
+        rejected = self.counters.rejected
+        rejected[reason] = rejected.get(reason, 0) + n

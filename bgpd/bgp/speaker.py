@@ -6,10 +6,13 @@ Public API (what the node daemon calls)::
                  on_change=wake_event.set)          # called (cheaply) when routes/status change
     sp.start()                                      # socket, config file, ExaBGP child, threads
     sp.set_desired({"198.19.1.0/26", ...})          # owned blocks + borrowed /32s, next-hop self
+    sp.set_desired(prefixes, complete=True)         # ... computed from a full sync: EoR may go
+    sp.mark_announcements_complete()                # (the same, without a new set)
     sp.set_policy(policy)                           # e.g. after claiming/releasing a block
     sp.update_config(new_config)                    # peers added/removed: ExaBGP ``reload``
     changes = sp.take_route_changes()               # {prefix: Route | None} for the dataplane
     sp.routes(); sp.status(); sp.counters()         # RIB, [PeerStatus], {name: int}
+    sp.peer_counters()                              # {peer: PeerCounts}, monotonic (metrics)
     sp.stop(withdraw=True)                          # deliberate stop (see below)
     sp.stop(withdraw=False)                         # restart/upgrade: peers keep routes (GR)
 
@@ -31,6 +34,10 @@ not feasible without dropping GR. ``stop(withdraw=True)`` therefore withdraws ev
 announce, waits until ExaBGP's adj-rib-out is empty (the withdraws are out), then tears the
 sessions down and terminates ExaBGP: peers lose our routes at once instead of keeping them
 stale for the restart time.
+
+Teardowns the core decides (max-prefix: Cease 1; a peer removed from the config: Cease 3)
+follow the same rule per peer (``_carry_out_teardown``): withdraw what we announce to it
+when ExaBGP would close silently, wait until those UPDATEs are out, then ``teardown``.
 """
 
 from __future__ import annotations
@@ -50,11 +57,11 @@ from dataclasses import dataclass
 import structlog
 
 from bgpd.bgp import exabgp_commands as cmds
-from bgpd.bgp.core import SpeakerCore
+from bgpd.bgp.core import SpeakerCore, Teardown
 from bgpd.bgp.events import Ack, Answer, RelayHello, parse_line
 from bgpd.bgp.exabgp_config import SpeakerConfig, environment, render
 from bgpd.bgp.import_policy import ImportPolicy
-from bgpd.bgp.peers import PeerStatus
+from bgpd.bgp.peers import PeerCounts, PeerStatus
 from bgpd.bgp.rib import Route
 
 log = structlog.get_logger("bgpd.bgp.speaker")
@@ -466,8 +473,50 @@ class Speaker:
             return
         with self.lock:
             lines = self.core.take_commands()
+            teardowns = self.core.take_teardowns()
         for line in lines:
             self._send(line)
+        for td in teardowns:
+            # Its own thread: it waits for acks, which only the reader thread (which may
+            # be the caller) can deliver.
+            threading.Thread(target=self._carry_out_teardown, args=(td,),
+                             name="bgp-teardown", daemon=True).start()
+
+    def _updates_sent(self, peer: str, deadline: float) -> int | None:
+        p = self._send(cmds.SHOW_NEIGHBORS_JSON)
+        if not p.done.wait(max(0.0, deadline - time.monotonic())) or not p.ok:
+            return None
+        return cmds.updates_sent(p.answers, peer)
+
+    def _carry_out_teardown(self, td: Teardown, timeout: float = 5.0) -> bool:
+        """Withdraw ``td.withdraw`` from the peer, then ``teardown`` with its Cease subcode.
+
+        An ack only says ExaBGP queued the withdraws in the neighbour's adj-rib-out; its
+        peer loop sends them on a later reactor turn, and it stops sending as soon as a
+        teardown is flagged (reactor/peer.py ``_main`` leaves its loop), so we wait until
+        ExaBGP's count of UPDATEs sent to the peer moved (``show neighbor json``) before
+        the teardown. Returns whether ExaBGP acknowledged the teardown.
+        """
+        deadline = time.monotonic() + timeout
+        if td.withdraw:
+            before = self._updates_sent(td.peer, deadline)
+            pend = [self._send(line) for line in td.withdraw]
+            for p in pend:
+                p.done.wait(max(0.0, deadline - time.monotonic()))
+            sent = before
+            while before is not None and time.monotonic() < deadline:
+                sent = self._updates_sent(td.peer, deadline)
+                if sent is None or sent > before:
+                    break
+                time.sleep(0.1)
+            if before is None or sent is None or sent <= before:
+                self.log.warning("teardown_withdraw_unconfirmed", peer=td.peer,
+                                 subcode=td.subcode, updates_before=before, updates_now=sent)
+        p = self._send(cmds.teardown(td.peer, td.subcode))
+        ok = p.done.wait(max(0.1, deadline - time.monotonic())) and bool(p.ok)
+        self.log.info("teardown_sent", peer=td.peer, cease_subcode=td.subcode,
+                      withdrew=len(td.withdraw), ok=ok)
+        return ok
 
     def _writer_loop(self) -> None:
         while True:
@@ -496,9 +545,16 @@ class Speaker:
             raise SpeakerError(f"no ack from ExaBGP for {line[:60]!r} within {timeout}s")
         return bool(p.ok), p.answers
 
-    def set_desired(self, prefixes: Iterable[str]) -> None:
+    def set_desired(self, prefixes: Iterable[str], complete: bool = False) -> None:
+        """``complete``: the set comes from the node's full sync; until the first call
+        with it (or ``mark_announcements_complete``) no peer gets End-of-RIB (issue 18)."""
         with self.lock:
-            self.core.set_desired(prefixes)
+            self.core.set_desired(prefixes, complete=complete)
+        self._flush_commands()
+
+    def mark_announcements_complete(self) -> None:
+        with self.lock:
+            self.core.mark_announcements_complete()
         self._flush_commands()
 
     def set_policy(self, policy: ImportPolicy) -> None:
@@ -510,9 +566,23 @@ class Speaker:
         """Apply a new peer set without restarting: rewrite the file, ExaBGP ``reload``.
 
         ExaBGP's reload keeps sessions whose neighbour definition is unchanged, starts new
-        ones, removes deleted ones and re-establishes modified ones (reactor/loop.py).
+        ones, removes deleted ones and re-establishes modified ones (reactor/loop.py). Its
+        removal closes TCP without a NOTIFICATION, so a removed peer with a session gets
+        its Cease "Peer De-configured" first (``SpeakerCore.deconfigure``) and we wait until
+        that session is down before the reload.
         """
         config = self._with_api(config)
+        with self.lock:
+            teardowns = self.core.deconfigure(config)
+        if teardowns and self._conn_ready.is_set():
+            deadline = time.monotonic() + timeout
+            for td in teardowns:
+                self._carry_out_teardown(td, max(0.1, deadline - time.monotonic()))
+            gone = {td.peer for td in teardowns}
+            while time.monotonic() < deadline and any(
+                    s.address in gone and s.state in ("established", "max-prefix")
+                    for s in self.status()):
+                time.sleep(0.05)
         self._write_config(config)
         with self.lock:
             self.core.set_config(config, self.clock())
@@ -541,6 +611,13 @@ class Speaker:
     def counters(self) -> dict[str, int]:
         with self.lock:
             return dict(self.core.counters, exabgp_starts=self.starts)
+
+    def peer_counters(self) -> dict[str, PeerCounts]:
+        """Per peer address: ``received`` prefixes and ``rejected`` by reason since this
+        speaker was made; monotonic (flaps, ExaBGP restarts and config changes never lower
+        them), for export as Prometheus counters."""
+        with self.lock:
+            return self.core.peer_counters()
 
     @property
     def exabgp_pid(self) -> int | None:

@@ -64,7 +64,7 @@ def main(out: str) -> None:
                                     PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2"))),
                      ImportPolicy(LOCAL_AS, POOLS), f"{wd}/speaker", netns=fab.speaker_ns,
                      trace_path=trace)
-        sp.set_desired(["198.19.1.0/26"])
+        sp.set_desired(["198.19.1.0/26"], complete=True)
         items.append(sp.start())
         wait_for(lambda: len(sp.routes()) == 3003, 60, what="all routes learned")
         b.static_routes = ["198.19.30.0/26"]
@@ -183,7 +183,7 @@ def main_pairs(out: str) -> None:
                                    api_receive=("packets", "parsed")),
                      ImportPolicy(LOCAL_AS, POOLS), f"{wd}/speaker", netns=fab.speaker_ns,
                      trace_path=trace)
-        sp.set_desired(["198.19.1.0/26"])
+        sp.set_desired(["198.19.1.0/26"], complete=True)
         items.append(sp.start())
         want = {"198.19.40.0/26", "198.19.48.0/22", "198.19.20.0/26", "198.19.100.0/24",
                 "198.19.120.0/25", *PAIRS_MANY[-3:]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bgpd.bgp import exabgp_commands as cmds
-from bgpd.bgp.core import SpeakerCore
+from bgpd.bgp.core import SpeakerCore, Teardown
 from bgpd.bgp.events import (
     Attributes,
     EndOfRib,
@@ -211,7 +211,7 @@ def upd(peer, prefixes, nh=None, attrs=A, withdrawn=()):
 
 def test_core_peer_up_announces_desired_then_eor():
     c = core()
-    c.set_desired(["198.19.1.0/26"])
+    c.set_desired(["198.19.1.0/26"], complete=True)
     assert c.take_commands() == ["announce attributes next-hop self nlri 198.19.1.0/26"]
     c.apply(PeerState(P1, "up"), now=0)
     assert c.take_commands() == [
@@ -252,14 +252,16 @@ def test_core_max_prefix_drops_peer_routes():
     assert c.routes() == {}
     st = {s.address: s for s in c.status(3)}[P1]
     assert st.state == "max-prefix" and st.rejected["max-prefix"] == 3
-    assert c.take_commands() == [f"neighbor {P1} teardown 1"]
+    # Nothing announced: nothing to withdraw before the Cease (subcode 1, RFC 4486).
+    assert c.take_commands() == []
+    assert c.take_teardowns() == [Teardown(P1, 1, ())]
     c.apply(upd(P1, ["198.19.5.0/26"]), 3)
     assert c.routes() == {}
     # ExaBGP reconnects right after the teardown: still held down, no second teardown.
     c.apply(PeerState(P1, "down"), 4)
     c.apply(PeerState(P1, "up"), 5)
     c.apply(upd(P1, ["198.19.5.0/26"]), 6)
-    assert c.routes() == {} and c.take_commands()[-1].endswith("eor ipv4 unicast")
+    assert c.routes() == {} and c.take_teardowns() == []
     assert {s.address: s for s in c.status(6)}[P1].state == "max-prefix"
     # After the hold-down a new session starts clean.
     c.apply(PeerState(P1, "down"), 301)

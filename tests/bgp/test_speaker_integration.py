@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_peers_with_bird_and_frr_md5_routes_both_ways(fabric, cleanup):
     sp = Speaker(cfg, policy(allowed={FRR: (PrefixFilter("198.18.0.0/24"),)}),
                  f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     cleanup.append(sp)
-    sp.set_desired([OWN_BLOCK])
+    sp.set_desired([OWN_BLOCK], complete=True)
     sp.start()
     wait_for(lambda: established(sp, BIRD) and established(sp, FRR), T, what="both sessions")
     b.wait_established(SPEAKER)
@@ -165,7 +166,7 @@ def test_exabgp_sigkill_restarts_and_reannounces(fabric, cleanup):
     sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns,
                  backoff=(0.2, 2.0))
-    sp.set_desired([OWN_BLOCK])
+    sp.set_desired([OWN_BLOCK], complete=True)
     cleanup.append(sp.start())
     wait_for(lambda: established(sp, BIRD), T, what="session")
     b.wait_route(OWN_BLOCK, timeout=T)
@@ -196,7 +197,7 @@ def test_peers_added_and_removed_without_dropping_others(fabric, cleanup):
     cleanup += [b.start(), f.start()]
     only_bird = speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1"))
     sp = Speaker(only_bird, policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
-    sp.set_desired([OWN_BLOCK])
+    sp.set_desired([OWN_BLOCK], complete=True)
     cleanup.append(sp.start())
     wait_for(lambda: established(sp, BIRD), T, what="BIRD session")
     pid = sp.exabgp_pid
@@ -225,7 +226,7 @@ def bird_and_speaker(fabric, cleanup) -> tuple:
     cleanup.append(b.start())
     sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
-    sp.set_desired([OWN_BLOCK])
+    sp.set_desired([OWN_BLOCK], complete=True)
     cleanup.append(sp.start())
     return b, sp
 
@@ -282,7 +283,7 @@ def test_relay_death_restarts_exabgp_and_resyncs(fabric, cleanup):
     sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns,
                  backoff=(0.2, 2.0))
-    sp.set_desired([OWN_BLOCK])
+    sp.set_desired([OWN_BLOCK], complete=True)
     cleanup.append(sp.start())
     b.wait_route(OWN_BLOCK, timeout=T)
     exa = sp.exabgp_pid
@@ -346,7 +347,7 @@ def test_cpython_exabgp_fallback_peers_with_bird(fabric, cleanup):
     sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns,
                  exabgp=cpython_exabgp)
-    sp.set_desired([OWN_BLOCK])
+    sp.set_desired([OWN_BLOCK], complete=True)
     cleanup.append(sp.start())
     wait_for(lambda: established(sp, BIRD), T, what="session with BIRD")
     b.wait_established(SPEAKER)
@@ -369,3 +370,169 @@ def test_cpython_exabgp_fallback_peers_with_bird(fabric, cleanup):
     b.configure()
     wait_for(lambda: set(sp.routes()) == {"198.19.11.0/26"}, T, what="BIRD withdrawal learned")
     assert sp.counters().get("acks.error", 0) == 0
+
+
+# -- issue 18: how a session ends ----------------------------------------------------------
+def test_peer_cease_drops_its_routes_at_once_and_keeps_the_notification(fabric, cleanup):
+    """BIRD (graceful restart on, 120 s) disables its session with a message: its routes
+    go within convergence, not after 120 s, and the NOTIFICATION stays in our peer status
+    while BIRD refuses our reconnects."""
+    from lab.routers import BIRDC
+
+    b, sp = bird_and_speaker(fabric, cleanup)
+    wait_for(lambda: "198.19.10.0/26" in sp.routes(), T, what="BIRD's route learned")
+    assert sp.peer(BIRD).graceful_restart == 120
+    said = b._run([BIRDC, "-s", b.socket, "disable", b.proto_name(SPEAKER), '"maintenance"'])
+    assert "disabled" in said, said
+    # 20 s: well below BIRD's restart time (120 s), which the old code waited out.
+    wait_for(lambda: "198.19.10.0/26" not in sp.routes(), 20, what="BIRD's route gone")
+    assert sp.peer(BIRD).stale == 0
+    # ExaBGP keeps trying to reconnect (BIRD refuses): the Cease stays visible.
+    notifications = sp.counters().get("notifications", 0)
+    wait_for(lambda: sp.peer(BIRD).state != "established", T, what="session down")
+    time.sleep(6)
+    st = sp.peer(BIRD)
+    assert st.last_notification == 'received 6/2 Shutdown Communication: "maintenance"', st
+    assert st.last_error.startswith('notification received 6/2 Shutdown Communication: '
+                                    '"maintenance"'), st.last_error
+    assert sp.counters().get("notifications", 0) == notifications
+    b._run([BIRDC, "-s", b.socket, "enable", b.proto_name(SPEAKER)])
+    wait_for(lambda: established(sp, BIRD) and "198.19.10.0/26" in sp.routes(), T,
+             what="session and route back")
+    assert sp.peer(BIRD).last_notification == ""
+
+
+def test_frr_neighbor_shutdown_drops_its_routes_at_once(fabric, cleanup):
+    """FRR (graceful restart on, 120 s) shuts our neighbour down: Cease 6/2 with its
+    shutdown message; its routes go at once, not after 120 s."""
+    f = frr(fabric, ["198.19.20.0/26"])
+    cleanup.append(f.start())
+    sp = Speaker(speaker_config(PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2")),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    sp.set_desired([OWN_BLOCK], complete=True)
+    cleanup.append(sp.start())
+    wait_for(lambda: "198.19.20.0/26" in sp.routes(), T, what="FRR's route learned")
+    assert sp.peer(FRR).graceful_restart == 120
+    f.configure(f"router bgp {FRR_AS}", f"neighbor {SPEAKER} shutdown message maintenance")
+    wait_for(lambda: "198.19.20.0/26" not in sp.routes(), 20, what="FRR's route gone")
+    st = sp.peer(FRR)
+    assert st.stale == 0 and st.last_notification.startswith("received 6/2"), st
+    assert "maintenance" in st.last_notification, st
+
+
+class SlowBird(BirdRouter):
+    """BIRD waiting 30 s before it connects again after an error (the lab's 1 s would
+    have the session back before we can look at what it kept)."""
+
+    def config_text(self) -> str:
+        text = super().config_text()
+        assert "error wait time 1, 10;" in text
+        return text.replace("error wait time 1, 10;", "error wait time 30, 60;")
+
+
+def _max_prefix_setup(fabric, cleanup, graceful_restart):
+    many = [f"198.19.{40 + i}.0/24" for i in range(12)]
+    b = SlowBird(fabric.bird_ns, f"{fabric.workdir}/bird", BIRD, BIRD_AS,
+                 [BgpNeighbor(SPEAKER, LOCAL_AS, password="pw1")], static_routes=["198.19.40.0/24"])
+    cleanup.append(b.start())
+    # Passive: only BIRD reconnects (after its error wait), so the session stays down long
+    # enough to see what BIRD kept of ours.
+    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1",
+                                           passive=True, max_prefix=10,
+                                           max_prefix_teardown=True,
+                                           graceful_restart=graceful_restart)),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    sp.set_desired([OWN_BLOCK], complete=True)
+    cleanup.append(sp.start())
+    wait_for(lambda: established(sp, BIRD), T, what="session")
+    b.wait_route(OWN_BLOCK, timeout=T)
+    b.static_routes = many  # over our limit of 10
+    b.configure()
+    wait_for(lambda: sp.counters().get("max_prefix_events") == 1, T, what="max-prefix hit")
+    return b, sp
+
+
+def test_max_prefix_teardown_sends_cease_1_without_graceful_restart(fabric, cleanup):
+    b, sp = _max_prefix_setup(fabric, cleanup, graceful_restart=None)
+    proto = b.proto_name(SPEAKER)
+    wait_for(lambda: "Maximum number of prefixes reached" in b.cli(f"show protocols all {proto}"),
+             20, what="BIRD records our Cease, subcode 1")
+    b.wait_route(OWN_BLOCK, present=False, timeout=10)
+    assert not b.established(SPEAKER)
+    st = sp.peer(BIRD)
+    assert st.last_notification == "sent 6/1 (max-prefix 10)", st
+    assert "max-prefix 10 exceeded" in st.last_error and "sent 6/1" in st.last_error
+
+
+def test_max_prefix_teardown_withdraws_first_under_graceful_restart(fabric, cleanup):
+    """ExaBGP 5.0.15 closes without a NOTIFICATION when we announced graceful restart:
+    BIRD sees a restart (no Cease) but holds none of our routes, withdrawn first."""
+    b, sp = _max_prefix_setup(fabric, cleanup, graceful_restart=120)
+    wait_for(lambda: not b.established(SPEAKER), 20, what="session torn down")
+    # Not kept as stale for our restart time (120 s): gone before the session is back.
+    b.wait_route(OWN_BLOCK, present=False, timeout=10)
+    assert not b.established(SPEAKER)
+    assert sp.counters().get("teardowns.cease1") == 1
+
+
+def test_peer_tcp_loss_keeps_its_routes_for_the_restart_time(fabric, cleanup):
+    """BIRD killed (no NOTIFICATION: its kernel closes the socket): its route is held
+    stale for its restart time (120 s), as graceful restart intends."""
+    b, sp = bird_and_speaker(fabric, cleanup)
+    wait_for(lambda: "198.19.10.0/26" in sp.routes(), T, what="BIRD's route learned")
+    for d in b.daemons:
+        d.signal(signal.SIGKILL)
+    wait_for(lambda: sp.peer(BIRD).state != "established", T, what="session lost")
+    time.sleep(5)
+    st = sp.peer(BIRD)
+    assert "198.19.10.0/26" in sp.routes() and st.stale == 1, st
+    assert st.last_notification == ""
+
+
+@pytest.mark.parametrize("graceful_restart", [None, 120])
+def test_removed_peer_gets_cease_3_and_keeps_none_of_our_routes(fabric, cleanup,
+                                                                graceful_restart):
+    """FRR (graceful restart on, 120 s) removed from our config: without graceful restart
+    ExaBGP sends Cease 3 (Peer De-configured); with it ExaBGP closes silently, so our
+    routes were withdrawn first. Either way FRR holds none of them stale."""
+    b = bird(fabric, ["198.19.10.0/26"])
+    f = frr(fabric, ["198.19.20.0/26"])
+    cleanup += [b.start(), f.start()]
+    bird_peer = PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")
+    # Passive towards FRR: ExaBGP would reconnect right after the teardown, and the reload
+    # then closes that new session silently -- FRR's last reset would name that instead.
+    sp = Speaker(speaker_config(bird_peer, PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2",
+                                                      passive=True,
+                                                      graceful_restart=graceful_restart)),
+                 policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
+    sp.set_desired([OWN_BLOCK], complete=True)
+    cleanup.append(sp.start())
+    wait_for(lambda: established(sp, BIRD) and established(sp, FRR), T, what="both sessions")
+    f.wait_route(OWN_BLOCK, timeout=T)
+    sp.update_config(speaker_config(bird_peer))
+    f.wait_route(OWN_BLOCK, present=False, timeout=10)  # not FRR's 120 s for a restart
+    if graceful_restart is None:
+        import json
+
+        nb = json.loads(f.cli(f"show bgp neighbor {SPEAKER} json"))[SPEAKER]
+        assert (nb["lastErrorCodeSubcode"], nb["lastNotificationReason"]) == \
+            ("0603", "Cease/Peer De-configured"), nb
+    assert sp.peer(FRR) is None and established(sp, BIRD)
+    assert sp.counters()["teardowns.cease3"] == 1
+
+
+def test_peer_hold_timer_expiry_keeps_its_routes_for_the_restart_time(fabric, cleanup):
+    """BIRD frozen (SIGSTOP): our 9 s hold timer expires and ExaBGP sends 4/0 -- a
+    NOTIFICATION, but the liveness failure graceful restart is for: routes held stale."""
+    b, sp = bird_and_speaker(fabric, cleanup)
+    wait_for(lambda: "198.19.10.0/26" in sp.routes(), T, what="BIRD's route learned")
+    for d in b.daemons:
+        d.signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: sp.peer(BIRD).state != "established", T, what="hold timer expiry")
+        st = sp.peer(BIRD)
+        assert st.last_notification.startswith("sent 4/0"), st
+        assert "198.19.10.0/26" in sp.routes() and st.stale == 1, st
+    finally:
+        for d in b.daemons:
+            d.signal(signal.SIGCONT)

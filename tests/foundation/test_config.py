@@ -78,6 +78,13 @@ BAD = [
      "198.18.2.11 is not inside underlay.subnet 198.18.1.0/24"),
     ("AS out of range", BASE.replace("name: node-a1", "name: node-a1\n  as_number: 0"), 3,
      "node.as_number: 0 is wrong; expected a number from 1 to 4294967295"),
+    # RFC 6286 2.1: the BGP Identifier is a non-zero 32-bit number (issue 18).
+    ("router id zero", BASE.replace("name: node-a1", "name: node-a1\n  router_id: 0.0.0.0"), 3,
+     "node.router_id: '0.0.0.0' is wrong; expected a non-zero BGP identifier (RFC 6286)"),
+    ("underlay address zero as router id",
+     BASE.replace("address: 198.18.1.11", "address: 0.0.0.0").replace(
+         "subnet: 198.18.1.0/24", "subnet: 0.0.0.0/24"), 5,
+     "underlay.address: 0.0.0.0 would be the BGP router id, which must be non-zero"),
     ("AS is a string", BASE.replace("name: node-a1", "name: node-a1\n  as_number: abc"), 3,
      "node.as_number: expected an integer, got 'abc'"),
     ("bad node name", BASE.replace("name: node-a1", "name: Node_A1"), 2,
@@ -199,6 +206,13 @@ def test_check_config_cli_exit_codes(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 1
     assert f"{bad}:10: bgp.hold_time: 2 is wrong" in res.stderr
+    zero_id = tmp_path / "zero-id.yaml"  # issue 18: used to print "ok"
+    zero_id.write_text(BASE.replace("name: node-a1", "name: node-a1\n  router_id: 0.0.0.0"))
+    res = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config", str(zero_id)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert f"{zero_id}:3: node.router_id: '0.0.0.0' is wrong; expected a non-zero BGP " \
+           "identifier (RFC 6286)" in res.stderr, res.stderr
     usage = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config"],
                            capture_output=True, text=True)
     assert usage.returncode == 2
