@@ -183,7 +183,8 @@ class SpeakerCore:
                 announced=len(self.desired) if established else 0,
                 stale=self.rib.stale_count(addr), rejected=dict(r.counters.rejected),
                 last_error=self._last_error(r, now), graceful_restart=r.gr_time,
-                last_notification=r.last_notification, received_total=r.counters.received))
+                last_notification=r.last_notification, received_total=r.counters.received,
+                eor_received=r.eor_received and established))
         return out
 
     def _last_error(self, rec: PeerRecord, now: float) -> str:
@@ -334,6 +335,7 @@ class SpeakerCore:
             if rec is not None and event.family == "ipv4 unicast":
                 swept = self.rib.sweep_stale(event.peer)
                 rec.gr_deadline = None
+                rec.eor_received = True
                 self.log.info("end_of_rib", peer=event.peer, stale_removed=swept,
                               routes=self.rib.count(event.peer))
         elif isinstance(event, PeerState):
@@ -408,6 +410,7 @@ class SpeakerCore:
         rec.last_error = reason or rec.last_error
         rec.rejected_now.clear()
         rec.eor_sent = False
+        rec.eor_received = False
         notification = rec.notification_code
         rec.notification_code = None
         by_notification = notification_in_reason(reason)

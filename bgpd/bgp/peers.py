@@ -30,6 +30,8 @@ class PeerStatus:
     # that follow must not hide why the peer left (issue 18).
     last_notification: str = ""
     received_total: int = 0  # prefixes received in UPDATEs since start (monotonic)
+    # Its End-of-RIB came in this session: everything it had is in our RIB (RFC 4724).
+    eor_received: bool = False
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -76,6 +78,7 @@ class PeerRecord:
     last_notification: str = ""
     notification_code: tuple[int, int] | None = None  # (code, subcode) received this session
     eor_sent: bool = False  # End-of-RIB sent to it in the current session
+    eor_received: bool = False  # its End-of-RIB (IPv4 unicast) came in the current session
     max_prefix_error: str = ""  # why its routes are held down (kept across reconnects)
     teardown_reason: str = ""  # why we asked ExaBGP to tear the session down
     deconfigured: bool = False  # being removed from the config: announce nothing on "up"

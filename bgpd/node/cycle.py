@@ -11,10 +11,16 @@ the loop and on pool changes (``set_tunnel_addresses``), and passes ``now``. Tha
 what lets the unit tests run a cycle with fakes behind the real ``Dataplane``.
 
 Review notes (invariants)
-- Restart gate: nothing of ours is swept from the kernel (``Dataplane.mark_in_sync``)
-  before the datastore is in sync, a calculation ran, and the learned routes are back
-  (every peer established for ``LEARNED_SETTLE_SECONDS``, or none configured, or the
-  graceful-restart time since start passed) -- Calico's felix#1592.
+- Restart gate: nothing read back from the kernel is swept (``Dataplane.mark_in_sync``)
+  before the datastore is in sync, a calculation ran, and the learned routes are back:
+  every peer established and its End-of-RIB received (a peer that negotiated no
+  graceful restart may send none: for it, established for ``LEARNED_SETTLE_SECONDS``),
+  or no peer configured, or the graceful-restart time since start passed -- Calico's
+  felix#1592. Only that sweep waits: an explicit withdraw applies at once (the route
+  table deletes what was desired during this run and given up, issue 18).
+- End-of-RIB goes to peers only once the first full calculation's announcements are
+  handed to the speaker (``set_desired(complete=True)``): an etcd stall at start must
+  not send an empty End-of-RIB that makes a ToR drop our block (issue 18).
 - A failed route stays dirty in the route table and is retried; a failed cycle
   (``failed``) recalculates and resyncs the dataplane next time.
 - Every run ends by publishing a ``NodeSnapshot``; other threads read only that.
@@ -53,9 +59,13 @@ from felix_like.updates import (
 )
 from tunnels.encap import Encap, tunnel_mtu
 
-# Learned routes count as complete this long after every peer is established, if no
-# End-of-RIB told us sooner (ExaBGP reports EoR only when the peer sends one).
+# A peer without graceful restart may send no End-of-RIB (RFC 4724 makes it part of
+# GR): its routes count as complete this long after its session is established.
 LEARNED_SETTLE_SECONDS = 5.0
+# Under a burst of UPDATEs (one prefix each, as implementations that inject routes one
+# at a time send them) a cycle per prefix would cap the node at a few hundred routes a
+# second; cycles start at most this often, so each takes everything that arrived.
+MIN_CYCLE_GAP = 0.02
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,8 @@ class SpeakerPort(Protocol):
     def status(self) -> list: ...
     def counters(self) -> Mapping[str, int]: ...
     def set_policy(self, policy) -> None: ...
-    def set_desired(self, prefixes: frozenset[str]) -> None: ...
+    def set_desired(self, prefixes: frozenset[str], complete: bool = False) -> None: ...
+    def peer_counters(self) -> Mapping: ...
     def update_config(self, config) -> None: ...
     @property
     def exabgp_pid(self) -> int | None: ...
@@ -106,7 +117,7 @@ class Cycle:
         self._dirty = True
         self._started_at = started_at
         self._next_full_resync = started_at + cfg.dataplane.resync_interval
-        self._all_established_at: float | None = None
+        self._established_since: dict[str, float] = {}  # peer -> first cycle seen up
         self._learned_in_sync = False
         self._learned_context: LearnedContext | None = None
         self._routes_marked = False
@@ -172,15 +183,20 @@ class Cycle:
         if self._learned_in_sync:
             return True
         statuses = self.speaker.status()
-        if statuses and all(s.state == "established" for s in statuses):
-            if self._all_established_at is None:
-                self._all_established_at = now
-            if now - self._all_established_at >= LEARNED_SETTLE_SECONDS:
-                self._learned_in_sync = True
-        else:
-            self._all_established_at = None
         if not statuses or now - self._started_at >= self.cfg.bgp.restart_time:
             self._learned_in_sync = True
+            return True
+        since = self._established_since
+        for s in statuses:
+            if s.state == "established":
+                since.setdefault(s.address, now)
+            else:
+                since.pop(s.address, None)
+        self._learned_in_sync = all(
+            s.state == "established" and (
+                s.eor_received or (s.graceful_restart is None
+                                   and now - since[s.address] >= LEARNED_SETTLE_SECONDS))
+            for s in statuses)
         return self._learned_in_sync
 
     def run(self, now: float) -> str | None:
@@ -243,7 +259,9 @@ class Cycle:
         if old is None or own != frozenset(old.own_blocks) or old.all_pools != desired.all_pools:
             self.speaker.set_policy(import_policy(self.cfg, desired.all_pools, own, config))
         if old is None or old.announce != desired.announce:
-            self.speaker.set_desired(desired.announce)
+            # complete: this is a full calculation from an in-sync datastore, so
+            # End-of-RIB may follow the announcements (never an empty one before).
+            self.speaker.set_desired(desired.announce, complete=True)
             parts.append(f"announce {len(desired.announce)}")
         if config.peers != self._applied_peers:
             self.speaker.update_config(config)
@@ -274,10 +292,8 @@ class Cycle:
             m.ipam_blocks.set(len(self.desired.own_blocks))
         own = [b for b in self.state.blocks.values() if b.affinity == self.cfg.node.name]
         m.ipam_addresses.set(sum(len(b.allocations) for b in own))
-        restarts = max(self.speaker.starts - 1, 0)
-        current = m.exabgp_restarts._value.get()  # noqa: SLF001 - counters only go up
-        if restarts > current:
-            m.exabgp_restarts.inc(restarts - current)
+        m.export_exabgp_starts(self.speaker.starts)
+        m.export_peer_counters(self.speaker.peer_counters())
         ready, _ = h.ready()
         if ready and not self._ready_sent:
             self.notifier.ready(f"in sync; {len(statuses)} peers")

@@ -56,6 +56,30 @@ class Metrics:
         self.loop_iterations = Counter("noderouter_loop_iterations_total",
                                        "Main loop iterations", registry=r)
 
+        # What the counters above last exported per label set: the speaker keeps the
+        # monotonic totals (bgpd.bgp.peers.PeerCounters); we add only the difference.
+        self._exported: dict[tuple, int] = {}
+
+    def _advance(self, counter: Counter, labels: tuple[str, ...], total: int) -> None:
+        key = (counter, labels)
+        delta = total - self._exported.get(key, 0)
+        if delta > 0:
+            (counter.labels(*labels) if labels else counter).inc(delta)
+            self._exported[key] = total
+
+    def export_peer_counters(self, counts) -> None:
+        """Prefixes received and rejected (by reason) per peer, from the speaker's
+        monotonic totals (``Speaker.peer_counters()``; issue 18: these were declared and
+        never counted)."""
+        for peer, c in counts.items():
+            self._advance(self.prefixes_received, (peer,), c.received)
+            for reason, n in c.rejected.items():
+                self._advance(self.prefixes_rejected, (peer, reason), n)
+
+    def export_exabgp_starts(self, starts: int) -> None:
+        """ExaBGP restarts after a crash: every start after the first."""
+        self._advance(self.exabgp_restarts, (), max(starts - 1, 0))
+
     def serve(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         start_http_server(int(port), addr=host, registry=self.registry)

@@ -79,6 +79,10 @@ class FakeSpeaker:
         self.peer_states: dict[str, str] = {}
         self.policies: list = []
         self.desired: list[frozenset[str]] = []
+        self.complete: list[bool] = []
+        self.counts: dict = {}
+        self.eor: set[str] = set()          # peers whose End-of-RIB came
+        self.no_gr: set[str] = set()        # peers that negotiated no graceful restart
         self.configs: list = []
         self.starts = 1
         self.exabgp_pid = None
@@ -100,7 +104,8 @@ class FakeSpeaker:
 
     def status(self):
         return [PeerStatus(a, 64601, s, 0.0, 1.0 if s == "established" else None, 0,
-                           len(self.best), 0, 0, {}, "", None)
+                           len(self.best), 0, 0, {}, "", None if a in self.no_gr else 120,
+                           eor_received=a in self.eor and s == "established")
                 for a, s in sorted(self.peer_states.items())]
 
     def counters(self):
@@ -109,8 +114,12 @@ class FakeSpeaker:
     def set_policy(self, policy) -> None:
         self.policies.append(policy)
 
-    def set_desired(self, prefixes) -> None:
+    def set_desired(self, prefixes, complete: bool = False) -> None:
         self.desired.append(frozenset(prefixes))
+        self.complete.append(complete)
+
+    def peer_counters(self):
+        return dict(self.counts)
 
     def update_config(self, config) -> None:
         self.configs.append(config)
@@ -236,14 +245,104 @@ def test_nothing_is_swept_before_the_datastore_and_learned_routes_are_in_sync():
     assert rig.cycle.snapshot.routes_swept is False
 
     rig.speaker.peer_states = {"198.18.1.12": "established"}
-    rig.cycle.run(3.0)                         # established: settle time starts now
-    rig.cycle.run(3.0 + LEARNED_SETTLE_SECONDS - 0.1)
+    rig.cycle.run(3.0)                         # established, graceful restart negotiated:
+    rig.cycle.run(3.0 + LEARNED_SETTLE_SECONDS + 10)   # no time settles it, only its EoR
     assert key(STALE) in rig.ours() and not rig.cycle.snapshot.routes_swept
 
-    rig.cycle.run(3.0 + LEARNED_SETTLE_SECONDS)
+    rig.speaker.eor.add("198.18.1.12")
+    rig.cycle.run(3.0 + LEARNED_SETTLE_SECONDS + 10.1)
     assert key(STALE) not in rig.ours()
     assert rig.cycle.snapshot.routes_swept is True
     assert rig.kernel.routes[key("198.18.50.0/24")][0] == 186  # never ours to touch
+
+
+def test_a_peer_without_graceful_restart_settles_after_the_settle_time():
+    rig = Rig()
+    rig.kernel.add_foreign(STALE, via(TOR, 2), PROTO)
+    rig.speaker.no_gr.add("198.18.1.12")        # may never send End-of-RIB
+    rig.speaker.peer_states = {"198.18.1.12": "established"}
+    rig.sync()
+    rig.cycle.run(3.0)
+    rig.cycle.run(3.0 + LEARNED_SETTLE_SECONDS - 0.1)
+    assert key(STALE) in rig.ours()
+    rig.cycle.run(3.0 + LEARNED_SETTLE_SECONDS)
+    assert key(STALE) not in rig.ours()
+
+
+def test_a_withdraw_right_after_session_up_applies_at_once():
+    """Before the restart sweep a learned route the peer withdraws goes in the same
+    cycle; only routes read back at start wait (issue 18 point 4)."""
+    rig = Rig()
+    rig.kernel.add_foreign(STALE, via(TOR, 2), PROTO)
+    rig.speaker.peer_states = {TOR: "established"}
+    rig.sync()
+    rig.speaker.learn("198.19.9.0/26", TOR)
+    rig.cycle.run(1.0)
+    assert key("198.19.9.0/26") in rig.ours()
+    rig.speaker.withdraw("198.19.9.0/26")
+    rig.cycle.run(1.1)                         # well inside any settle time
+    assert key("198.19.9.0/26") not in rig.ours()
+    assert key(STALE) in rig.ours() and not rig.cycle.snapshot.routes_swept
+
+
+def test_end_of_rib_is_allowed_only_with_a_full_calculation():
+    rig = Rig()
+    rig.speaker.peer_states = {TOR: "established"}
+    rig.cycle.run(1.0)                         # etcd not in sync: nothing announced
+    assert rig.speaker.desired == [] and rig.speaker.complete == []
+    rig.sync()
+    rig.cycle.run(2.0)
+    assert rig.speaker.complete == [True] and OWN_BLOCK in rig.speaker.desired[-1]
+
+
+def test_every_metric_family_moves_with_its_event():
+    """Values, not names: scrape the registry after each event (issue 18 point 1)."""
+    from prometheus_client import generate_latest
+
+    from bgpd.bgp.peers import PeerCounts
+
+    def sample(name: str, **labels) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for fam in text_string_to_metric_families(generate_latest(rig.metrics.registry)
+                                                  .decode()):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return 0.0
+
+    rig = Rig()
+    rig.speaker.peer_states = {TOR: "established"}
+    rig.sync()
+    rig.cycle.run(1.0)
+    assert sample("noderouter_bgp_prefixes_received_total", peer=TOR) == 0
+    rig.speaker.counts = {TOR: PeerCounts(received=7, rejected={"own-block": 2,
+                                                                "max-prefix": 3})}
+    rig.cycle.run(2.0)
+    assert sample("noderouter_bgp_prefixes_received_total", peer=TOR) == 7
+    assert sample("noderouter_bgp_prefixes_rejected_total", peer=TOR, reason="own-block") == 2
+    assert sample("noderouter_bgp_prefixes_rejected_total", peer=TOR, reason="max-prefix") == 3
+    rig.speaker.counts = {TOR: PeerCounts(received=9, rejected={"own-block": 5,
+                                                                "max-prefix": 3})}
+    rig.cycle.run(3.0)
+    rig.cycle.run(4.0)                         # exported once, not once per cycle
+    assert sample("noderouter_bgp_prefixes_received_total", peer=TOR) == 9
+    assert sample("noderouter_bgp_prefixes_rejected_total", peer=TOR, reason="own-block") == 5
+    # ExaBGP restarted twice after a crash.
+    rig.speaker.starts = 3
+    rig.cycle.run(5.0)
+    assert sample("noderouter_exabgp_restarts_total") == 2
+    # A route the kernel refuses counts as a reconcile error.
+    before = sample("noderouter_reconcile_errors_total")
+    rig.kernel.fail_once[key("198.19.9.0/26")] = errno.ENETUNREACH
+    rig.speaker.learn("198.19.9.0/26", TOR)
+    rig.cycle.run(6.0)
+    assert sample("noderouter_reconcile_errors_total") == before + 1
+    assert sample("noderouter_bgp_peers", state="established") == 1
+    assert sample("noderouter_bgp_prefixes_announced") >= 1
+    assert sample("noderouter_kernel_routes", route_class="blackhole") == 1
+    assert sample("noderouter_loop_iterations_total") == 6
+    assert sample("noderouter_reconcile_seconds_count", kind="full") >= 1
 
 
 def test_without_peers_the_graceful_restart_time_bounds_the_wait():
