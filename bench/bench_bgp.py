@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 
-from bgpd.bgp.exabgp_config import PeerConfig, SpeakerConfig
+from bgpd.bgp.exabgp_config import SpeakerConfig, SpeakerPeer
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.speaker import Speaker
 from felix_like.classify import plain_context
@@ -123,7 +123,7 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
     # Same start as BIRD's (its kernel protocol removes its routes on stop): an empty table.
     sh(["ip", "-4", "route", "flush", "proto", str(OUR_PROTO)], netns=ns["ours"])
     extra = ((("exabgp.reactor.speed", speed),) if speed else ()) + env
-    cfg = SpeakerConfig(NODE_AS, NODE_OURS, NODE_OURS, (PeerConfig(TOR, TOR_AS, hold_time=30),),
+    cfg = SpeakerConfig(NODE_AS, NODE_OURS, NODE_OURS, (SpeakerPeer(TOR, TOR_AS, hold_time=30),),
                         extra_env=extra, api_receive=(api_receive,))
     wake = threading.Event()
     t_up: list[float] = []

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator
 
+from bgpd.bgp.errors import BgpError
+
 BATCH = 500  # prefixes per line: well below ExaBGP's message packing limits
 
 # Cease NOTIFICATION subcodes (RFC 4486) we send with ``teardown``.
@@ -21,7 +23,7 @@ CEASE_ADMIN_SHUTDOWN = 2
 CEASE_PEER_DECONFIGURED = 3
 
 
-class CommandError(ValueError):
+class CommandError(BgpError, ValueError):
     """A value cannot be spliced into an ExaBGP command safely."""
 
 

@@ -25,6 +25,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bgpd.bgp.errors import BgpError
+
 API_PROCESS = "noderouter-api"
 
 # Linux TCP_MD5SIG_MAXKEYLEN is 80. Printable, no whitespace, quotes, ';', braces, '#', '\'.
@@ -33,7 +35,7 @@ _PASSWORD_RE = re.compile(r"[!$%&()*+,\-./0-9:<=>?@A-Z\[\]^_`a-z|~]{1,80}")
 _ARGV_RE = re.compile(r"[A-Za-z0-9_./=:,+@%-]+")
 
 
-class ConfigError(ValueError):
+class SpeakerConfigError(BgpError, ValueError):
     """A value cannot be put into ExaBGP's configuration safely."""
 
 
@@ -41,18 +43,18 @@ def _ipv4(value: str, what: str) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
     except ValueError:
-        raise ConfigError(f"{what}: {value!r} is not an IPv4 address") from None
+        raise SpeakerConfigError(f"{what}: {value!r} is not an IPv4 address") from None
 
 
 def _asn(value: int, what: str) -> int:
     if not isinstance(value, int) or not 1 <= value <= 4294967295:
-        raise ConfigError(f"{what}: AS number {value!r} must be an integer in 1..4294967295")
+        raise SpeakerConfigError(f"{what}: AS number {value!r} must be an integer in 1..4294967295")
     return value
 
 
 def check_password(password: str, what: str = "password") -> str:
     if not _PASSWORD_RE.fullmatch(password):
-        raise ConfigError(f"{what}: TCP MD5 password must be 1-80 printable characters without "
+        raise SpeakerConfigError(f"{what}: TCP MD5 password must be 1-80 printable characters without "
                           "whitespace, quotes, ';', '#', '\\' or braces")
     return password
 
@@ -68,7 +70,7 @@ class PrefixFilter:
         net = ipaddress.IPv4Network(self.network)
         object.__setattr__(self, "network", str(net))
         if self.le is not None and not net.prefixlen <= self.le <= 32:
-            raise ConfigError(f"allowed prefix {self.network} le {self.le}: le must be "
+            raise SpeakerConfigError(f"allowed prefix {self.network} le {self.le}: le must be "
                               f"between {net.prefixlen} and 32")
 
     @classmethod
@@ -79,11 +81,11 @@ class PrefixFilter:
             return cls(parts[0])
         if len(parts) == 3 and parts[1] == "le" and parts[2].isdigit():
             return cls(parts[0], int(parts[2]))
-        raise ConfigError(f"allowed prefix {text!r}: expected 'NET' or 'NET le N'")
+        raise SpeakerConfigError(f"allowed prefix {text!r}: expected 'NET' or 'NET le N'")
 
 
 @dataclass(frozen=True)
-class PeerConfig:
+class SpeakerPeer:
     address: str
     asn: int
     hold_time: int = 90
@@ -100,17 +102,17 @@ class PeerConfig:
         object.__setattr__(self, "address", _ipv4(self.address, "peer address"))
         _asn(self.asn, f"peer {self.address}")
         if not (self.hold_time == 0 or 3 <= self.hold_time <= 65535):
-            raise ConfigError(f"peer {self.address}: hold time must be 0 or 3..65535")
+            raise SpeakerConfigError(f"peer {self.address}: hold time must be 0 or 3..65535")
         if self.password is not None:
             check_password(self.password, f"peer {self.address}")
         if self.multihop is not None and not 1 <= self.multihop <= 255:
-            raise ConfigError(f"peer {self.address}: multihop TTL must be 1..255")
+            raise SpeakerConfigError(f"peer {self.address}: multihop TTL must be 1..255")
         if self.graceful_restart is not None and not 0 <= self.graceful_restart <= 4095:
-            raise ConfigError(f"peer {self.address}: graceful restart time must be 0..4095")
+            raise SpeakerConfigError(f"peer {self.address}: graceful restart time must be 0..4095")
         if self.max_prefix is not None and self.max_prefix < 0:
-            raise ConfigError(f"peer {self.address}: max prefix must be >= 0")
+            raise SpeakerConfigError(f"peer {self.address}: max prefix must be >= 0")
         if not re.fullmatch(r"[A-Za-z0-9_.:-]{0,64}", self.description):
-            raise ConfigError(f"peer {self.address}: description may use [A-Za-z0-9_.:-] only")
+            raise SpeakerConfigError(f"peer {self.address}: description may use [A-Za-z0-9_.:-] only")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class SpeakerConfig:
     local_as: int
     router_id: str
     local_address: str
-    peers: tuple[PeerConfig, ...] = ()
+    peers: tuple[SpeakerPeer, ...] = ()
     api_argv: tuple[str, ...] = ()  # the API process command line (see speaker.py)
     adj_rib_in: bool = False
     extra_env: tuple[tuple[str, str], ...] = field(default=())
@@ -137,18 +139,18 @@ class SpeakerConfig:
         seen = set()
         for p in self.peers:
             if p.address in seen:
-                raise ConfigError(f"peer {p.address} is configured twice")
+                raise SpeakerConfigError(f"peer {p.address} is configured twice")
             if p.address == self.local_address:
-                raise ConfigError(f"peer {p.address} is our own local address")
+                raise SpeakerConfigError(f"peer {p.address} is our own local address")
             seen.add(p.address)
         if not self.api_receive or not set(self.api_receive) <= {"packets", "parsed"}:
-            raise ConfigError(f"api_receive {self.api_receive!r}: 'packets' and/or 'parsed'")
+            raise SpeakerConfigError(f"api_receive {self.api_receive!r}: 'packets' and/or 'parsed'")
         for word in self.api_argv:
             if not _ARGV_RE.fullmatch(word):
-                raise ConfigError(f"API process argument {word!r} has characters ExaBGP's "
+                raise SpeakerConfigError(f"API process argument {word!r} has characters ExaBGP's "
                                   "config cannot carry safely")
 
-    def peer(self, address: str) -> PeerConfig | None:
+    def peer(self, address: str) -> SpeakerPeer | None:
         for p in self.peers:
             if p.address == address:
                 return p
@@ -231,11 +233,11 @@ def changed_peers(old: SpeakerConfig, new: SpeakerConfig) -> tuple[set[str], set
     return set(b) - set(a), set(a) - set(b), modified
 
 
-def _session_key(p: PeerConfig, cfg: SpeakerConfig) -> tuple:
+def _session_key(p: SpeakerPeer, cfg: SpeakerConfig) -> tuple:
     # What ExaBGP compares to decide a neighbour changed (its session is re-established).
     return (p.asn, p.hold_time, p.password, p.passive, p.multihop, p.graceful_restart,
             cfg.local_as, cfg.router_id, cfg.local_address)
 
 
-def peer_filters(peers: Sequence[PeerConfig]) -> dict[str, tuple[PrefixFilter, ...]]:
+def peer_filters(peers: Sequence[SpeakerPeer]) -> dict[str, tuple[PrefixFilter, ...]]:
     return {p.address: p.allowed for p in peers}

@@ -58,6 +58,7 @@ import structlog
 
 from bgpd.bgp import exabgp_commands as cmds
 from bgpd.bgp.core import SpeakerCore, Teardown
+from bgpd.bgp.errors import BgpError
 from bgpd.bgp.events import Ack, Answer, RelayHello, parse_line
 from bgpd.bgp.exabgp_config import SpeakerConfig, environment, render
 from bgpd.bgp.import_policy import ImportPolicy
@@ -165,7 +166,7 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-class SpeakerError(RuntimeError):
+class SpeakerError(BgpError, RuntimeError):
     """The speaker could not start or talk to ExaBGP."""
 
 

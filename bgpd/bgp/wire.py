@@ -55,6 +55,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from bgpd.bgp.errors import BgpError
 from bgpd.bgp.events import (
     FAMILY,
     Attributes,
@@ -272,7 +273,7 @@ def _reconstruct(segs2, segs4):
     return lead + list(segs4)
 
 
-class _Reset(Exception):  # noqa: N818 - internal: ExaBGP would end the session
+class _Reset(BgpError):  # noqa: N818 - internal: ExaBGP would end the session
     pass
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bgpd.bgp.exabgp_config import PeerConfig as SpeakerPeer
-from bgpd.bgp.exabgp_config import PrefixFilter, SpeakerConfig, peer_filters
+from bgpd.bgp.exabgp_config import PrefixFilter, SpeakerConfig, SpeakerPeer, peer_filters
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.node.registry import MeshPeer
 from config import Config

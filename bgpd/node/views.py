@@ -14,11 +14,12 @@ import ipaddress
 import time
 from collections.abc import Callable
 
+from bgpd.node.errors import NodeError
 from bgpd.node.snapshot import NodeSnapshot
 from bgpd.node.status_server import StatusServer
 
 
-class NotReady(RuntimeError):
+class NotReady(NodeError, RuntimeError):
     """No snapshot yet: the daemon is still starting."""
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from bgpd.bgp.core import SpeakerCore
 from bgpd.bgp.events import Malformed, RouteUpdate, parse_line
-from bgpd.bgp.exabgp_config import PeerConfig, SpeakerConfig
+from bgpd.bgp.exabgp_config import SpeakerConfig, SpeakerPeer
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.speaker import RELAY, Speaker
 from lab.procs import wait_for
@@ -75,7 +75,7 @@ HOSTILE = {
 
 
 def core() -> SpeakerCore:
-    cfg = SpeakerConfig(LOCAL_AS, SPEAKER, SPEAKER, (PeerConfig(PEER, BIRD_AS),))
+    cfg = SpeakerConfig(LOCAL_AS, SPEAKER, SPEAKER, (SpeakerPeer(PEER, BIRD_AS),))
     return SpeakerCore(cfg, ImportPolicy(LOCAL_AS, POOLS, frozenset({OWN_BLOCK}),
                                          frozenset({SPEAKER})))
 
@@ -137,7 +137,7 @@ def test_fuzz_bytes_never_raise(raw):
 def test_running_speaker_survives_a_hostile_relay(fabric):  # noqa: F811 - fixture
     bird = BirdRouter(fabric.bird_ns, f"{fabric.workdir}/bird", BIRD, BIRD_AS,
                       [BgpNeighbor(SPEAKER, LOCAL_AS)], static_routes=["198.19.20.0/26"])
-    cfg = SpeakerConfig(LOCAL_AS, SPEAKER, SPEAKER, (PeerConfig(BIRD, BIRD_AS, hold_time=9),))
+    cfg = SpeakerConfig(LOCAL_AS, SPEAKER, SPEAKER, (SpeakerPeer(BIRD, BIRD_AS, hold_time=9),))
     sp = Speaker(cfg, ImportPolicy(LOCAL_AS, POOLS, frozenset({OWN_BLOCK}), frozenset({SPEAKER})),
                  f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     relay = None

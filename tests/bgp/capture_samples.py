@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from bgpd.bgp.exabgp_config import PeerConfig, SpeakerConfig
+from bgpd.bgp.exabgp_config import SpeakerConfig, SpeakerPeer
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.speaker import Speaker
 from lab.netns import NetnsSet
@@ -60,8 +60,8 @@ def main(out: str) -> None:
                       static_routes=["198.19.20.0/26", "198.19.30.0/26"]).start()
         items.append(f)
         sp = Speaker(SpeakerConfig(LOCAL_AS, SPEAKER, SPEAKER,
-                                   (PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1"),
-                                    PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2"))),
+                                   (SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1"),
+                                    SpeakerPeer(FRR, FRR_AS, hold_time=9, password="pw2"))),
                      ImportPolicy(LOCAL_AS, POOLS), f"{wd}/speaker", netns=fab.speaker_ns,
                      trace_path=trace)
         sp.set_desired(["198.19.1.0/26"], complete=True)
@@ -178,8 +178,8 @@ def main_pairs(out: str) -> None:
                      static_routes=["198.19.20.0/26", "198.19.30.0/26"]).start()
         items.append(f)
         sp = Speaker(SpeakerConfig(LOCAL_AS, SPEAKER, SPEAKER,
-                                   (PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1"),
-                                    PeerConfig(FRR, LOCAL_AS, hold_time=9, password="pw2")),
+                                   (SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1"),
+                                    SpeakerPeer(FRR, LOCAL_AS, hold_time=9, password="pw2")),
                                    api_receive=("packets", "parsed")),
                      ImportPolicy(LOCAL_AS, POOLS), f"{wd}/speaker", netns=fab.speaker_ns,
                      trace_path=trace)

@@ -16,7 +16,7 @@ from bgpd.bgp.events import (
     notification_in_reason,
     parse_line,
 )
-from bgpd.bgp.exabgp_config import PeerConfig, SpeakerConfig
+from bgpd.bgp.exabgp_config import SpeakerConfig, SpeakerPeer
 from bgpd.bgp.import_policy import ImportPolicy
 
 P1, P2 = "198.18.1.1", "198.18.1.2"
@@ -24,8 +24,8 @@ A = Attributes(as_path=(65001,), as_path_len=1)
 BYE = 'Shutdown Communication: "maintenance"'
 
 
-def core(*peers: PeerConfig) -> SpeakerCore:
-    peers = peers or (PeerConfig(P1, 65001), PeerConfig(P2, 65002))
+def core(*peers: SpeakerPeer) -> SpeakerCore:
+    peers = peers or (SpeakerPeer(P1, 65001), SpeakerPeer(P2, 65002))
     c = SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", peers,
                       api_argv=("/usr/bin/python3", "/x/relay.py", "/run/x/api.sock"))
     return SpeakerCore(c, ImportPolicy(64512, ("198.19.0.0/16",), frozenset({"198.19.1.0/26"}),
@@ -179,8 +179,8 @@ def test_a_peer_down_when_announcements_complete_gets_no_eor_then():
 
 # -- Cease teardowns -------------------------------------------------------------------------
 def test_max_prefix_teardown_withdraws_first_when_exabgp_would_close_silently():
-    c = core(PeerConfig(P1, 65001, max_prefix=1, max_prefix_teardown=True),  # GR 120 (default)
-             PeerConfig(P2, 65002, max_prefix=1, max_prefix_teardown=True,
+    c = core(SpeakerPeer(P1, 65001, max_prefix=1, max_prefix_teardown=True),  # GR 120 (default)
+             SpeakerPeer(P2, 65002, max_prefix=1, max_prefix_teardown=True,
                         graceful_restart=None))
     c.set_desired(["198.19.1.0/26"], complete=True)
     for peer in (P1, P2):
@@ -209,7 +209,7 @@ def test_removed_peer_is_torn_down_with_cease_peer_deconfigured():
     c.apply(PeerState(P1, "up"), 0)
     c.apply(upd(P1, ["198.19.2.0/26"]), 0)
     c.take_commands()
-    new = SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", (PeerConfig(P2, 65002),),
+    new = SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", (SpeakerPeer(P2, 65002),),
                         api_argv=c.config.api_argv)
     tds = c.deconfigure(new)
     assert tds == [Teardown(P1, cmds.CEASE_PEER_DECONFIGURED,
@@ -235,12 +235,12 @@ def test_per_peer_counters_are_monotonic_across_flaps_and_removal():
     assert counts.received == 5
     assert counts.rejected == {"own-block": 2, "outside-pools": 1}
     assert (status(c, P1).received, status(c, P1).received_total) == (2, 5)
-    only_p2 = SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", (PeerConfig(P2, 65002),),
+    only_p2 = SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", (SpeakerPeer(P2, 65002),),
                             api_argv=c.config.api_argv)
     c.set_config(only_p2, 3)
     assert c.peer_counters()[P1].received == 5  # a removed peer keeps its values
     c.set_config(SpeakerConfig(64512, "198.18.1.10", "198.18.1.10",
-                               (PeerConfig(P1, 65001), PeerConfig(P2, 65002)),
+                               (SpeakerPeer(P1, 65001), SpeakerPeer(P2, 65002)),
                                api_argv=c.config.api_argv), 4)
     c.apply(PeerState(P1, "up"), 5)
     c.apply(upd(P1, ["198.19.1.0/26"]), 5)

@@ -16,10 +16,10 @@ from bgpd.bgp.events import (
     parse_line,
 )
 from bgpd.bgp.exabgp_config import (
-    ConfigError,
-    PeerConfig,
     PrefixFilter,
     SpeakerConfig,
+    SpeakerConfigError,
+    SpeakerPeer,
     changed_peers,
     environment,
     render,
@@ -31,14 +31,14 @@ A = Attributes(as_path=(65001,), as_path_len=1)
 LONG = Attributes(as_path=(65002, 65003), as_path_len=2)
 
 
-def cfg(*peers: PeerConfig) -> SpeakerConfig:
+def cfg(*peers: SpeakerPeer) -> SpeakerConfig:
     return SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", peers,
                          api_argv=("/usr/bin/python3", "/x/bgpd/bgp/exabgp_relay.py", "/run/x/api.sock"))
 
 
 # -- config ------------------------------------------------------------------
 def test_render_has_every_required_clause():
-    text = render(cfg(PeerConfig("198.18.1.1", 65001, hold_time=9, password="s3cret",
+    text = render(cfg(SpeakerPeer("198.18.1.1", 65001, hold_time=9, password="s3cret",
                                  passive=True, multihop=2, graceful_restart=90)))
     assert "parsed;" not in text  # packets only: ExaBGP would JSON-encode every prefix too
     for clause in ("neighbor 198.18.1.1 {", "local-as 64512;", "peer-as 65001;",
@@ -53,32 +53,32 @@ def test_render_has_every_required_clause():
 
 def test_render_api_receive_forms():
     both = render(SpeakerConfig(64512, "198.18.1.10", "198.18.1.10",
-                                (PeerConfig("198.18.1.1", 65001),), api_receive=("parsed", "packets")))
+                                (SpeakerPeer("198.18.1.1", 65001),), api_receive=("parsed", "packets")))
     assert "            packets;\n            parsed;\n            update;" in both
     for bad in ((), ("json",), ("packets", "consolidate")):
-        with pytest.raises(ConfigError):
+        with pytest.raises(SpeakerConfigError):
             SpeakerConfig(64512, "198.18.1.10", "198.18.1.10", api_receive=bad)
 
 
 def test_render_without_gr_and_md5():
-    text = render(cfg(PeerConfig("198.18.1.1", 65001, graceful_restart=None)))
+    text = render(cfg(SpeakerPeer("198.18.1.1", 65001, graceful_restart=None)))
     assert "graceful-restart" not in text and "md5" not in text
 
 
 @pytest.mark.parametrize("bad", ['a"b', "a b", "x;y", "x\nneighbor", "{", "a#b", "", "x" * 81])
 def test_password_injection_refused(bad):
-    with pytest.raises(ConfigError):
-        PeerConfig("198.18.1.1", 65001, password=bad)
+    with pytest.raises(SpeakerConfigError):
+        SpeakerPeer("198.18.1.1", 65001, password=bad)
 
 
 def test_config_validation():
-    with pytest.raises(ConfigError):
-        PeerConfig("198.18.1.1\n", 65001)
-    with pytest.raises(ConfigError):
-        PeerConfig("198.18.1.1", 0)
-    with pytest.raises(ConfigError):
-        cfg(PeerConfig("198.18.1.1", 1), PeerConfig("198.18.1.1", 2))
-    with pytest.raises(ConfigError):
+    with pytest.raises(SpeakerConfigError):
+        SpeakerPeer("198.18.1.1\n", 65001)
+    with pytest.raises(SpeakerConfigError):
+        SpeakerPeer("198.18.1.1", 0)
+    with pytest.raises(SpeakerConfigError):
+        cfg(SpeakerPeer("198.18.1.1", 1), SpeakerPeer("198.18.1.1", 2))
+    with pytest.raises(SpeakerConfigError):
         SpeakerConfig(1, "198.18.1.10", "198.18.1.10", api_argv=("run; x",))
 
 
@@ -89,9 +89,9 @@ def test_environment_keys():
 
 
 def test_changed_peers():
-    old = cfg(PeerConfig("198.18.1.1", 65001), PeerConfig("198.18.1.2", 65002))
-    new = cfg(PeerConfig("198.18.1.1", 65001), PeerConfig("198.18.1.2", 65009),
-              PeerConfig("198.18.1.3", 65003))
+    old = cfg(SpeakerPeer("198.18.1.1", 65001), SpeakerPeer("198.18.1.2", 65002))
+    new = cfg(SpeakerPeer("198.18.1.1", 65001), SpeakerPeer("198.18.1.2", 65009),
+              SpeakerPeer("198.18.1.3", 65003))
     assert changed_peers(old, new) == ({"198.18.1.3"}, set(), {"198.18.1.2"})
 
 
@@ -198,8 +198,8 @@ P1, P2 = "198.18.1.1", "198.18.1.2"
 
 
 def core(max_prefix=None, teardown=False):
-    c = cfg(PeerConfig(P1, 65001, max_prefix=max_prefix, max_prefix_teardown=teardown),
-            PeerConfig(P2, 65002))
+    c = cfg(SpeakerPeer(P1, 65001, max_prefix=max_prefix, max_prefix_teardown=teardown),
+            SpeakerPeer(P2, 65002))
     return SpeakerCore(c, ImportPolicy(64512, ("198.19.0.0/16",), frozenset({"198.19.1.0/26"}),
                                        frozenset({"198.18.1.10"})))
 
@@ -312,7 +312,7 @@ def test_core_session_reset_and_malformed():
 def test_core_peer_set_change():
     c = core()
     c.apply(upd(P2, ["198.19.7.0/26"]), 0)
-    c.set_config(cfg(PeerConfig(P1, 65001), PeerConfig("198.18.1.3", 65003)), 1)
+    c.set_config(cfg(SpeakerPeer(P1, 65001), SpeakerPeer("198.18.1.3", 65003)), 1)
     assert c.routes() == {} and set(c.peers) == {P1, "198.18.1.3"}
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bgpd.bgp.exabgp_config import PeerConfig, PrefixFilter, SpeakerConfig
+from bgpd.bgp.exabgp_config import PrefixFilter, SpeakerConfig, SpeakerPeer
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.speaker import PYPY_GC_ENV, Speaker, default_exabgp, is_pypy
 from lab.procs import wait_for
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 T = 45  # generous upper bound for convergence; never asserted as a duration
 
 
-def speaker_config(*peers: PeerConfig) -> SpeakerConfig:
+def speaker_config(*peers: SpeakerPeer) -> SpeakerConfig:
     return SpeakerConfig(LOCAL_AS, SPEAKER, SPEAKER, peers)
 
 
@@ -62,8 +62,8 @@ def test_peers_with_bird_and_frr_md5_routes_both_ways(fabric, cleanup):
     b = bird(fabric, ["198.19.10.0/26", "198.19.30.0/26", "198.19.1.5/32", "198.19.200.0/24"])
     f = frr(fabric, ["198.19.20.0/26", "198.19.30.0/26", "198.18.0.0/24"])
     cleanup += [b.start(), f.start()]
-    cfg = speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1"),
-                         PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2",
+    cfg = speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1"),
+                         SpeakerPeer(FRR, FRR_AS, hold_time=9, password="pw2",
                                     allowed=(PrefixFilter("198.18.0.0/24"),)))
     sp = Speaker(cfg, policy(allowed={FRR: (PrefixFilter("198.18.0.0/24"),)}),
                  f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
@@ -123,8 +123,8 @@ def test_wrong_md5_password_does_not_establish(fabric, cleanup, wrong):
     f = frr(fabric, ["198.19.20.0/26"], password="frr-pw")
     cleanup += [b.start(), f.start()]
     sp = Speaker(speaker_config(
-        PeerConfig(BIRD, BIRD_AS, hold_time=9, password="wrong" if wrong == "bird" else "bird-pw"),
-        PeerConfig(FRR, FRR_AS, hold_time=9, password="wrong" if wrong == "frr" else "frr-pw")),
+        SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="wrong" if wrong == "bird" else "bird-pw"),
+        SpeakerPeer(FRR, FRR_AS, hold_time=9, password="wrong" if wrong == "frr" else "frr-pw")),
         policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     cleanup.append(sp.start())
     good, bad = (FRR, BIRD) if wrong == "bird" else (BIRD, FRR)
@@ -146,9 +146,9 @@ def test_max_prefix_drops_peer_routes_and_counts(fabric, cleanup):
     b = bird(fabric, many)
     f = frr(fabric, ["198.19.20.0/26"])
     cleanup += [b.start(), f.start()]
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1",
+    sp = Speaker(speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1",
                                            max_prefix=10),
-                                PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2")),
+                                SpeakerPeer(FRR, FRR_AS, hold_time=9, password="pw2")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     cleanup.append(sp.start())
     wait_for(lambda: "198.19.20.0/26" in sp.routes(), T, what="FRR route learned")
@@ -163,7 +163,7 @@ def test_max_prefix_drops_peer_routes_and_counts(fabric, cleanup):
 def test_exabgp_sigkill_restarts_and_reannounces(fabric, cleanup):
     b = bird(fabric, ["198.19.10.0/26"])
     cleanup.append(b.start())
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+    sp = Speaker(speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns,
                  backoff=(0.2, 2.0))
     sp.set_desired([OWN_BLOCK], complete=True)
@@ -195,15 +195,15 @@ def test_peers_added_and_removed_without_dropping_others(fabric, cleanup):
     b = bird(fabric, ["198.19.10.0/26"])
     f = frr(fabric, ["198.19.20.0/26"])
     cleanup += [b.start(), f.start()]
-    only_bird = speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1"))
+    only_bird = speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1"))
     sp = Speaker(only_bird, policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     sp.set_desired([OWN_BLOCK], complete=True)
     cleanup.append(sp.start())
     wait_for(lambda: established(sp, BIRD), T, what="BIRD session")
     pid = sp.exabgp_pid
 
-    both = speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1"),
-                          PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2"))
+    both = speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1"),
+                          SpeakerPeer(FRR, FRR_AS, hold_time=9, password="pw2"))
     sp.update_config(both)
     wait_for(lambda: established(sp, FRR), T, what="FRR session after reload")
     f.wait_route(OWN_BLOCK, timeout=T)
@@ -224,7 +224,7 @@ def bird_and_speaker(fabric, cleanup) -> tuple:
     """BIRD announcing one block and our speaker (MD5) announcing OWN_BLOCK, both started."""
     b = bird(fabric, ["198.19.10.0/26"])
     cleanup.append(b.start())
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+    sp = Speaker(speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     sp.set_desired([OWN_BLOCK], complete=True)
     cleanup.append(sp.start())
@@ -249,7 +249,7 @@ def test_learned_routes_reach_the_kernel_through_felix_like(fabric, cleanup):
 
     b = bird(fabric, ["198.19.10.0/26", "198.19.11.0/26", "198.19.1.5/32", "198.19.200.0/24"])
     cleanup.append(b.start())
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+    sp = Speaker(speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     cleanup.append(sp.start())
     driver = KernelRouteDriver(netns=fabric.speaker_ns)
@@ -280,7 +280,7 @@ def test_learned_routes_reach_the_kernel_through_felix_like(fabric, cleanup):
 def test_relay_death_restarts_exabgp_and_resyncs(fabric, cleanup):
     b = bird(fabric, ["198.19.10.0/26"])
     cleanup.append(b.start())
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+    sp = Speaker(speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns,
                  backoff=(0.2, 2.0))
     sp.set_desired([OWN_BLOCK], complete=True)
@@ -302,7 +302,7 @@ def test_max_prefix_teardown_once_then_held_down(fabric, cleanup):
     many = [f"198.19.{40 + i}.0/24" for i in range(12)]
     b = bird(fabric, many)
     cleanup.append(b.start())
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1",
+    sp = Speaker(speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1",
                                            max_prefix=10, max_prefix_teardown=True)),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     cleanup.append(sp.start())
@@ -344,7 +344,7 @@ def test_cpython_exabgp_fallback_peers_with_bird(fabric, cleanup):
     cpython_exabgp = os.path.join(os.path.dirname(sys.executable), "exabgp")
     b = bird(fabric, ["198.19.10.0/26", "198.19.11.0/26", "198.19.1.5/32"])
     cleanup.append(b.start())
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")),
+    sp = Speaker(speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns,
                  exabgp=cpython_exabgp)
     sp.set_desired([OWN_BLOCK], complete=True)
@@ -407,7 +407,7 @@ def test_frr_neighbor_shutdown_drops_its_routes_at_once(fabric, cleanup):
     shutdown message; its routes go at once, not after 120 s."""
     f = frr(fabric, ["198.19.20.0/26"])
     cleanup.append(f.start())
-    sp = Speaker(speaker_config(PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2")),
+    sp = Speaker(speaker_config(SpeakerPeer(FRR, FRR_AS, hold_time=9, password="pw2")),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
     sp.set_desired([OWN_BLOCK], complete=True)
     cleanup.append(sp.start())
@@ -437,7 +437,7 @@ def _max_prefix_setup(fabric, cleanup, graceful_restart):
     cleanup.append(b.start())
     # Passive: only BIRD reconnects (after its error wait), so the session stays down long
     # enough to see what BIRD kept of ours.
-    sp = Speaker(speaker_config(PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1",
+    sp = Speaker(speaker_config(SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1",
                                            passive=True, max_prefix=10,
                                            max_prefix_teardown=True,
                                            graceful_restart=graceful_restart)),
@@ -498,10 +498,10 @@ def test_removed_peer_gets_cease_3_and_keeps_none_of_our_routes(fabric, cleanup,
     b = bird(fabric, ["198.19.10.0/26"])
     f = frr(fabric, ["198.19.20.0/26"])
     cleanup += [b.start(), f.start()]
-    bird_peer = PeerConfig(BIRD, BIRD_AS, hold_time=9, password="pw1")
+    bird_peer = SpeakerPeer(BIRD, BIRD_AS, hold_time=9, password="pw1")
     # Passive towards FRR: ExaBGP would reconnect right after the teardown, and the reload
     # then closes that new session silently -- FRR's last reset would name that instead.
-    sp = Speaker(speaker_config(bird_peer, PeerConfig(FRR, FRR_AS, hold_time=9, password="pw2",
+    sp = Speaker(speaker_config(bird_peer, SpeakerPeer(FRR, FRR_AS, hold_time=9, password="pw2",
                                                       passive=True,
                                                       graceful_restart=graceful_restart)),
                  policy(), f"{fabric.workdir}/speaker", netns=fabric.speaker_ns)
