@@ -416,6 +416,9 @@ class Lab:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                "CNI_IFNAME": ifname, "CNI_PATH": "/opt/cni/bin"}
+        if "PYTHONPATH" in os.environ:
+            # The plugin runs the code under test (a worktree's), as the daemon does.
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         if pod_netns:
             env["CNI_NETNS"] = f"/run/netns/{pod_netns}"
         env.update(extra_env or {})

@@ -13,5 +13,10 @@ Review notes (invariants)
 - Imports ``ipam`` and ``config`` only, never ``bgpd.node``/``bgpd.bgp`` (import-linter).
 - stdout carries exactly one JSON document or nothing; every error has a spec code.
 - Validation happens before anything is touched: a bad request leaves nothing behind.
+- One call per container at a time (issue 12): ADD, DEL and GC hold the container's
+  flock in the state dir (``records.acquire_lock``) from reading its record to writing
+  or removing it, whether the plugin or the daemon's worker threads run them; a
+  rollback undoes only what its own call created.
+- A pod netns is never the node's own, nor one holding another container's interface.
 - This ``__init__`` imports nothing: the fast path must start light.
 """

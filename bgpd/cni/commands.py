@@ -10,16 +10,28 @@ codes, and ``bgpd.cni.records`` for the workload record the daemon reads.
 
 ADD order (and its undo, run in reverse on any failure or SIGTERM/SIGINT):
 
-1. validate env + conf, open the pod netns (code 3 if it is gone) — nothing touched yet;
-2. allocate by handle ``k8s-pod-network.<containerID>`` (idempotent per handle) → release;
-3. veth (peer created inside the pod netns) → delete the host veth (takes the peer along);
-4. pod side: /32, MTU, 169.254.1.1 scope link, default via it; host side: proxy ARP, up;
-5. workload record (atomic) → remove it;
-6. host /32 route with our protocol (after the record: the daemon's sweep keeps it).
+1. validate env + conf, open the pod netns (code 3 if it is gone, code 4 if it is the
+   node's own) — nothing touched yet;
+2. take the container's lock (``bgpd.cni.records.acquire_lock``), held to the end:
+   two ADDs of one container at once (a runtime retrying after a timeout) must not
+   both find "no record" and build two attachments on one address (issue 12);
+3. refuse a pod netns that already holds an interface of ours for another container
+   (code 4): its default route would be replaced;
+4. allocate by handle ``k8s-pod-network.<containerID>`` (idempotent per handle) →
+   release that exact lease, and only if this call allocated it (an address the
+   handle already held, e.g. from a killed ADD, is not this call's to free);
+5. veth (peer created inside the pod netns) → delete that host veth, by index (takes
+   the peer along);
+6. pod side: /32, MTU, 169.254.1.1 scope link, default via it; host side: proxy ARP, up;
+7. workload record (atomic) → remove it;
+8. host /32 route with our protocol (after the record: the daemon's sweep keeps it).
 
-DEL order: host veth (its routes go with it) → any leftover host route of ours →
-release the handle → remove the record. The record goes last so a DEL that fails on
-etcd (code 11) is retried by the runtime and still knows the veth name and address.
+DEL order (under the same lock): our host routes through the container's own host
+veth → the host veth (its routes would go with it anyway) → release the handle →
+remove the record. A route of ours to the same /32 through another interface belongs
+to a pod that got the address since; it is never touched. The record goes last so a
+DEL that fails on etcd (code 11) is retried by the runtime and still knows the veth
+name and address.
 
 ADD for a container that already has a record (the spec says a runtime must not do
 this without a DEL, but a runtime that lost our answer — timeout, restart — does):
@@ -38,7 +50,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -67,10 +80,13 @@ from bgpd.cni.protocol import (  # noqa: E402 - after the environment above
     version_answer,
 )
 from bgpd.cni.records import (
+    LockTimeout,
     StateError,
     WorkloadRecord,
+    acquire_lock,
     list_records,
     read_record,
+    release_lock,
     remove_record,
     write_record,
 )
@@ -218,6 +234,31 @@ def _state(fn: Callable[[], Any]) -> Any:
         raise CniError(Code.STATE, str(exc)) from None
 
 
+@contextmanager
+def _locked(conf: NetConf, cid: str) -> Iterator[None]:
+    """The container's lock (``bgpd.cni.records``), its failures as CNI errors: 106 if
+    the state dir is unusable, 11 if another call for the container is still running
+    after the lock's timeout."""
+    try:
+        fd = acquire_lock(conf.state_dir, cid)
+    except LockTimeout as exc:
+        raise CniError(Code.TRY_AGAIN_LATER, str(exc)) from None
+    except StateError as exc:
+        raise CniError(Code.STATE, str(exc)) from None
+    try:
+        yield
+    finally:
+        release_lock(conf.state_dir, cid, fd)
+
+
+def _owner_of(conf: NetConf, host_ifname: str) -> str | None:
+    """The container whose record names ``host_ifname`` (for an error message)."""
+    for cid, rec, _err in list_records(conf.state_dir):
+        if rec is not None and rec.host_ifname == host_ifname:
+            return cid
+    return None
+
+
 def _attachment(rec: WorkloadRecord, host_mac: str, pod_mac: str) -> Attachment:
     return Attachment(ip=rec.ip, host_ifname=rec.host_ifname, host_mac=host_mac,
                       ifname=rec.ifname, pod_mac=pod_mac, netns=rec.netns, mtu=rec.mtu)
@@ -235,69 +276,91 @@ def _same_attachment(rec: WorkloadRecord, env: CniEnv) -> list[str]:
 
 
 def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore) -> dict[str, Any]:
-    from bgpd.cni.netns import Kernel, open_netns
+    from bgpd.cni.netns import open_netns
+
+    pod_fd = open_netns(env.netns)
+    try:
+        with _locked(conf, env.container_id):
+            return _add_locked(env, conf, ds, pod_fd)
+    finally:
+        os.close(pod_fd)
+
+
+def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[str, Any]:
+    from bgpd.cni.netns import Kernel
 
     cid = env.container_id
     blog = _log(container=cid, ifname=env.ifname)
     handle = pod_handle(cid)
     host = host_veth_name(conf.workload_prefix, cid)
-    pod_fd = open_netns(env.netns)
-    try:
-        with Kernel(pod_fd) as k:
-            rec = _state(lambda: read_record(conf.state_dir, cid))
-            if rec is not None:
-                return _add_again(env, conf, ds, k, rec, blog)
-            if k.pod_link(env.ifname) is not None:
-                raise CniError(Code.ALREADY_ATTACHED,
-                               f"interface {env.ifname} already exists in {env.netns}",
-                               "another plugin or an earlier attachment uses this name; "
-                               "pick another CNI_IFNAME or DEL the old attachment")
-            if k.delete_link(host):
-                # Same name = same container ID; no record = an ADD that was killed
-                # before it finished. Its address (same handle) is reused below.
-                blog.warning("cni_stale_veth_removed", host_ifname=host)
-            undo: list[tuple[str, Callable[[], Any]]] = []
-            marks: list[tuple[str, float]] = [("start", time.monotonic())]
+    with Kernel(pod_fd) as k:
+        rec = _state(lambda: read_record(conf.state_dir, cid))
+        if rec is not None:
+            return _add_again(env, conf, ds, k, rec, blog)
+        others = [(pod_if, h) for pod_if, h in k.attachments_in_pod(pod_fd, conf.workload_prefix)
+                  if h != host]
+        if others:
+            pod_if, other_host = others[0]
+            owner = _owner_of(conf, other_host)
+            raise CniError(Code.INVALID_ENV,
+                           f"network namespace {env.netns} already holds {pod_if} of "
+                           f"container {owner or '(no record)'} (host veth {other_host})",
+                           "refused before any change: a second attachment would replace "
+                           "that pod's default route; CNI_NETNS must be this container's")
+        if k.pod_link(env.ifname) is not None:
+            raise CniError(Code.ALREADY_ATTACHED,
+                           f"interface {env.ifname} already exists in {env.netns}",
+                           "another plugin or an earlier attachment uses this name; "
+                           "pick another CNI_IFNAME or DEL the old attachment")
+        if k.delete_link(host):
+            # Same name = same container ID; no record, and we hold the container's
+            # lock = an ADD that was killed before it finished (not one still running).
+            # Its address (same handle) is reused below.
+            blog.warning("cni_stale_veth_removed", host_ifname=host)
+        undo: list[tuple[str, Callable[[], Any]]] = []
+        marks: list[tuple[str, float]] = [("start", time.monotonic())]
 
-            def mark(step: str) -> None:
-                marks.append((step, time.monotonic()))
-            try:
-                attrs = {**k8s_attrs(env.args), "node": conf.node_name, "ifname": env.ifname}
-                lease = ds.call(f"allocating an address for {handle}",
-                                lambda ipam: ipam.allocate_lease(handle, attrs,
-                                                                 pool=conf.ipam_pool))
+        def mark(step: str) -> None:
+            marks.append((step, time.monotonic()))
+        try:
+            attrs = {**k8s_attrs(env.args), "node": conf.node_name, "ifname": env.ifname}
+            lease = ds.call(f"allocating an address for {handle}",
+                            lambda ipam: ipam.allocate_lease(handle, attrs,
+                                                             pool=conf.ipam_pool))
+            if lease.new:
+                # Exactly this lease (seq): never an address the handle held before
+                # this call, nor one reused by someone else since.
                 undo.append(("release", lambda: ds.call(
-                    f"releasing {handle}", lambda ipam: ipam.release_handle(handle))))
-                mark("allocate")
-                ip = lease.ip
-                if ":" in ip:
-                    raise CniError(Code.INVALID_CONFIG, f"IPAM handed out IPv6 {ip}",
-                                   "this plugin is IPv4-only: set ipam_pool to an IPv4 pool")
-                k.create_veth(host, env.ifname, pod_fd, conf.mtu)
-                undo.append(("veth", lambda: k.delete_link(host)))
-                mark("veth")
-                pod_link = k.configure_pod(env.ifname, ip, conf.mtu)
-                mark("pod")
-                host_link = k.configure_host(host, conf.mtu)
-                mark("host")
-                rec = WorkloadRecord(container_id=cid, ifname=env.ifname, netns=env.netns,
-                                     host_ifname=host, ip=ip, handle=handle, mtu=conf.mtu,
-                                     route_protocol=conf.route_protocol, node=conf.node_name,
-                                     network=conf.name, attrs=attrs)
-                _state(lambda: write_record(conf.state_dir, rec))
-                undo.append(("record", lambda: remove_record(conf.state_dir, cid)))
-                mark("record")
-                k.add_host_route(ip, host_link.index, conf.route_protocol)
-                mark("route")
-            except BaseException as exc:
-                _undo(undo, blog, exc)
-                raise
-            blog.info("cni_added", ip=ip, host_ifname=host, new_address=lease.new, **attrs)
-            blog.debug("cni_add_steps_ms", **{name: round((t - prev) * 1e3, 1) for
-                                               (_, prev), (name, t) in zip(marks, marks[1:], strict=False)})
-            return build_result(conf.cni_version, _attachment(rec, host_link.mac, pod_link.mac))
-    finally:
-        os.close(pod_fd)
+                    f"releasing {lease.ip} of {handle}",
+                    lambda ipam: ipam.release_ip(lease.ip, seq=lease.seq, handle=handle))))
+            mark("allocate")
+            ip = lease.ip
+            if ":" in ip:
+                raise CniError(Code.INVALID_CONFIG, f"IPAM handed out IPv6 {ip}",
+                               "this plugin is IPv4-only: set ipam_pool to an IPv4 pool")
+            created = k.create_veth(host, env.ifname, pod_fd, conf.mtu)
+            undo.append(("veth", lambda: k.delete_link(host, index=created.index)))
+            mark("veth")
+            pod_link = k.configure_pod(env.ifname, ip, conf.mtu)
+            mark("pod")
+            host_link = k.configure_host(host, conf.mtu)
+            mark("host")
+            rec = WorkloadRecord(container_id=cid, ifname=env.ifname, netns=env.netns,
+                                 host_ifname=host, ip=ip, handle=handle, mtu=conf.mtu,
+                                 route_protocol=conf.route_protocol, node=conf.node_name,
+                                 network=conf.name, attrs=attrs)
+            _state(lambda: write_record(conf.state_dir, rec))
+            undo.append(("record", lambda: remove_record(conf.state_dir, cid)))
+            mark("record")
+            k.add_host_route(ip, host_link.index, conf.route_protocol)
+            mark("route")
+        except BaseException as exc:
+            _undo(undo, blog, exc)
+            raise
+        blog.info("cni_added", ip=ip, host_ifname=host, new_address=lease.new, **attrs)
+        blog.debug("cni_add_steps_ms", **{name: round((t - prev) * 1e3, 1) for
+                                           (_, prev), (name, t) in zip(marks, marks[1:], strict=False)})
+        return build_result(conf.cni_version, _attachment(rec, host_link.mac, pod_link.mac))
 
 
 def _undo(steps: list[tuple[str, Callable[[], Any]]], blog, exc: BaseException) -> None:
@@ -339,10 +402,14 @@ def teardown(conf: NetConf, ds: Datastore, cid: str, rec: WorkloadRecord | None,
     host = rec.host_ifname if rec else host_veth_name(conf.workload_prefix, cid)
     handle = rec.handle if rec else pod_handle(cid)
     with Kernel() as k:
-        removed_veth = k.delete_link(host)
-        removed_route = False
-        if rec is not None:
-            removed_route = k.delete_host_route(rec.ip, rec.route_protocol)
+        link = k.host_link(host)
+        removed_route = removed_veth = False
+        if link is not None:
+            if rec is not None:
+                # Only through this container's own veth: the same /32 through another
+                # interface is a live pod's that reused the address (issue 12).
+                removed_route = k.delete_host_route(rec.ip, rec.route_protocol, link.index)
+            removed_veth = k.delete_link(host, index=link.index)
     released = ds.call(f"releasing the address of {handle}",
                        lambda ipam: ipam.release_handle(handle))
     removed_rec = _state(lambda: remove_record(conf.state_dir, cid))
@@ -353,18 +420,19 @@ def teardown(conf: NetConf, ds: Datastore, cid: str, rec: WorkloadRecord | None,
 def cmd_del(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
     cid = env.container_id
     blog = _log(container=cid, ifname=env.ifname)
-    try:
-        rec = read_record(conf.state_dir, cid)
-    except StateError as exc:
-        # A corrupt record must not block DEL forever: fall back to derived names.
-        blog.warning("cni_record_unreadable", error=str(exc))
-        rec = None
-    if rec is not None and rec.ifname != env.ifname:
-        # The spec keys attachments by (network, container, ifname): this DEL is for
-        # an attachment we never made; the handle belongs to the one we did.
-        blog.info("cni_del_other_ifname", attached=rec.ifname)
-        return
-    teardown(conf, ds, cid, rec, blog)
+    with _locked(conf, cid):          # not while an ADD of the container is half-way
+        try:
+            rec = read_record(conf.state_dir, cid)
+        except StateError as exc:
+            # A corrupt record must not block DEL forever: fall back to derived names.
+            blog.warning("cni_record_unreadable", error=str(exc))
+            rec = None
+        if rec is not None and rec.ifname != env.ifname:
+            # The spec keys attachments by (network, container, ifname): this DEL is for
+            # an attachment we never made; the handle belongs to the one we did.
+            blog.info("cni_del_other_ifname", attached=rec.ifname)
+            return
+        teardown(conf, ds, cid, rec, blog)
 
 
 def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
@@ -429,7 +497,12 @@ def cmd_gc(conf: NetConf, ds: Datastore) -> None:
         if cid in valid_ids or (cid, rec.ifname) in valid:
             continue
         try:
-            teardown(conf, ds, cid, rec, _log(container=cid, ifname=rec.ifname, gc=True))
+            with _locked(conf, cid):
+                # Read again under the lock: a DEL or an ADD may have run since the listing.
+                rec = _state(lambda cid=cid: read_record(conf.state_dir, cid))
+                if rec is None or (cid, rec.ifname) in valid:
+                    continue
+                teardown(conf, ds, cid, rec, _log(container=cid, ifname=rec.ifname, gc=True))
             removed += 1
         except CniError as exc:
             errors.append(f"{cid}: {exc.msg} ({exc.details})")

@@ -14,8 +14,10 @@ Protocol (one request per connection, one JSON line each way)::
 
 When to fall back (``try_daemon`` returns None, the caller runs the command itself):
 the conf's ``daemon_socket`` is ``null``/``""``, stdin is not a JSON object (the
-direct path then reports the error), or nothing accepts the connection (socket
-missing, refused, not a socket) — the daemon restarting must not stop pods from
+direct path then reports the error), the request is larger than the daemon reads
+(``MAX_REQUEST``: the daemon would drop it, and a code 11 for it would be retried
+forever — issue 12), or nothing accepts the connection (socket missing, refused, not
+a socket) — the daemon restarting must not stop pods from
 starting (see ``bgpd.cni.protocol``). Once the request is sent there is no fallback: the
 daemon may have done part of the work, and running the command again here could
 race it. A daemon that drops the connection without answering gets code 11 (try
@@ -39,6 +41,7 @@ TRY_AGAIN_LATER = 11
 # a contended etcd stays far below it (etcd_timeout bounds each attempt).
 REPLY_TIMEOUT = 120.0
 MAX_REPLY = 16 * 1024 * 1024
+MAX_REQUEST = 4 * 1024 * 1024    # the daemon's limit on one request line (bgpd.cni.server)
 
 
 def socket_path(stdin: bytes) -> str | None:
@@ -65,7 +68,13 @@ def _error(stdin: bytes, msg: str, details: str) -> str:
 
 def call(path: str, env: dict[str, str], stdin: bytes,
          hostname: str) -> tuple[int, str | None] | None:
-    """(exit code, stdout text) from the daemon at ``path``; None if nothing accepts."""
+    """(exit code, stdout text) from the daemon at ``path``; None if nothing accepts
+    or the request is too large for it (nothing was sent: the caller runs the command)."""
+    request = {"env": {k: env[k] for k in ENV_KEYS if k in env},
+               "stdin": stdin.decode("utf-8", "surrogateescape"), "hostname": hostname}
+    payload = json.dumps(request).encode("utf-8", "surrogateescape") + b"\n"
+    if len(payload) > MAX_REQUEST:
+        return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -73,10 +82,8 @@ def call(path: str, env: dict[str, str], stdin: bytes,
         except OSError:
             return None       # missing, refused, not a socket: the daemon is not there
         sock.settimeout(REPLY_TIMEOUT)
-        request = {"env": {k: env[k] for k in ENV_KEYS if k in env},
-                   "stdin": stdin.decode("utf-8", "surrogateescape"), "hostname": hostname}
         try:
-            sock.sendall(json.dumps(request).encode("utf-8", "surrogateescape") + b"\n")
+            sock.sendall(payload)
             chunks = []
             size = 0
             while True:

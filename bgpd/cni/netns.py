@@ -67,7 +67,21 @@ def open_netns(path: str) -> int:
         os.close(fd)
         raise CniError(Code.UNKNOWN_CONTAINER, f"{path} is not a network namespace",
                        "CNI_NETNS must be /var/run/netns/<name> or /proc/<pid>/ns/net")
+    if is_own_netns(fd):
+        os.close(fd)
+        # Issue 12: the pod side would be configured in the node's namespace, and its
+        # default route (via 169.254.1.1) would replace the node's.
+        raise CniError(Code.INVALID_ENV, f"CNI_NETNS {path} is the plugin's own network "
+                       "namespace (the node's), not a container's",
+                       "refused before any change: a pod needs a namespace of its own")
     return fd
+
+
+def is_own_netns(fd: int) -> bool:
+    """True if ``fd`` is the namespace this thread runs in (the node's): same nsfs
+    inode. ``thread-self``: the daemon's worker threads are what does the work."""
+    own, given = os.stat("/proc/thread-self/ns/net"), os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (given.st_dev, given.st_ino)
 
 
 @contextmanager
@@ -130,6 +144,7 @@ class LinkInfo:
     up: bool
     kind: str
     peer_index: int | None       # IFLA_LINK: the veth peer's index in its namespace
+    peer_netnsid: int | None = None   # IFLA_LINK_NETNSID: set when the peer is elsewhere
 
 
 def _link_info(msg) -> LinkInfo:
@@ -139,7 +154,19 @@ def _link_info(msg) -> LinkInfo:
         kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
     return LinkInfo(index=msg["index"], name=msg.get_attr("IFLA_IFNAME"),
                     mac=msg.get_attr("IFLA_ADDRESS") or "", mtu=msg.get_attr("IFLA_MTU") or 0,
-                    up=bool(msg["flags"] & 1), kind=kind, peer_index=msg.get_attr("IFLA_LINK"))
+                    up=bool(msg["flags"] & 1), kind=kind, peer_index=msg.get_attr("IFLA_LINK"),
+                    peer_netnsid=msg.get_attr("IFLA_LINK_NETNSID"))
+
+
+def is_our_peer(pod: LinkInfo, host: LinkInfo | None, prefix: str, pod_nsid: int | None) -> bool:
+    """Pure: is ``host`` (a node link) the node end of the veth whose pod end is
+    ``pod``, and one of ours? Both ends must name each other, and the host end's peer
+    namespace must be the pod's (``pod_nsid``: the pod netns' id as the node sees it),
+    so an index that merely coincides in a third namespace does not count."""
+    return (host is not None and pod.kind == "veth" and host.kind == "veth"
+            and host.name.startswith(prefix) and pod.peer_index == host.index
+            and host.peer_index == pod.index and pod_nsid is not None and pod_nsid >= 0
+            and host.peer_netnsid == pod_nsid)
 
 
 class Kernel:
@@ -189,10 +216,52 @@ class Kernel:
         assert self.pod is not None
         return self._link(self.pod, name)
 
+    def _host_link_by_index(self, index: int) -> LinkInfo | None:
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            msgs = self.node.link("get", index=index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise _kernel_error(f"looking up link #{index}", exc) from None
+        return _link_info(msgs[0]) if msgs else None
+
+    def attachments_in_pod(self, pod_netns_fd: int, prefix: str) -> list[tuple[str, str]]:
+        """(pod interface, host veth) for every veth in the pod namespace whose node
+        end is one of ours (name starts with ``prefix``). A fresh pod namespace has
+        only ``lo``: this costs one link dump there."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        assert self.pod is not None
+        try:
+            pod_links = [_link_info(m) for m in self.pod.link("dump")]
+        except NetlinkError as exc:
+            raise _kernel_error("listing the pod's interfaces", exc) from None
+        found: list[tuple[str, str]] = []
+        pod_nsid: int | None = None
+        for pl in pod_links:
+            if pl.kind != "veth" or pl.peer_netnsid is None or not pl.peer_index:
+                continue
+            hl = self._host_link_by_index(pl.peer_index)
+            if hl is None or not hl.name.startswith(prefix):
+                continue
+            if pod_nsid is None:
+                # Asked after the host link was read: reading a link whose peer is in
+                # another namespace makes the kernel assign that namespace an id.
+                try:
+                    pod_nsid = (self.node.get_netnsid(fd=pod_netns_fd) or {}).get("nsid")
+                except NetlinkError as exc:
+                    raise _kernel_error("reading the pod namespace's id", exc) from None
+            if is_our_peer(pl, hl, prefix, pod_nsid):
+                found.append((pl.name, hl.name))
+        return found
+
     # ----------------------------------------------------------- ADD
 
-    def create_veth(self, host: str, ifname: str, pod_netns_fd: int, mtu: int) -> None:
-        """veth host<->ifname with the peer created inside the pod namespace."""
+    def create_veth(self, host: str, ifname: str, pod_netns_fd: int, mtu: int) -> LinkInfo:
+        """veth host<->ifname with the peer created inside the pod namespace; returns
+        the host end (its index makes the rollback exact)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         try:
@@ -204,6 +273,10 @@ class Kernel:
                                f"cannot create veth {host}/{ifname}: a device with that name "
                                f"already exists", "DEL the container first") from None
             raise _kernel_error(f"creating veth {host} (peer {ifname})", exc) from None
+        link = self.host_link(host)
+        if link is None:
+            raise CniError(Code.KERNEL, f"host veth {host} vanished after creation")
+        return link
 
     def configure_pod(self, ifname: str, ip: str, mtu: int) -> LinkInfo:
         """Pod side: up, MTU, ip/32, 169.254.1.1 scope link, default via it."""
@@ -256,12 +329,14 @@ class Kernel:
 
     # ----------------------------------------------------------- DEL
 
-    def delete_link(self, name: str) -> bool:
-        """Delete a host link by name (its veth peer and routes go with it)."""
+    def delete_link(self, name: str, index: int | None = None) -> bool:
+        """Delete a host link by name (its veth peer and routes go with it). With
+        ``index``: only if the link of that name is still that one (a rollback deletes
+        what it created, nothing that replaced it)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         link = self.host_link(name)
-        if link is None:
+        if link is None or (index is not None and link.index != index):
             return False
         try:
             self.node.link("del", index=link.index)
@@ -271,23 +346,31 @@ class Kernel:
             raise _kernel_error(f"deleting host veth {name}", exc) from None
         return True
 
-    def delete_host_route(self, ip: str, protocol: int) -> bool:
-        """Delete our /32 to ``ip`` if it is still there (it normally went with the
-        veth); only a route with our protocol is touched."""
+    def delete_host_route(self, ip: str, protocol: int, host_index: int) -> bool:
+        """Delete our /32 to ``ip`` through the container's own host veth
+        (``host_index``); True if one was deleted.
+
+        Only through that veth (issue 12): a route of ours to the same /32 through
+        another interface belongs to the pod that holds the address now, and a stale
+        DEL must not cut it off. The delete repeats the route's own scope, table and
+        output interface: without the scope (link) the kernel matches nothing and
+        answers ESRCH, which is why this used to delete nothing."""
         from pyroute2.netlink.exceptions import NetlinkError
 
+        deleted = False
         for r in self.host_routes(ip):
-            if r["proto"] != protocol:
+            if r["proto"] != protocol or r.get_attr("RTA_OIF") != host_index:
                 continue
             try:
-                self.node.route("del", dst=f"{ip}/32", proto=protocol,
-                                oif=r.get_attr("RTA_OIF"), table=r.get_attr("RTA_TABLE"))
+                self.node.route("del", dst=f"{ip}/32", proto=protocol, oif=host_index,
+                                scope=r["scope"], table=r.get_attr("RTA_TABLE") or r["table"],
+                                priority=r.get_attr("RTA_PRIORITY") or 0)
             except NetlinkError as exc:
                 if exc.code == errno.ESRCH:
-                    return False
+                    continue              # gone meanwhile (the veth went): fine
                 raise _kernel_error(f"deleting host route {ip}/32", exc) from None
-            return True
-        return False
+            deleted = True
+        return deleted
 
     def host_routes(self, ip: str) -> list:
         from pyroute2.netlink.exceptions import NetlinkError

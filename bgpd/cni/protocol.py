@@ -350,7 +350,14 @@ def parse_conf(raw: bytes | str, command: str = "ADD",
             or not 0.1 <= timeout <= 60:
         raise CniError(Code.INVALID_CONFIG, "etcd_timeout must be seconds in 0.1..60",
                        f"got {json.dumps(timeout)}")
-    node = env.get("NODEROUTER_NODE_NAME") or _str(doc, "node_name") or default_node
+    conf_node = _str(doc, "node_name")
+    if conf_node is not None and not conf_node.strip():
+        # Issue 12: absent means the host name; an empty value is a mistake (a template
+        # that rendered nothing), and the host name may not be the registered node.
+        raise CniError(Code.INVALID_CONFIG, "network config key 'node_name' is empty",
+                       "give the node's name (the one the daemon registers), or leave "
+                       "the key out to use the host name")
+    node = env.get("NODEROUTER_NODE_NAME") or conf_node or default_node
     if not node or not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?", node):
         raise CniError(Code.INVALID_CONFIG, f"node name {node!r} is invalid",
                        "set node_name in the conf or NODEROUTER_NODE_NAME "

@@ -14,6 +14,15 @@ via the record's host veth). Hence the ordering rules:
 * Writes are atomic: a temp file in the same directory, fsync, rename, fsync the
   directory — a reader sees the old record or the new one, never half of one, and a
   power cut cannot leave an empty file behind a rename.
+* One call at a time per container (issue 12): ADD, DEL and GC hold
+  ``container_lock`` from reading the record to writing or removing it. Two ADDs of
+  one container (a runtime retrying while its first call still runs) used to both see
+  "no record", both allocate the same address (idempotent per handle), and the loser's
+  rollback released the winner's address. The lock is an ``flock`` on
+  ``<state_dir>/.locks/<containerID>.lock``: it works across plugin processes and the
+  daemon's worker threads alike (each caller opens its own file description), and the
+  kernel drops it when a killed plugin's fd closes. The locks live in a subdirectory so
+  taking one does not change the state dir's mtime, which the daemon polls.
 
 Record format (JSON object, ``version`` 1)::
 
@@ -25,18 +34,31 @@ Record format (JSON object, ``version`` 1)::
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 RECORD_VERSION = 1
 SUFFIX = ".json"
+LOCK_DIR = ".locks"              # starts with '.': list_records never looks inside
+LOCK_SUFFIX = ".lock"
+# How long a call waits for another call of the same container before answering
+# "try again later": an ADD is bounded by its etcd timeouts, far below this.
+LOCK_TIMEOUT = 60.0
 
 
 class StateError(Exception):
     """The state dir could not be read or written (the message names the path)."""
+
+
+class LockTimeout(StateError):
+    """Another call for the same container held its lock for too long."""
 
 
 @dataclass(frozen=True)
@@ -157,3 +179,86 @@ def list_records(state_dir: str) -> Iterator[tuple[str, WorkloadRecord | None, s
             continue
         if rec is not None:        # removed between listdir and open: not an error
             yield cid, rec, ""
+
+
+def lock_path(state_dir: str, container_id: str) -> str:
+    return os.path.join(state_dir, LOCK_DIR, container_id + LOCK_SUFFIX)
+
+
+def _flock_until(fd: int, deadline: float) -> bool:
+    """Exclusive flock on ``fd``, polling (a blocking flock could not be bounded, and
+    a worker thread of the daemon must not hang on a wedged call); False at deadline."""
+    delay = 0.005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        time.sleep(min(delay, deadline - now))
+        delay = min(delay * 2, 0.1)
+
+
+def acquire_lock(state_dir: str, container_id: str, timeout: float = LOCK_TIMEOUT) -> int:
+    """Take the per-container lock (see the module notes); returns the fd to hand
+    to ``release_lock``. Raises StateError (LockTimeout after ``timeout`` seconds)."""
+    path = lock_path(state_dir, container_id)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create the lock directory in {state_dir}: {exc}; check "
+                         f"that it is writable by root (conf key state_dir)") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot open lock file {path}: {exc}") from None
+        try:
+            if not _flock_until(fd, deadline):
+                raise LockTimeout(f"another call for container {container_id} has held "
+                                  f"{path} for {timeout:g}s; try again later")
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev,
+                                                                         held.st_ino):
+            return fd
+        # The previous holder removed the file after we opened it (release_lock):
+        # our lock guards nothing anyone else can see. Lock the file now at the path.
+        os.close(fd)
+
+
+def release_lock(state_dir: str, container_id: str, fd: int) -> None:
+    """Drop the lock. Its file is removed first when the container has no record
+    (after DEL, a failed ADD), so the directory does not keep a file per container
+    ever seen; waiters that locked the removed file start over (``acquire_lock``)."""
+    try:
+        if not os.path.exists(record_path(state_dir, container_id)):
+            os.unlink(lock_path(state_dir, container_id))
+    except OSError:
+        pass                      # best effort: a leftover lock file is harmless
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def container_lock(state_dir: str, container_id: str,
+                   timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the per-container lock for the block."""
+    fd = acquire_lock(state_dir, container_id, timeout)
+    try:
+        yield
+    finally:
+        release_lock(state_dir, container_id, fd)

@@ -34,14 +34,23 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from bgpd.cni.fast import MAX_REQUEST
 from config.logs import get_logger
 
 log = get_logger("bgpd.cni.server")
 
 DEFAULT_WORKERS = 8
-MAX_REQUEST = 4 * 1024 * 1024
 READ_TIMEOUT = 10.0          # a client that connects and says nothing
 MAX_BACKLOG = 256
+# An oversized request is read to its end (discarded) so that its sender, still in
+# sendall(), gets to read our answer; beyond this the connection is simply closed.
+MAX_DISCARD = 16 * MAX_REQUEST
+
+
+class RequestTooLarge(ValueError):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"request larger than {MAX_REQUEST} bytes (read {size})")
+        self.size = size
 
 
 def _conn_key(conf) -> tuple:
@@ -180,20 +189,31 @@ class CniServer:
                         or not all(isinstance(v, str) for v in env.values()) \
                         or not isinstance(hostname, str):
                     raise ValueError("request needs env (object of strings) and stdin (string)")
+            except RequestTooLarge as exc:
+                # Not "no answer" (the plugin's code 11, which the runtime retries
+                # forever): a permanent error naming the limit (issue 12). Current
+                # plugins never send one (they run such a call themselves).
+                log.warning("cni_bad_request", error=str(exc))
+                self._reply(conn, {}, 1, _too_large_error(exc.size))
+                return
             except (OSError, ValueError) as exc:
                 log.warning("cni_bad_request", error=str(exc))
                 return                        # the plugin reports code 11
             code, out = serve_request(env, stdin.encode("utf-8", "surrogateescape"),
                                       hostname, self._datastore)
             self.served += 1
-            try:
-                conn.settimeout(READ_TIMEOUT)
-                conn.sendall(json.dumps({"code": code, "stdout": out}).encode() + b"\n")
-            except OSError as exc:
-                # The plugin is gone (killed by the runtime's timeout): the runtime
-                # will DEL what this ADD built.
-                log.warning("cni_reply_lost", command=env.get("CNI_COMMAND"),
-                            container=env.get("CNI_CONTAINERID"), error=str(exc))
+            self._reply(conn, env, code, out)
+
+    @staticmethod
+    def _reply(conn: socket.socket, env: dict, code: int, out: str | None) -> None:
+        try:
+            conn.settimeout(READ_TIMEOUT)
+            conn.sendall(json.dumps({"code": code, "stdout": out}).encode() + b"\n")
+        except OSError as exc:
+            # The plugin is gone (killed by the runtime's timeout): the runtime
+            # will DEL what this ADD built.
+            log.warning("cni_reply_lost", command=env.get("CNI_COMMAND"),
+                        container=env.get("CNI_CONTAINERID"), error=str(exc))
 
     @staticmethod
     def _read(conn: socket.socket) -> dict:
@@ -204,11 +224,28 @@ class CniServer:
                 break
             buf += data
             if len(buf) > MAX_REQUEST:
-                raise ValueError(f"request larger than {MAX_REQUEST} bytes")
+                size = len(buf)
+                while not data.endswith(b"\n") and size <= MAX_DISCARD:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    size += len(data)
+                raise RequestTooLarge(size)
         doc = json.loads(bytes(buf))
         if not isinstance(doc, dict):
             raise ValueError("request must be a JSON object")
         return doc
+
+
+def _too_large_error(size: int) -> str:
+    from bgpd.cni.protocol import Code, dumps, error_object
+
+    return dumps(error_object(
+        Code.INVALID_CONFIG,
+        f"the request ({size} bytes or more) is larger than the noderouter daemon's "
+        f"{MAX_REQUEST}-byte limit",
+        "the network configuration is too large for the daemon socket; shrink it, or "
+        "set daemon_socket to null so the plugin runs the command itself"))
 
 
 def serve_forever(path: str, workers: int = DEFAULT_WORKERS,

@@ -79,11 +79,21 @@ def cni_error(res) -> dict:
 
 
 def test_bad_requests_change_nothing_on_a_live_node(lab):
+    a, b = lab.pods[f"{NODE}/a"], lab.pods[f"{NODE}/b"]
     before = settled(lab)
     pod_ns = lab.netns_set.add(lab.ns("pa1-bad"))
     try:
         conf = lab.cni_conf(NODE)
         cases = {  # name -> (call, expected CNI error code)
+            # Issue 12: the node's own netns (its default route would be replaced), a
+            # netns that holds pod a's interface (as eth1: no name clash), an empty
+            # node_name (used to mean the host name).
+            "node-own-netns": (lambda: lab.cni(NODE, "ADD", "bad0000000000005",
+                                               lab.node(NODE).netns), 4),
+            "another-pods-netns": (lambda: lab.cni(NODE, "ADD", "bad0000000000006",
+                                                   a["netns"], ifname="eth1"), 4),
+            "empty-node-name": (lambda: lab.cni(NODE, "ADD", "bad0000000000007", pod_ns,
+                                                conf=dict(conf, node_name="")), 7),
             "malformed-json": (lambda: malformed(lab, pod_ns), 6),
             "unknown-version": (lambda: lab.cni(NODE, "ADD", "bad0000000000002", pod_ns,
                                                 conf=dict(conf, cniVersion="9.9.9")), 1),
@@ -94,7 +104,9 @@ def test_bad_requests_change_nothing_on_a_live_node(lab):
             doc = cni_error(call())
             assert doc["code"] == code, (name, doc)
             assert "eth0" not in sh(["ip", "-o", "link"], netns=pod_ns).stdout, name
+        assert "eth1" not in sh(["ip", "-o", "link"], netns=a["netns"]).stdout
         assert settled(lab) == before
+        assert lab.ping(a["netns"], b["ip"])          # a kept its default route
     finally:
         sh(["ip", "netns", "delete", pod_ns], check=False)
         lab.netns_set.names.remove(pod_ns)

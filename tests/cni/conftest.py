@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,21 +64,52 @@ class CniBench:
         name = self.netns_set.add(f"{self.node}-{tag}")
         return f"/run/netns/{name}"
 
-    def run(self, command: str, cid: str | None = "c1", netns: str | None = None,
-            ifname: str | None = "eth0", conf: dict | None = None, stdin: str | None = None,
-            args: str | None = None) -> CniResult:
+    @staticmethod
+    def env(command: str, cid: str | None = "c1", netns: str | None = None,
+            ifname: str | None = "eth0", args: str | None = None) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "CNI_COMMAND": command, "CNI_PATH": "/opt/cni/bin"}
+        if "PYTHONPATH" in os.environ:
+            # The plugin must import the code under test (a worktree's), not whatever
+            # the venv's editable install points at.
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         for key, value in (("CNI_CONTAINERID", cid), ("CNI_NETNS", netns),
                            ("CNI_IFNAME", ifname), ("CNI_ARGS", args)):
             if value is not None:
                 env[key] = value
+        return env
+
+    def run(self, command: str, cid: str | None = "c1", netns: str | None = None,
+            ifname: str | None = "eth0", conf: dict | None = None, stdin: str | None = None,
+            args: str | None = None) -> CniResult:
+        env = self.env(command, cid, netns, ifname, args)
         data = stdin if stdin is not None else json.dumps(conf or self.conf())
         t0 = time.monotonic()
         # timeout: a safety net so a hang fails the test instead of stalling the run.
         res = subprocess.run(["ip", "netns", "exec", self.node, PLUGIN], input=data, env=env,
                              capture_output=True, text=True, timeout=60)
         return CniResult(res.returncode, res.stdout, res.stderr, time.monotonic() - t0)
+
+    def run_together(self, n: int, command: str, cid: str, netns: str | None,
+                     conf: dict, ifname: str = "eth0") -> list[CniResult]:
+        """``n`` plugin processes with the same request, released at once: all are
+        started first and block reading stdin, then every stdin gets the config.
+        This only makes their critical sections likely to overlap; nothing asserts
+        on timing."""
+        data = json.dumps(conf).encode()
+        env = self.env(command, cid, netns, ifname)
+        t0 = time.monotonic()
+        procs = [subprocess.Popen(["ip", "netns", "exec", self.node, PLUGIN], env=env,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for _ in range(n)]
+        time.sleep(0.3)                 # let every interpreter reach its stdin read
+        # One thread per process: each write (far below the pipe's buffer) lands at
+        # once, and communicate() drains both pipes; its timeout is a safety net only.
+        with ThreadPoolExecutor(n) as ex:
+            done = list(ex.map(lambda p: p.communicate(data, timeout=120), procs))
+        out = [CniResult(p.returncode, stdout.decode(), stderr.decode(), time.monotonic() - t0)
+               for p, (stdout, stderr) in zip(procs, done, strict=True)]
+        return out
 
     def ipam(self, *argv: str) -> Any:
         res = subprocess.run(["ip", "netns", "exec", self.node, sys.executable, "-m",
@@ -117,3 +150,64 @@ def cni(netns_set, tmp_path):
         yield bench
     finally:
         etcd.stop()
+
+
+class Server:
+    """The daemon's CNI server (``python -m bgpd.cni.server``) run inside the node
+    namespace, logging to ``log_path``: the plugin's fast path without BGP."""
+
+    def __init__(self, bench: CniBench, path: str, log_path: str, workers: int = 4) -> None:
+        self.path = path
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", bench.node, sys.executable, "-m", "bgpd.cni.server",
+             "--socket", path, "--workers", str(workers)],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not self.listening():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"cni_server did not come up: {self.events()}")
+            time.sleep(0.05)
+
+    def listening(self) -> bool:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.path)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def events(self, event: str | None = None) -> list[dict]:
+        out = []
+        with open(self.log_path) as f:
+            for line in f:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if event is None or doc.get("event") == event:
+                    out.append(doc)
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()          # our own child, by its PID
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def server(cni: CniBench, tmp_path):
+    srv = Server(cni, str(tmp_path / "cni.sock"), str(tmp_path / "server.log"))
+    try:
+        yield srv
+    finally:
+        srv.stop()

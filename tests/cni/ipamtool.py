@@ -4,6 +4,7 @@ listens): the test process itself lives in the root namespace and cannot reach i
     python -m tests.cni.ipamtool ENDPOINT add-pool CIDR
     python -m tests.cni.ipamtool ENDPOINT handle-ips HANDLE
     python -m tests.cni.ipamtool ENDPOINT handles
+    python -m tests.cni.ipamtool ENDPOINT release-handle HANDLE
 
 Prints one JSON document.
 """
@@ -29,6 +30,9 @@ def main(argv: list[str]) -> int:
         out: object = str(pool.cidr)
     elif op == "handle-ips":
         out = ipam.handle_ips(rest[0])
+    elif op == "release-handle":
+        # cooldown=0 above: the address is free for the next allocation at once.
+        out = ipam.release_handle(rest[0])
     elif op == "handles":
         out = {h: sorted(rec.ips) for h, (rec, _mod) in ipam.dump().handles.items()}
     else:

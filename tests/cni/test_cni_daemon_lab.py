@@ -10,6 +10,7 @@ import stat
 
 import pytest
 
+from bgpd.cni.records import LOCK_DIR
 from lab.procs import wait_for
 from lab.topology import Lab
 
@@ -79,4 +80,6 @@ def test_daemon_serves_cni_and_plugin_falls_back_when_it_is_stopped(lab: Lab):
     lab.del_pod(NODE, "db")                              # added direct, DEL by the daemon
     assert db["container_id"] in [e.get("container") for e in events(daemon_log,
                                                                      "cni_deleted")]
-    assert os.listdir(lab.cni_state_dir(NODE)) == []
+    # No record, temp file or lock file left: only the (empty) lock directory.
+    state = lab.cni_state_dir(NODE)
+    assert os.listdir(state) == [LOCK_DIR] and os.listdir(os.path.join(state, LOCK_DIR)) == []

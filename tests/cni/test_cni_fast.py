@@ -15,74 +15,15 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
 from bgpd.cni.protocol import host_veth_name
 
-from .conftest import REPO, CniBench
+from .conftest import REPO, CniBench, Server
 from .test_cni_integration import assert_nothing_left, assert_valid_result, links
 
 pytestmark = pytest.mark.integration
-
-
-class Server:
-    def __init__(self, bench: CniBench, path: str, log_path: str) -> None:
-        self.path = path
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", bench.node, sys.executable, "-m", "bgpd.cni.server",
-             "--socket", path, "--workers", "4"],
-            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self.listening():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"cni_server did not come up: {self.events()}")
-            time.sleep(0.05)
-
-    def listening(self) -> bool:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(self.path)
-            return True
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def events(self, event: str | None = None) -> list[dict]:
-        out = []
-        with open(self.log_path) as f:
-            for line in f:
-                try:
-                    doc = json.loads(line)
-                except ValueError:
-                    continue
-                if event is None or doc.get("event") == event:
-                    out.append(doc)
-        return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()          # our own child, by its PID
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-@pytest.fixture
-def server(cni: CniBench, tmp_path):
-    srv = Server(cni, str(tmp_path / "cni.sock"), str(tmp_path / "server.log"))
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def plugin_events(path: str, event: str) -> list[dict]:

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from bgpd.cni.protocol import SUPPORTED_VERSIONS, host_veth_name
+from bgpd.cni.records import LOCK_DIR
 
 from .conftest import NODE_ADDR, POOL, CniBench
 
@@ -64,17 +65,25 @@ def our_routes(bench: CniBench) -> list[dict]:
 
 
 def records(bench: CniBench) -> list[str]:
+    """Every file in the state dir (temp files included), but the lock directory."""
     if not os.path.isdir(bench.state_dir):
         return []
-    return sorted(os.listdir(bench.state_dir))
+    return sorted(n for n in os.listdir(bench.state_dir) if n != LOCK_DIR)
+
+
+def lock_files(bench: CniBench) -> list[str]:
+    path = os.path.join(bench.state_dir, LOCK_DIR)
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
 def assert_nothing_left(bench: CniBench, cid: str = "c1") -> None:
-    """No veth, no route of ours, no record (temp files included), no address."""
+    """No veth, no route of ours, no record (temp files included), no lock file, no
+    address."""
     assert host_veth_name("nrw", cid) not in links(bench)
     assert not [link for link in links(bench) if link.startswith("nrw")]
     assert our_routes(bench) == []
     assert records(bench) == []
+    assert lock_files(bench) == []
     assert bench.ipam("handles") == {}
 
 
@@ -341,10 +350,18 @@ def test_unusable_state_dir_fails_before_anything(cni: CniBench, tmp_path):
 
 
 def test_failure_mid_add_leaves_nothing(cni: CniBench):
-    """The record cannot be written (procfs takes no new files; reading finds none):
-    ADD fails after the address and the veth exist, and undoes both."""
+    """The record cannot be written (the state dir is immutable: no new entries, while
+    its lock subdirectory, made by a first DEL, still works): ADD fails after the
+    address and the veth exist, and undoes both."""
+    import subprocess
+
     netns = cni.pod()
-    res = cni.run("ADD", netns=netns, conf=cni.conf(state_dir="/proc/sys/net/ipv4"))
+    assert cni.run("DEL", netns=netns).code == 0           # creates the dir and .locks
+    subprocess.run(["chattr", "+i", cni.state_dir], check=True)
+    try:
+        res = cni.run("ADD", netns=netns)
+    finally:
+        subprocess.run(["chattr", "-i", cni.state_dir], check=True)
     assert res.code != 0 and res.doc["code"] == 106, res.stdout + res.stderr
     assert "cannot write workload record" in res.doc["msg"]
     undo = [json.loads(line) for line in res.stderr.splitlines()

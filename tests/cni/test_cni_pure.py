@@ -31,10 +31,15 @@ from bgpd.cni.protocol import (
     version_answer,
 )
 from bgpd.cni.records import (
+    LockTimeout,
     StateError,
     WorkloadRecord,
+    acquire_lock,
+    container_lock,
     list_records,
+    lock_path,
     read_record,
+    release_lock,
     remove_record,
     write_record,
 )
@@ -120,6 +125,16 @@ def test_conf_node_name_precedence():
     assert parse_conf(conf(), env=env, default_node="host-1").node_name == "from-env"
 
 
+def test_conf_empty_node_name_is_an_error_not_the_host_name():
+    """Issue 12: absent means the host name; "" used to mean it too, silently."""
+    with pytest.raises(CniError) as ei:
+        parse_conf(conf(node_name=""), default_node="host-1")
+    assert ei.value.code == Code.INVALID_CONFIG and "node_name" in ei.value.msg
+    # Even when the environment would name the node: the conf itself is wrong.
+    with pytest.raises(CniError):
+        parse_conf(conf(node_name=""), env={"NODEROUTER_NODE_NAME": "n"}, default_node="h")
+
+
 def test_conf_endpoints_forms():
     c = parse_conf(conf(etcd_endpoints="198.18.0.10:2379, https://198.18.0.11:2379"))
     assert c.etcd_endpoints == ("198.18.0.10:2379", "https://198.18.0.11:2379")
@@ -150,6 +165,8 @@ def test_conf_endpoints_forms():
     (conf(workload_prefix="a-b"), Code.INVALID_CONFIG),
     (conf(state_dir="relative/dir"), Code.INVALID_CONFIG),
     (conf(node_name="bad name"), Code.INVALID_CONFIG),
+    (conf(node_name=""), Code.INVALID_CONFIG),
+    (conf(node_name="  "), Code.INVALID_CONFIG),
     (conf(ipam_pool="2001:db8::/64"), Code.INVALID_CONFIG),
     (conf(ipam_pool="nope"), Code.INVALID_CONFIG),
     (conf(log_level="loud"), Code.INVALID_CONFIG),
@@ -315,3 +332,88 @@ def test_record_version_mismatch_is_an_error(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({**json.loads(REC.to_json()), "version": 2}))
     with pytest.raises(StateError):
         read_record(str(tmp_path), "x")
+
+
+# ------------------------------------------------------------------ container lock (issue 12)
+
+def test_lock_excludes_a_second_caller_until_released(tmp_path):
+    d = str(tmp_path / "state")
+    fd = acquire_lock(d, "abc123")
+    with pytest.raises(LockTimeout) as ei:
+        acquire_lock(d, "abc123", timeout=0.05)
+    assert "abc123" in str(ei.value)
+    other = acquire_lock(d, "other", timeout=0.05)      # other containers are not held up
+    release_lock(d, "other", other)
+    release_lock(d, "abc123", fd)
+    release_lock(d, "abc123", acquire_lock(d, "abc123", timeout=0.05))
+
+
+def test_lock_file_goes_with_the_record(tmp_path):
+    d = str(tmp_path / "state")
+    with container_lock(d, "abc123"):
+        write_record(d, REC)
+    assert os.path.exists(lock_path(d, "abc123"))       # the attachment exists: kept
+    assert [c for c, _, _ in list_records(d)] == ["abc123"]   # never seen as a record
+    with container_lock(d, "abc123"):
+        remove_record(d, "abc123")
+    assert os.listdir(os.path.dirname(lock_path(d, "abc123"))) == []
+    assert os.listdir(d) == [".locks"]
+
+
+def test_a_waiter_on_a_removed_lock_file_locks_the_new_one(tmp_path):
+    """A holds the lock; B waits on the same file; A removes the file as it releases
+    (no record). B must not think it holds the lock on a file nobody else can find:
+    it ends up holding the file now at the path, and C is excluded."""
+    import threading
+    import time
+
+    d = str(tmp_path)
+    a = acquire_lock(d, "abc123")
+    got: list[int] = []
+    b = threading.Thread(target=lambda: got.append(acquire_lock(d, "abc123", timeout=30)))
+    b.start()
+    # B opens the file, then polls for the lock; wait until it has the file open.
+    proc_fds = "/proc/self/fd"
+    target = lock_path(d, "abc123")
+    for _ in range(2000):
+        opened = [f for f in os.listdir(proc_fds)
+                  if os.path.realpath(os.path.join(proc_fds, f)) == target]
+        if len(opened) >= 2:
+            break
+        time.sleep(0.005)
+    assert len(opened) >= 2, "B never opened the lock file"
+    release_lock(d, "abc123", a)                         # unlinks: no record
+    b.join(timeout=30)
+    assert got, "B did not get the lock"
+    held = os.fstat(got[0])
+    now = os.stat(target)
+    assert (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+    with pytest.raises(LockTimeout):
+        acquire_lock(d, "abc123", timeout=0.05)
+    release_lock(d, "abc123", got[0])
+
+
+def test_lock_in_an_unusable_state_dir_is_a_state_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StateError) as ei:
+        acquire_lock(str(blocker / "state"), "abc123")
+    assert str(blocker) in str(ei.value)
+
+
+# ------------------------------------------------------------------ netns ownership (issue 12)
+
+def test_is_our_peer_needs_both_ends_and_the_pod_namespace():
+    from bgpd.cni.netns import LinkInfo, is_our_peer
+
+    pod = LinkInfo(index=2, name="eth0", mac="", mtu=1450, up=True, kind="veth",
+                   peer_index=7, peer_netnsid=0)
+    host = LinkInfo(index=7, name="nrw0123456789a", mac="", mtu=1450, up=True, kind="veth",
+                    peer_index=2, peer_netnsid=3)
+    assert is_our_peer(pod, host, "nrw", pod_nsid=3)
+    assert not is_our_peer(pod, host, "nrw", pod_nsid=4)        # its peer is elsewhere
+    assert not is_our_peer(pod, host, "nrw", pod_nsid=-1)       # no id: not a peer of ours
+    assert not is_our_peer(pod, host, "xyz", pod_nsid=3)        # not our prefix
+    assert not is_our_peer(pod, None, "nrw", pod_nsid=3)
+    assert not is_our_peer(pod, LinkInfo(**{**host.__dict__, "peer_index": 9}), "nrw", 3)
+    assert not is_our_peer(LinkInfo(**{**pod.__dict__, "kind": "dummy"}), host, "nrw", 3)
