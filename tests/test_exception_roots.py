@@ -30,7 +30,9 @@ def strays(package: str, root: type) -> tuple[list[str], int]:
         module = importlib.import_module(info.name)
         seen += 1
         for attr, obj in vars(module).items():
-            if (inspect.isclass(obj) and issubclass(obj, BaseException)
+            # Exception, not BaseException: a signal unwinding a command (like
+            # KeyboardInterrupt) is deliberately outside every root.
+            if (inspect.isclass(obj) and issubclass(obj, Exception)
                     and obj.__module__ == info.name and not issubclass(obj, root)):
                 out.append(f"{info.name}.{attr}")
     return out, seen

@@ -103,8 +103,11 @@ def _log(**context):
     return log.bind(component="cni", **context)
 
 
-class Terminated(BaseException):
-    """SIGTERM/SIGINT during a command: unwind (ADD undoes its work) and report."""
+class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """SIGTERM/SIGINT during a command: unwind (ADD undoes its work) and report.
+
+    A BaseException on purpose, outside the CniError root: like KeyboardInterrupt it
+    must pass every ``except Exception`` on its way up to the undo steps."""
 
 
 def _on_signal(signum, _frame) -> None:

@@ -44,6 +44,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from bgpd.cni.protocol import CniError, Code
+
 RECORD_VERSION = 1
 SUFFIX = ".json"
 LOCK_DIR = ".locks"              # starts with '.': list_records never looks inside
@@ -53,12 +55,18 @@ LOCK_SUFFIX = ".lock"
 LOCK_TIMEOUT = 60.0
 
 
-class StateError(Exception):
+class StateError(CniError):
     """The state dir could not be read or written (the message names the path)."""
+
+    def __init__(self, msg: str, code: int = Code.STATE) -> None:
+        super().__init__(code, msg)
 
 
 class LockTimeout(StateError):
-    """Another call for the same container held its lock for too long."""
+    """Another call for the same container held its lock for too long: try again."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, Code.TRY_AGAIN_LATER)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from bgpd.cni.fast import MAX_REQUEST
+from bgpd.cni.protocol import CniError, Code
 from config.logs import get_logger
 
 log = get_logger("bgpd.cni.server")
@@ -47,9 +48,10 @@ MAX_BACKLOG = 256
 MAX_DISCARD = 16 * MAX_REQUEST
 
 
-class RequestTooLarge(ValueError):
+class RequestTooLarge(CniError):
     def __init__(self, size: int) -> None:
-        super().__init__(f"request larger than {MAX_REQUEST} bytes (read {size})")
+        super().__init__(Code.INVALID_CONFIG,
+                         f"request larger than {MAX_REQUEST} bytes (read {size})")
         self.size = size
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgpd.bgp.exabgp_config import ConfigError as SpeakerConfigError
+from bgpd.bgp.exabgp_config import SpeakerConfigError
 from bgpd.bgp.exabgp_config import check_password
 from config import ConfigError, load_text
 
