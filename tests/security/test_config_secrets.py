@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bgpd.bgp.exabgp_config import SpeakerConfigError
-from bgpd.bgp.exabgp_config import check_password
+from bgpd.bgp.exabgp_config import SpeakerConfigError, check_password
 from config import ConfigError, load_text
 
 EXE = os.path.join(os.path.dirname(sys.executable), "noderouter")
