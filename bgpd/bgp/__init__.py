@@ -3,7 +3,8 @@
 Modules (the path of a learned route, in order)
 - ``exabgp_relay``: the API process ExaBGP spawns; copies its pipes to our unix socket
   (stdlib only, runnable as a plain script).
-- ``events``: the event vocabulary (values only) and the ExaBGP API line parser.
+- ``events``: the event vocabulary (values only; imports no decoder).
+- ``exabgp_lines``: ExaBGP's API lines (state, acks, answers, JSON) -> events.
 - ``wire``: BGP message bodies (``receive { packets; }``) decoded into those events.
 - ``import_policy``: default-deny import checks, one reason per rejection.
 - ``rib``: accepted routes, best path per prefix, ECMP across peers.
@@ -13,7 +14,8 @@ Modules (the path of a learned route, in order)
   its pipe.
 - ``exabgp_config`` / ``exabgp_commands``: ExaBGP's configuration and API command lines,
   generated from typed values, every spliced string validated.
-- ``peers``: peer status as the CLI shows it.
+- ``peers``: peer status as the CLI shows it, per-peer monotonic counters.
+- ``errors``: ``BgpError``, the room's one exception root.
 
 Review notes (invariants)
 - Imports nothing of ``bgpd.node``, ``bgpd.cni`` or ``bgpd.cli`` (import-linter).

@@ -59,8 +59,13 @@ import structlog
 from bgpd.bgp import exabgp_commands as cmds
 from bgpd.bgp.core import SpeakerCore, Teardown
 from bgpd.bgp.errors import BgpError
-from bgpd.bgp.events import Ack, Answer, RelayHello, parse_line
+from bgpd.bgp.events import (
+    Ack,
+    Answer,
+    RelayHello,
+)
 from bgpd.bgp.exabgp_config import SpeakerConfig, environment, render
+from bgpd.bgp.exabgp_lines import parse_line
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.peers import PeerCounts, PeerStatus
 from bgpd.bgp.rib import Route

@@ -1,6 +1,6 @@
 """Garbage, truncated and huge lines on the ExaBGP API pipe: counted as malformed, never a crash.
 
-Three levels, all real code: ``bgpd.bgp.events.parse_line`` (hostile samples and a hypothesis
+Three levels, all real code: ``bgpd.bgp.exabgp_lines.parse_line`` (hostile samples and a hypothesis
 fuzz), ``SpeakerCore.apply`` on what it returns, and a running ``Speaker`` (real ExaBGP 5.0.15
 peering with a real BIRD) fed through the real relay process (``bgpd/bgp/exabgp_relay.py``)
 connected to the speaker's API socket.
@@ -17,8 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgpd.bgp.core import SpeakerCore
-from bgpd.bgp.events import Malformed, RouteUpdate, parse_line
+from bgpd.bgp.events import (
+    Malformed,
+    RouteUpdate,
+)
 from bgpd.bgp.exabgp_config import SpeakerConfig, SpeakerPeer
+from bgpd.bgp.exabgp_lines import parse_line
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.speaker import RELAY, Speaker
 from lab.procs import wait_for

@@ -2,7 +2,7 @@
 
 The oracle is the installed ExaBGP: ``Message.unpack`` of the same body with a session of
 the same negotiation, its treat-as-withdraw step from ``read_message``, its JSON encoder,
-then ``bgpd.bgp.events.parse_line`` of that parsed line -- exactly what the daemon got with
+then ``bgpd.bgp.exabgp_lines.parse_line`` of that parsed line -- exactly what the daemon got with
 ``receive { parsed; }``. Where ExaBGP raises (it would send a NOTIFICATION and end the
 session) the decoder must return a reason (``Malformed`` through ``parse_line``).
 No root, no daemons.
@@ -25,8 +25,8 @@ from bgpd.bgp.events import (
     Notification,
     PeerOpen,
     RouteUpdate,
-    parse_line,
 )
+from bgpd.bgp.exabgp_lines import parse_line
 from bgpd.bgp.wire import Session
 
 pytest.importorskip("exabgp")

@@ -14,9 +14,9 @@ from bgpd.bgp.events import (
     PeerState,
     RouteUpdate,
     notification_in_reason,
-    parse_line,
 )
 from bgpd.bgp.exabgp_config import SpeakerConfig, SpeakerPeer
+from bgpd.bgp.exabgp_lines import parse_line
 from bgpd.bgp.import_policy import ImportPolicy
 
 P1, P2 = "198.18.1.1", "198.18.1.2"

@@ -21,8 +21,8 @@ from bgpd.bgp.events import (
     PeerState,
     RelayHello,
     RouteUpdate,
-    parse_line,
 )
+from bgpd.bgp.exabgp_lines import parse_line
 
 SAMPLE = Path(__file__).parent / "samples" / "exabgp-5.0.15.jsonl"
 BIRD, FRR = "198.18.251.1", "198.18.251.2"

@@ -13,7 +13,6 @@ from bgpd.bgp.events import (
     PeerOpen,
     PeerState,
     RouteUpdate,
-    parse_line,
 )
 from bgpd.bgp.exabgp_config import (
     PrefixFilter,
@@ -24,6 +23,7 @@ from bgpd.bgp.exabgp_config import (
     environment,
     render,
 )
+from bgpd.bgp.exabgp_lines import parse_line
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.rib import Rib, Route
 
