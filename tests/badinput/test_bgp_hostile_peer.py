@@ -134,6 +134,18 @@ def assert_daemon_healthy(lab: Lab) -> None:
     assert i < 0, log[max(0, i - 300):i + 3000]
 
 
+def metric(lab: Lab, name: str, **labels: str) -> float:
+    """One sample of the node's /metrics endpoint (in its namespace), 0 when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = lab.exec(NODE, ["curl", "-s", "-m", "5", "http://127.0.0.1:9091/metrics"]).stdout
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
 def cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -172,6 +184,19 @@ def test_hostile_announcements_are_refused_counted_and_kept_out_of_the_kernel(ho
               and delta.get("martian-nexthop", 0) >= 1)
         return delta if ok else None
     delta = wait_for(counted, T, interval=0.3, what="rejections counted by reason")
+    # The same counts reach Prometheus (issue 18: the families were declared and never
+    # moved): every reason's counter equals the peer's counter, received counts them too.
+    addr = lab.hostile_ctx["peer"]
+
+    def exported_equal():
+        now = peer(lab)
+        got = {r: metric(lab, "noderouter_bgp_prefixes_rejected_total", peer=addr, reason=r)
+               for r in now["rejected"]}
+        return got if got == {r: float(n) for r, n in now["rejected"].items()} else None
+    by_reason = wait_for(exported_equal, T, interval=0.5, what="rejections on /metrics")
+    assert by_reason["own-block"] >= 2 and by_reason["martian-nexthop"] >= 1
+    received = metric(lab, "noderouter_bgp_prefixes_received_total", peer=addr)
+    assert received >= sum(by_reason.values()) + 1   # LEGIT too
     p = peer(lab)
     assert p["state"] == "established"
     assert p["accepted"] == 1, p  # LEGIT only
@@ -199,6 +224,9 @@ def test_more_than_max_prefix_drops_the_peer_routes_until_the_session_resets(hos
     wait_for(lambda: peer(lab)["state"] == "max-prefix", T, what="peer in max-prefix state")
     p = peer(lab)
     assert p["rejected"].get("max-prefix", 0) > counts0
+    wait_for(lambda: metric(lab, "noderouter_bgp_prefixes_rejected_total",
+                            peer=lab.hostile_ctx["peer"], reason="max-prefix") > counts0,
+             T, interval=0.5, what="max-prefix rejections on /metrics")
     assert str(MAX_PREFIX) in p["last_error"] and p["accepted"] == 0
     # Every route of that peer is out of the kernel, the legitimate one included (by design:
     # a peer over its limit is not trusted with any route until its session resets).
