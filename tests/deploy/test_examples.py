@@ -31,3 +31,12 @@ def test_the_example_conflist_chains_our_plugin_with_portmap_and_bandwidth():
 def test_the_example_node_config_loads():
     cfg = load_file(os.path.join(REPO, "config", "examples", "node.yaml"))
     assert cfg.node.name == "node-a1"
+
+
+def test_run_reads_the_packaged_config_path_by_default():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "run", "--help"],
+                         capture_output=True, text=True)
+    assert "[default: /etc/noderouter/node.yaml]" in " ".join(res.stdout.split())
