@@ -9,6 +9,7 @@ run the lab's nodes and their pods ping across racks; purge leaves nothing of ou
 Building takes a minute or two.
 """
 
+import json
 import os
 import subprocess
 
@@ -140,6 +141,15 @@ def test_install_upgrade_run_in_the_lab_and_purge(debs, root, monkeypatch):
         with open(f"/proc/{st['exabgp_pid']}/cmdline", "rb") as f:
             exabgp_argv = f.read().decode()
         assert f"{VENV}/exabgp-pypy/bin/" in exabgp_argv, exabgp_argv
+        # The installed doctor, with the packaged defaults (/opt/cni/bin, /etc/cni/net.d):
+        # everything passes but the CNI config, which ships as an example only.
+        res = lab.nr("node-a1", "doctor", "--config",
+                     os.path.join(lab.node_dir("node-a1"), "node.yaml"), "-o", "json")
+        checks = {c["name"]: c for c in json.loads(res.stdout)["checks"]}
+        assert [n for n, c in checks.items() if c["status"] == "FAIL"] == ["cni config"]
+        assert res.returncode == 1
+        assert checks["cni plugin"]["detail"] == "/opt/cni/bin/noderouter-cni is executable"
+        assert checks["exabgp"]["detail"].startswith(f"{VENV}/exabgp-pypy/bin/exabgp: ExaBGP ")
         lab.del_pod("node-a1", "p1")
         lab.del_pod("node-b1", "p1")
     finally:
