@@ -5,6 +5,15 @@ validation is refused as a whole, before anything is changed; secrets are
 ``schema.Secret`` and never print themselves.
 """
 
-from config.loader import Config, ConfigError, Problem, load_file, load_text, reference
+from config.loader import (
+    DEFAULT_PATH,
+    Config,
+    ConfigError,
+    Problem,
+    load_file,
+    load_text,
+    reference,
+)
 
-__all__ = ["Config", "ConfigError", "Problem", "load_file", "load_text", "reference"]
+__all__ = ["DEFAULT_PATH", "Config", "ConfigError", "Problem", "load_file", "load_text",
+           "reference"]

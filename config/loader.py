@@ -372,6 +372,10 @@ def _env_located(p: Problem, env_origin: dict[tuple[str, str], str]) -> Problem:
     return p
 
 
+# Where the Debian package's unit and the CLI look when no --config is given (issue 16).
+DEFAULT_PATH = "/etc/noderouter/node.yaml"
+
+
 def load_file(path: str, environ: Mapping[str, str] | None = None) -> Config:
     try:
         with open(path, encoding="utf-8") as f:

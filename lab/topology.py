@@ -79,6 +79,11 @@ class Lab:
     tor_gr_time: int = 120  # graceful-restart time the ToRs announce
     pods: dict[str, dict] = field(default_factory=dict)
     second_tor: bool = False  # a second ToR (FRR) in rack A: lab.tors["a2"]
+    # Where the nodes' `noderouter` and `noderouter-cni` come from (default: beside this
+    # Python, i.e. the dev venv); exec_wrapper runs before them inside the node's netns,
+    # e.g. nsenter into a mount namespace where a Debian package is installed (issue 16).
+    bin_dir: str = ""
+    exec_wrapper: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.racks <= 2:
@@ -286,6 +291,13 @@ class Lab:
 
     # ------------------------------------------------------------------ noderouter
 
+    def command(self, name: str) -> list[str]:
+        """argv that runs our executable ``name`` (noderouter, noderouter-cni) in a node."""
+        import sys
+
+        return [*self.exec_wrapper,
+                os.path.join(self.bin_dir or os.path.dirname(sys.executable), name)]
+
     def node_dir(self, name: str) -> str:
         path = os.path.join(self.workdir, name)
         os.makedirs(path, exist_ok=True)
@@ -341,16 +353,13 @@ class Lab:
 
     def start_noderouter(self, name: str, env: dict[str, str] | None = None,
                          **overrides) -> Daemon:
-        import sys
-
         d = self.node_dir(name)
         conf = os.path.join(d, "node.yaml")
         with open(conf, "w") as f:
             f.write(self.node_config(name, **overrides))
-        exe = os.path.join(os.path.dirname(sys.executable), "noderouter")
-        daemon = Daemon(f"noderouter-{name}", [exe, "run", "--config", conf,
-                                               "--run-dir", os.path.join(d, "run"),
-                                               "--state-dir", self.cni_state_dir(name)],
+        argv = [*self.command("noderouter"), "run", "--config", conf,
+                "--run-dir", os.path.join(d, "run"), "--state-dir", self.cni_state_dir(name)]
+        daemon = Daemon(f"noderouter-{name}", argv,
                         netns=self.node(name).netns, log_path=os.path.join(d, "noderouter.log"),
                         env={**os.environ, **env} if env else None)
         self.daemons[name] = daemon.start()
@@ -362,10 +371,7 @@ class Lab:
 
     def nr(self, name: str, *args: str, check: bool = False):
         """Run the noderouter CLI inside a node's namespace against its daemon."""
-        import sys
-
-        exe = os.path.join(os.path.dirname(sys.executable), "noderouter")
-        argv = [exe, *args]
+        argv = [*self.command("noderouter"), *args]
         if args and args[0] in ("status", "peers", "routes"):
             argv += ["--socket", self.status_socket(name)]
         return sh(argv, netns=self.node(name).netns, check=check, timeout=60)
@@ -410,9 +416,7 @@ class Lab:
             ifname: str = "eth0", conf: dict | None = None, extra_env: dict | None = None):
         """Run the real ``noderouter-cni`` inside the node's namespace; returns the result."""
         import subprocess
-        import sys
 
-        exe = os.path.join(os.path.dirname(sys.executable), "noderouter-cni")
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                "CNI_IFNAME": ifname, "CNI_PATH": "/opt/cni/bin"}
@@ -422,7 +426,8 @@ class Lab:
         if pod_netns:
             env["CNI_NETNS"] = f"/run/netns/{pod_netns}"
         env.update(extra_env or {})
-        return subprocess.run(["ip", "netns", "exec", self.node(node).netns, exe],
+        return subprocess.run(["ip", "netns", "exec", self.node(node).netns,
+                               *self.command("noderouter-cni")],
                               input=json.dumps(conf or self.cni_conf(node)), env=env,
                               capture_output=True, text=True, timeout=60)
 

@@ -7,14 +7,16 @@ import sys
 import click
 
 from bgpd.cli.output import emit, output_option
-from config import ConfigError, load_file, reference
+from config import DEFAULT_PATH, ConfigError, load_file, reference
 
 
 @click.command("check-config")
-@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(dir_okay=False), envvar="NODEROUTER_CONFIG",
+                default=DEFAULT_PATH)
 @output_option
 def check_config(path: str, fmt: str) -> None:
-    """Validate a node config file; print every problem with file, line and key."""
+    """Validate a node config file (default: /etc/noderouter/node.yaml); print every
+    problem with file, line and key."""
     try:
         cfg = load_file(path)
     except ConfigError as exc:

@@ -35,6 +35,9 @@ def _register() -> None:
 
     main.add_command(cli_ipam.ipam)
     main.add_command(cli_ipam.pool)
+    from bgpd.cli import doctor_commands as cli_doctor
+
+    main.add_command(cli_doctor.doctor)
 
 
 _register()

@@ -8,6 +8,7 @@ import click
 
 from bgpd.cli.output import emit, output_option
 from bgpd.cli.status_client import DEFAULT_SOCKET, StatusUnavailable, query
+from config import DEFAULT_PATH
 
 socket_option = click.option("--socket", "socket_path", envvar="NODEROUTER_STATUS_SOCKET",
                              default=DEFAULT_SOCKET, show_default=True,
@@ -15,7 +16,8 @@ socket_option = click.option("--socket", "socket_path", envvar="NODEROUTER_STATU
 
 
 @click.command("run")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--config", "config_path", envvar="NODEROUTER_CONFIG", default=DEFAULT_PATH,
+              show_default=True, type=click.Path(dir_okay=False),
               help="Node config YAML (validated before anything is touched).")
 @click.option("--run-dir", default="/run/noderouter", show_default=True)
 @click.option("--state-dir", default="/var/lib/noderouter/cni", show_default=True,

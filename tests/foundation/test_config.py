@@ -1,6 +1,7 @@
 """config/: the example passes; each bad config gets its own precise error."""
 
 import ipaddress
+import os
 import subprocess
 import sys
 
@@ -213,9 +214,17 @@ def test_check_config_cli_exit_codes(tmp_path):
     assert res.returncode == 1
     assert f"{zero_id}:3: node.router_id: '0.0.0.0' is wrong; expected a non-zero BGP " \
            "identifier (RFC 6286)" in res.stderr, res.stderr
-    usage = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config"],
-                           capture_output=True, text=True)
-    assert usage.returncode == 2
+    # No path: the packaged default /etc/noderouter/node.yaml (issue 16), or
+    # $NODEROUTER_CONFIG; a missing file is refused naming it (was a usage error).
+    absent = tmp_path / "absent.yaml"
+    res = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config"],
+                         capture_output=True, text=True,
+                         env={**os.environ, "NODEROUTER_CONFIG": str(absent)})
+    assert res.returncode == 1
+    assert f"{absent}: cannot read config" in res.stderr
+    helptext = subprocess.run([sys.executable, "-m", "bgpd.cli.main", "check-config", "--help"],
+                              capture_output=True, text=True).stdout
+    assert "/etc/noderouter/node.yaml" in helptext
 
 
 yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 70000), st.text(max_size=12),
