@@ -77,6 +77,7 @@ class PolicyPlan:
     chains: tuple[PolicyChain, ...]
     address_sets: tuple[tuple[str, frozenset[str]], ...]     # name -> CIDRs/addresses
     named_port_sets: tuple[tuple[str, frozenset[tuple[str, str, int]]], ...]
+    conflicts: tuple[str, ...] = ()              # endpoints left unprogrammed, and why
 
     def address_set(self, name: str) -> frozenset[str]:
         return dict(self.address_sets)[name]
@@ -181,6 +182,16 @@ def calculate(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace]
     b = _Builder(namespaces, endpoints)
     ordered = sorted(policies, key=NetworkPolicy.sort_key)
     local = [ep for ep in b.endpoints if node is None or ep.node == node]
+    # Two endpoints claiming one host interface is a datastore conflict (a stale record
+    # after a CNI DEL that never ran, or a bug). nft would silently merge their chains,
+    # so program neither: the interface then falls to the fail-closed drop.
+    claims: dict[str, list[WorkloadEndpoint]] = {}
+    for ep in local:
+        claims.setdefault(ep.host_interface, []).append(ep)
+    conflicts = tuple(
+        f"interface {ifname} claimed by " + ", ".join(f"{e.namespace}/{e.pod}" for e in eps)
+        for ifname, eps in sorted(claims.items()) if len(eps) > 1)
+    local = [ep for ep in local if len(claims[ep.host_interface]) == 1]
     chains: dict[str, PolicyChain] = {}
     plans = []
     for ep in sorted(local, key=lambda e: e.host_interface):
@@ -203,4 +214,5 @@ def calculate(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace]
         tuple(plans),
         tuple(sorted(chains.values(), key=lambda c: c.name)),
         tuple(sorted(b.address_sets.items())),
-        tuple(sorted(b.named_sets.items())))
+        tuple(sorted(b.named_sets.items())),
+        conflicts)

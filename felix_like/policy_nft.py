@@ -4,7 +4,8 @@ Layout (Felix's, in nftables form; shared/POLICY.md section 2)::
 
   forward (hook)  iifname "nrw*" -> jump from-wl-dispatch   (egress of the sender)
                   oifname "nrw*" -> jump to-wl-dispatch     (ingress of the receiver)
-  input (hook)    iifname "nrw*" -> jump from-wl-dispatch   (pod -> this node: its egress)
+  input (hook)    iifname "nrw*" -> replies accepted (the node's connections to
+                  its pods), else jump from-wl-dispatch (pod -> this node: its egress)
   output (hook)   oifname "nrw*" -> accept                  (the node always reaches its pods)
   *-dispatch      iifname/oifname vmap @from-wl/@to-wl -> goto the endpoint's chain;
                   no entry -> drop (fail closed: a workload interface we have not
@@ -159,6 +160,10 @@ def render_structure(plan: PolicyPlan, prefix: str = WORKLOAD_PREFIX) -> str:
         "  }\n"
         "  chain input {\n"
         "    type filter hook input priority filter; policy accept;\n"
+        # Replies to the node's own connections pass even from a workload interface
+        # not programmed yet: the node always reaches its pods (kubelet probes a new
+        # pod before its endpoint reaches us).
+        f'    iifname "{prefix}*" ct state established,related accept\n'
         # IPv6 neighbour discovery to the node must survive an egress deny-all.
         f'    iifname "{prefix}*" icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, '
         "nd-router-solicit } accept\n"
