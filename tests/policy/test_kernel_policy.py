@@ -140,7 +140,8 @@ def assert_probed_equals_oracle(topo: Topology, policies, pods=None) -> None:
 
 KERNEL_CASES = ["deny-all-ingress", "allow-from-pod-in-other-namespace-AND", "named-port-ingress",
                 "ipblock-with-except", "egress-to-port-only", "deny-by-order-before-allow",
-                "multiple-policies-unioned", "named-port-egress"]
+                "multiple-policies-unioned", "named-port-egress", "egress-allow-then-ingress-deny",
+                "endport-range-udp"]
 
 
 def test_probed_matrix_equals_oracle(topo):
@@ -193,10 +194,23 @@ def test_incremental_label_change_and_drift_repair(topo):
     mgr.remove()
 
 
+FOREIGN = """table ip nrforeign {
+  set s { type ipv4_addr; elements = { 198.18.9.9 } }
+  chain c {
+    ip saddr @s counter accept
+  }
+}
+"""
+
+
 def test_fail_closed_and_node_reaches_pods(topo):
+    # Another component's table in the same namespace: we never touch it.
+    sh(["nft", "-f", "-"], netns=topo.node, input=FOREIGN)
+    foreign = sh(["nft", "list", "table", "ip", "nrforeign"], netns=topo.node).stdout
     mgr = PolicyManager("n1", netns=topo.node)
     mgr.replace_all(resources(CASES["deny-all-both"]))        # y closed both ways
     mgr.complete_deferred_work(0.0)
+    assert sh(["nft", "list", "table", "ip", "nrforeign"], netns=topo.node).stdout == foreign
     # The node itself always reaches its own pods, even those denying all ingress.
     targets = [[p.ip, 80, "TCP"] for p in topo.pods]
     assert topo.probe_from(topo.node, targets) == [True] * len(topo.pods)
@@ -223,6 +237,8 @@ def test_fail_closed_and_node_reaches_pods(topo):
     finally:
         server.stop()
         mgr.remove()
+    assert sh(["nft", "list", "table", "ip", "nrforeign"], netns=topo.node).stdout == foreign
+    sh(["nft", "delete", "table", "ip", "nrforeign"], netns=topo.node)
 
 
 BAD_DOC = """\

@@ -4,6 +4,8 @@ TCP/UDP). On a mismatch both tables are printed as '.'/'X' grids."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,7 +16,7 @@ from felix_like.policy_nft import render_full
 from tests.policy import model
 from tests.policy.model import k8s, ours
 from tests.policy.nft_eval import Packet, Ruleset
-from tests.policy.oracle import PORTS, PROTOCOLS, Oracle, explain_mismatch, grid
+from tests.policy.oracle import PORTS, PROTOCOLS, Oracle, Pod, explain_mismatch, grid
 
 pytestmark = pytest.mark.unit
 
@@ -111,6 +113,17 @@ CASES = {
         "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [
             {"key": "ns", "operator": "NotIn", "values": ["x"]}]},
             "podSelector": {"matchExpressions": [{"key": "pod", "operator": "Exists"}]}}]}]})],
+    # Same-node pod to pod runs the sender's egress chain and then the receiver's ingress
+    # chain: an egress allow must RETURN (with the mark), not accept, or y/a's ingress
+    # policy would be skipped for traffic from x.
+    "egress-allow-then-ingress-deny": [
+        k8s("x-to-y", "x", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [
+            {"to": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+        k8s("ya-from-z", "y", {"podSelector": SEL_X_A, "ingress": [
+            {"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}]}]}),
+    ],
+    "ipv6-block-does-not-match-ipv4": [k8s("v6", "x", {
+        "podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "2001:2::/48"}}]}]})],
     "deny-by-order-before-allow": [
         k8s("allow-all", "x", {"podSelector": {}, "ingress": [{}]}),
         ours("deny-y", "x", {"order": 10, "podSelector": {}, "ingress": [
@@ -296,7 +309,31 @@ def _scenario(draw):
     return policies, overrides, ns_labels
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def v6_pods(overrides=None):
+    """The same model with IPv6 addresses (2001:2::/48, the lab's IPv6 range)."""
+    return [Pod(p.namespace, p.name, f"2001:2::{i + 1}", p.labels, p.named_ports)
+            for i, p in enumerate(model.pods(overrides))]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_case_matches_oracle_ipv6(name):
+    policies = CASES[name]
+    if name == "ipv6-block-does-not-match-ipv4":
+        # Here the block does match: every pod is inside 2001:2::/48.
+        table = assert_matches_oracle(policies, v6_pods())
+        assert table[("y/a", "x/a", 80, "TCP")]
+    else:
+        assert_matches_oracle(policies, v6_pods())
+
+
+def test_ipv6_block_except():
+    policies = [k8s("v6", "x", {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {
+        "cidr": "2001:2::/120", "except": ["2001:2::4/126"]}}]}]})]
+    table = assert_matches_oracle(policies, v6_pods())
+    assert not table[("y/a", "x/a", 80, "TCP")] and table[("z/b", "x/a", 80, "TCP")]
+
+
+@settings(max_examples=int(os.environ.get("POLICY_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_scenario())
 def test_random_policies_match_oracle(scenario):
     policies, overrides, ns_labels = scenario
