@@ -5,9 +5,11 @@ WorkloadEndpoint upserts; ``Removed`` deletes) and marks dirty;
 ``complete_deferred_work(now)`` calculates the plan (pure) and applies it with one
 ``nft -f -`` inside the node's network namespace:
 
-- incremental when only set contents changed (element deletes + adds, one
-  transaction; ``policy_nft.render_update``);
-- full replace of our table otherwise, on the first run, every
+- incremental normally: the differences between the applied plan and the new
+  one — set elements, map entries, chains and sets that appear, change or go —
+  in one transaction (``policy_nft.render_update``), so one new pod or one label
+  change never rewrites the table (kube-router rebuilds everything each time);
+- full replace of our table on the first run, every
   ``resync_interval`` seconds (Felix refreshes every 180 s), after any error,
   and when a drift check (every ``drift_check_interval``) finds the kernel's
   chains differ from ours (a hand-flushed or deleted chain, a deleted table).
@@ -165,10 +167,10 @@ class PolicyManager:
         for conflict in plan.conflicts:
             log.error("policy_endpoint_conflict", problem=conflict,
                       effect="interface left unprogrammed: its traffic is dropped")
-        script = None if full else render_update(self._applied, plan, self.prefix)
-        action = "incremental"
-        if script is None:
+        if full:
             script, action = render_full(plan, self.prefix), "full"
+        else:
+            script, action = render_update(self._applied, plan), "incremental"
         try:
             if script:
                 self.nft.apply(script)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from felix_like.policy_calc import ALLOW, EndpointPlan, PolicyChain, PolicyPlan, RuleMatch
+from felix_like.policy_calc import ALLOW, EndpointPlan, PolicyPlan, RuleMatch
 
 TABLE = "noderouter"
 WORKLOAD_PREFIX = "nrw"
@@ -101,18 +101,11 @@ def _rule_lines(m: RuleMatch) -> list[str]:
     return lines
 
 
-def _policy_chain(chain: PolicyChain) -> str:
-    body = "".join(f"    {line}\n" for m in chain.rules for line in _rule_lines(m))
-    return (f"  chain {chain.name} {{\n"
-            f"    # {chain.direction} of {chain.policy[0]} policy {chain.policy[1]}/{chain.policy[2]}\n"
-            f"{body}  }}\n")
-
-
 def endpoint_chain_name(direction: str, ifname: str) -> str:
     return f"{'tw' if direction == 'Ingress' else 'fw'}-{_check_ifname(ifname)}"
 
 
-def _endpoint_chain(ep: EndpointPlan, direction: str) -> str:
+def _endpoint_rules(ep: EndpointPlan, direction: str) -> list[str]:
     policies = ep.ingress if direction == "Ingress" else ep.egress
     lines = ["ct state established,related accept", "ct state invalid drop",
              f"meta mark set meta mark & {~ACCEPT_MARK & 0xFFFFFFFF:#x}"]
@@ -123,35 +116,58 @@ def _endpoint_chain(ep: EndpointPlan, direction: str) -> str:
         lines.append("return")        # no policy selects the pod here: not isolated
     else:
         lines.append('counter drop comment "no policy allowed it"')
-    body = "".join(f"    {line}\n" for line in lines)
-    return (f"  chain {endpoint_chain_name(direction, ep.interface)} {{\n"
-            f"    # {direction} of {ep.endpoint[0]}/{ep.endpoint[1]}\n{body}  }}\n")
+    return lines
 
 
-def _vmap(name: str, entries: list[str]) -> str:
-    elems = f" elements = {{ {', '.join(entries)} }}" if entries else ""
+def chains(plan: PolicyPlan) -> dict[str, tuple[str, list[str]]]:
+    """Every non-base chain: name -> (a comment for readers, its rules in order)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for ep in plan.endpoints:
+        for direction in ("Ingress", "Egress"):
+            out[endpoint_chain_name(direction, ep.interface)] = (
+                f"{direction} of {ep.endpoint[0]}/{ep.endpoint[1]}", _endpoint_rules(ep, direction))
+    for chain in plan.chains:
+        out[chain.name] = (
+            f"{chain.direction} of {chain.policy[0]} policy {chain.policy[1]}/{chain.policy[2]}",
+            [line for m in chain.rules for line in _rule_lines(m)])
+    return out
+
+
+def set_types(plan: PolicyPlan) -> dict[str, tuple[str, bool]]:
+    """Every set: name -> (nft type, interval flag)."""
+    out = {}
+    for name, _ in plan.address_sets:
+        for fam, _, type_ in _FAMILIES:
+            out[f"{name}-{fam}"] = (type_, True)
+    for name, _ in plan.named_port_sets:
+        for fam, _, type_ in _FAMILIES:
+            out[f"{name}-{fam}"] = (f"{type_} . inet_proto . inet_service", False)
+    return out
+
+
+def vmap_entries(plan: PolicyPlan) -> dict[str, dict[str, str]]:
+    """The two dispatch maps: interface -> verdict."""
+    return {
+        "from-wl": {ep.interface: f"goto {endpoint_chain_name('Egress', ep.interface)}"
+                    for ep in plan.endpoints},
+        "to-wl": {ep.interface: f"goto {endpoint_chain_name('Ingress', ep.interface)}"
+                  for ep in plan.endpoints},
+    }
+
+
+def _vmap(name: str, entries: dict[str, str]) -> str:
+    items = ", ".join(f'"{k}" : {v}' for k, v in sorted(entries.items()))
+    elems = f" elements = {{ {items} }}" if items else ""
     return f"  map {name} {{ type ifname : verdict;{elems} }}\n"
-
-
-def _vmap_entries(plan: PolicyPlan, direction: str) -> list[str]:
-    return [f'"{ep.interface}" : goto {endpoint_chain_name(direction, ep.interface)}'
-            for ep in plan.endpoints]
 
 
 def render_structure(plan: PolicyPlan, prefix: str = WORKLOAD_PREFIX) -> str:
     """The table body without set contents: equal structures differ only in elements."""
     if not re.match(r"^[A-Za-z0-9]{1,8}$", prefix):
         raise RenderError(f"workload interface prefix {prefix!r} cannot be rendered")
-    out = []
-    for name, _ in plan.address_sets:
-        for fam, _, type_ in _FAMILIES:
-            out.append(_set_decl(f"{name}-{fam}", type_, [], interval=True))
-    for name, _ in plan.named_port_sets:
-        for fam, _, type_ in _FAMILIES:
-            out.append(_set_decl(f"{name}-{fam}", f"{type_} . inet_proto . inet_service", [],
-                                 interval=False))
-    out.append(_vmap("from-wl", _vmap_entries(plan, "Egress")))
-    out.append(_vmap("to-wl", _vmap_entries(plan, "Ingress")))
+    out = [_set_decl(name, type_, [], interval)
+           for name, (type_, interval) in set_types(plan).items()]
+    out.extend(_vmap(name, entries) for name, entries in vmap_entries(plan).items())
     out.append(
         "  chain forward {\n"
         "    type filter hook forward priority filter; policy accept;\n"
@@ -181,11 +197,9 @@ def render_structure(plan: PolicyPlan, prefix: str = WORKLOAD_PREFIX) -> str:
         "    oifname vmap @to-wl\n"
         '    counter drop comment "workload interface not programmed"\n'
         "  }\n")
-    for ep in plan.endpoints:
-        out.append(_endpoint_chain(ep, "Ingress"))
-        out.append(_endpoint_chain(ep, "Egress"))
-    for chain in plan.chains:
-        out.append(_policy_chain(chain))
+    for name, (comment, rules) in chains(plan).items():
+        body = "".join(f"    {rule}\n" for rule in rules)
+        out.append(f"  chain {name} {{\n    # {comment}\n{body}  }}\n")
     return "".join(out)
 
 
@@ -212,20 +226,54 @@ def render_full(plan: PolicyPlan, prefix: str = WORKLOAD_PREFIX) -> str:
             f"{elements}")
 
 
-def render_update(old: PolicyPlan, new: PolicyPlan, prefix: str = WORKLOAD_PREFIX) -> str | None:
-    """Element changes that turn ``old``'s table into ``new``'s, or None when chains,
-    sets or map entries differ (then only ``render_full`` will do). Deletes come
-    before adds; an empty string means nothing to do."""
-    if render_structure(old, prefix) != render_structure(new, prefix):
-        return None
-    before, after = set_elements(old), set_elements(new)
-    lines = []
-    for name in sorted(after):
-        gone = sorted(set(before[name]) - set(after[name]))
+def render_update(old: PolicyPlan, new: PolicyPlan) -> str:
+    """One transaction that turns ``old``'s table into ``new``'s by changes only:
+    set elements, map entries, and the chains and sets that appear, change or go.
+    An empty string means nothing to do. The order makes every reference valid at
+    each step: new sets and chains exist before a rule or map entry points at them;
+    a chain or set is deleted only after every rule and entry naming it is gone.
+    (The base chains depend only on the prefix, which a manager never changes.)"""
+    t = f"inet {TABLE}"
+    out: list[str] = []
+    old_sets, new_sets = set_types(old), set_types(new)
+    old_elems, new_elems = set_elements(old), set_elements(new)
+    for name, (type_, interval) in new_sets.items():
+        if old_sets.get(name) != (type_, interval) and name in old_sets:
+            raise RenderError(f"set {name} changed type")  # names are content hashes
+        if name not in old_sets:
+            flags = " flags interval;" if interval else ""
+            out.append(f"add set {t} {name} {{ type {type_};{flags} }}\n")
+    for name in sorted(new_sets):
+        gone = sorted(set(old_elems.get(name, ())) - set(new_elems[name]))
         if gone:
-            lines.append(f"delete element inet {TABLE} {name} {{ {', '.join(gone)} }}\n")
-    for name in sorted(after):
-        added = sorted(set(after[name]) - set(before[name]))
+            out.append(f"delete element {t} {name} {{ {', '.join(gone)} }}\n")
+    for name in sorted(new_sets):
+        added = sorted(set(new_elems[name]) - set(old_elems.get(name, ())))
         if added:
-            lines.append(f"add element inet {TABLE} {name} {{ {', '.join(added)} }}\n")
-    return "".join(lines)
+            out.append(f"add element {t} {name} {{ {', '.join(added)} }}\n")
+    old_chains, new_chains = chains(old), chains(new)
+    for name in new_chains:
+        if name not in old_chains:
+            out.append(f"add chain {t} {name}\n")
+    for name, (_, rules) in new_chains.items():
+        if name in old_chains and old_chains[name][1] == rules:
+            continue
+        if name in old_chains:
+            out.append(f"flush chain {t} {name}\n")
+        out.extend(f"add rule {t} {name} {rule}\n" for rule in rules)
+    old_maps, new_maps = vmap_entries(old), vmap_entries(new)
+    for map_name, entries in new_maps.items():
+        before = old_maps[map_name]
+        gone = sorted(k for k in before if entries.get(k) != before[k])
+        if gone:
+            keys = ", ".join(f'"{k}"' for k in gone)
+            out.append(f"delete element {t} {map_name} {{ {keys} }}\n")
+        added = sorted(k for k in entries if before.get(k) != entries[k])
+        if added:
+            items = ", ".join(f'"{k}" : {entries[k]}' for k in added)
+            out.append(f"add element {t} {map_name} {{ {items} }}\n")
+    removed = [name for name in old_chains if name not in new_chains]
+    out.extend(f"flush chain {t} {name}\n" for name in removed)
+    out.extend(f"delete chain {t} {name}\n" for name in removed)
+    out.extend(f"delete set {t} {name}\n" for name in old_sets if name not in new_sets)
+    return "".join(out)

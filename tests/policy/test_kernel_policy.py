@@ -152,7 +152,7 @@ def test_probed_matrix_equals_oracle(topo):
     failures = []
     for i, name in enumerate(KERNEL_CASES):
         mgr.replace_all(resources(CASES[name]))
-        assert mgr.complete_deferred_work(1.0 + i) == "full"
+        assert mgr.complete_deferred_work(1.0 + i) == "incremental"
         expected = Oracle(model.namespace_labels(), topo.pods, CASES[name]).table()
         actual = topo.stable_matrix(expected)
         if actual != expected:
@@ -172,7 +172,7 @@ def test_incremental_label_change_and_drift_repair(topo):
     # map entry changes, so the manager applies element updates only.
     both = CASES["allow-from-pod-in-other-namespace-AND"]     # x/a accepts only y/b
     mgr.replace_all(resources(both))
-    assert mgr.complete_deferred_work(1.0) == "full"
+    assert mgr.complete_deferred_work(1.0) == "incremental"
     relabelled = model.pods({("y", "c"): {"pod": "b"}})       # y/c now also matches pod=b
     mgr.on_update(next(r for r in resources(both, relabelled)
                        if isinstance(r, WorkloadEndpoint) and r.key == ("y", "c")))
@@ -187,10 +187,12 @@ def test_incremental_label_change_and_drift_repair(topo):
     assert mgr.complete_deferred_work(10.0) == "full"
     assert_probed_equals_oracle(topo, both, relabelled)
 
-    # A deleted endpoint: its chains go (structural change -> full replace).
+    # A deleted endpoint: its chains and map entries go, incrementally; its interface
+    # is then unprogrammed and fails closed.
     mgr.on_update(Removed(WorkloadEndpoint, ("y", "c")))
-    assert mgr.complete_deferred_work(11.0) == "full"
+    assert mgr.complete_deferred_work(11.0) == "incremental"
     assert "tw-nrwyc" not in topo.nft_list()
+    assert topo.probe_from(topo.pod_ns["y/c"], [["198.19.200.9", 80, "TCP"]]) == [False]
     mgr.remove()
 
 
@@ -231,7 +233,7 @@ def test_fail_closed_and_node_reaches_pods(topo):
             "apiVersion": "noderouter.io/v1", "kind": "WorkloadEndpoint",
             "metadata": {"name": "wn", "namespace": "w"},
             "spec": {"node": "n1", "interface": "nrwwn", "ips": ["198.19.200.20"]}}])[0])
-        assert mgr.complete_deferred_work(1.0) == "full"
+        assert mgr.complete_deferred_work(1.0) == "incremental"
         assert topo.probe_from(topo.pod_ns["x/a"], [["198.19.200.20", 80, "TCP"]]) == [True]
         assert topo.probe_from(ns, [["198.19.200.1", 80, "TCP"]]) == [True]
     finally:
@@ -305,6 +307,6 @@ def test_interface_claimed_twice_is_left_closed(topo):
     assert topo.probe_from(topo.pod_ns["y/a"], [["198.19.200.1", 80, "TCP"],
                                                ["198.19.200.2", 80, "TCP"]]) == [False, True]
     mgr.on_update(Removed(WorkloadEndpoint, ("x", "twin")))
-    assert mgr.complete_deferred_work(1.0) == "full"
+    assert mgr.complete_deferred_work(1.0) == "incremental"
     assert topo.probe_from(topo.pod_ns["y/a"], [["198.19.200.1", 80, "TCP"]]) == [True]
     mgr.remove()

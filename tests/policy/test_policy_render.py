@@ -38,8 +38,13 @@ def test_label_change_is_an_element_update_only():
     assert render_update(old, old) == ""
 
 
-def test_new_policy_needs_a_full_replace():
-    assert render_update(plan_for([]), plan_for(CASES["deny-all-ingress"])) is None
+def test_new_policy_adds_its_chain_and_rewrites_only_the_chains_it_changes():
+    script = render_update(plan_for([]), plan_for(CASES["deny-all-ingress"]))
+    added = re.findall(r"^add chain inet noderouter (\S+)$", script, flags=re.M)
+    flushed = re.findall(r"^flush chain inet noderouter (\S+)$", script, flags=re.M)
+    assert len(added) == 1 and added[0].startswith("pi-")
+    assert sorted(flushed) == ["tw-nrwxa", "tw-nrwxb", "tw-nrwxc"]
+    assert "delete" not in script and "table" not in script.replace("inet noderouter", "")
 
 
 def test_full_script_touches_only_our_table():
