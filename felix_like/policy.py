@@ -9,6 +9,11 @@ WorkloadEndpoint upserts; ``Removed`` deletes) and marks dirty;
   one — set elements, map entries, chains and sets that appear, change or go —
   in one transaction (``policy_nft.render_update``), so one new pod or one label
   change never rewrites the table (kube-router rebuilds everything each time);
+- after a change, established flows the new plan denies are cut: their
+  conntrack entries are deleted, so the next packet is a new connection that
+  meets the policy (Kubernetes leaves this to the implementation,
+  kubernetes/website#43438; Calico users ask for it, projectcalico/calico#2759).
+  Flows still allowed keep their entries;
 - full replace of our table on the first run, every
   ``resync_interval`` seconds (Felix refreshes every 180 s), after any error,
   and when a drift check (every ``drift_check_interval``) finds the kernel's
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from felix_like.policy_calc import PolicyPlan, calculate
+from felix_like.policy_calc import PolicyPlan, calculate, plan_allows
 from felix_like.policy_model import Namespace, NetworkPolicy, Resource, WorkloadEndpoint
 from felix_like.policy_nft import (
     TABLE,
@@ -104,17 +109,69 @@ def chain_rule_counts(text: str) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Flow:
+    saddr: str
+    daddr: str
+    protocol: int
+    dport: int
+
+
+def denied_flows(plan: PolicyPlan, flows: Iterable[Flow]) -> list[Flow]:
+    """The tracked flows touching a local endpoint that ``plan`` would not let start
+    (pure). Other flows (no local endpoint, or not TCP/UDP/SCTP) are not ours."""
+    local = {ip for ep in plan.endpoints for ip in ep.addresses}
+    return [f for f in flows
+            if f.protocol in (6, 17, 132) and (f.saddr in local or f.daddr in local)
+            and not plan_allows(plan, f.saddr, f.daddr, f.protocol, f.dport)]
+
+
+class ConntrackCutter:
+    """Deletes conntrack entries through ctnetlink inside the node's namespace."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    def cut(self, plan: PolicyPlan) -> int:
+        from pyroute2 import Conntrack
+
+        ct = Conntrack(netns=self.netns) if self.netns else Conntrack()
+        try:
+            entries = []
+            for entry in ct.dump_entries():
+                t = entry.tuple_orig
+                if t.saddr is None or t.dport is None:
+                    continue
+                entries.append((Flow(str(t.saddr), str(t.daddr), t.proto, t.dport), entry))
+            doomed = set(denied_flows(plan, [f for f, _ in entries]))
+            cut = 0
+            for flow, entry in entries:
+                if flow in doomed:
+                    try:
+                        ct.delete(entry)
+                        cut += 1
+                    except OSError:
+                        pass      # gone meanwhile (expired or closed): nothing to cut
+            return cut
+        finally:
+            ct.close()
+
+
 class PolicyManager:
     def __init__(self, node: str | None, netns: str | None = None,
                  resync_interval: float = DEFAULT_RESYNC_INTERVAL,
                  drift_check_interval: float = DEFAULT_DRIFT_CHECK_INTERVAL,
                  prefix: str = WORKLOAD_PREFIX,
-                 nft: NftCli | None = None) -> None:
+                 nft: NftCli | None = None, conntrack: ConntrackCutter | None = None,
+                 cut_denied_flows: bool = True) -> None:
         self.node = node
         self.prefix = prefix
         self.resync_interval = resync_interval
         self.drift_check_interval = drift_check_interval
         self.nft = nft or NftCli(netns)
+        self.conntrack = conntrack or ConntrackCutter(netns)
+        self.cut_denied_flows = cut_denied_flows
+        self._last_plan: PolicyPlan | None = None
         self._resources: dict[tuple[type, object], Resource] = {}
         self._dirty = True
         self._applied: PolicyPlan | None = None
@@ -180,6 +237,15 @@ class PolicyManager:
             raise
         self._applied = plan
         self._dirty = False
+        if self.cut_denied_flows and self._last_plan is not None and plan != self._last_plan:
+            try:
+                cut = self.conntrack.cut(plan)
+                if cut:
+                    log.info("policy_flows_cut", flows=cut)
+            except OSError as exc:
+                # The policy is in place; only old flows linger. Try again next change.
+                log.warning("policy_conntrack_cut_failed", error=str(exc))
+        self._last_plan = plan
         if action == "full":
             self._next_resync = now + self.resync_interval
             self._next_drift_check = now + self.drift_check_interval

@@ -26,6 +26,7 @@ policies (all Allow) this is exactly the union.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -216,3 +217,54 @@ def calculate(policies: Iterable[NetworkPolicy], namespaces: Iterable[Namespace]
         tuple(sorted(b.address_sets.items())),
         tuple(sorted(b.named_sets.items())),
         conflicts)
+
+
+_PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+def _in_cidrs(address: str, cidrs: Iterable[str]) -> bool:
+    addr = ipaddress.ip_address(address)
+    return any(addr.version == net.version and addr in net
+               for net in map(ipaddress.ip_network, cidrs))
+
+
+def plan_allows(plan: PolicyPlan, src: str, dst: str, protocol: str | int, dport: int) -> bool:
+    """Would the plan let a NEW connection src -> dst pass this node? (pure)
+
+    The same decision the rendered chains make: the sender's egress if it is a
+    local endpoint, then the receiver's ingress if it is one; in each, the policy
+    chains in order and the first matching rule decides. Used to find established
+    flows a policy change now denies (their conntrack entries are deleted), and a
+    base for a future ``policy explain``.
+    """
+    proto = _PROTO_NAMES.get(protocol, None) if isinstance(protocol, int) else protocol.lower()
+    sets = dict(plan.address_sets)
+    named = dict(plan.named_port_sets)
+    chains = {c.name: c for c in plan.chains}
+    by_address = {ip: ep for ep in plan.endpoints for ip in ep.addresses}
+
+    def matches(m: RuleMatch) -> bool:
+        if m.src_set is not None and not _in_cidrs(src, sets[m.src_set]):
+            return False
+        if m.dst_set is not None and not _in_cidrs(dst, sets[m.dst_set]):
+            return False
+        if m.protocol is not None and m.protocol != proto:
+            return False
+        if m.port_range is not None and not m.port_range[0] <= dport <= m.port_range[1]:
+            return False
+        return m.named_port_set is None or (
+            str(ipaddress.ip_address(dst)), proto, dport) in named[m.named_port_set]
+
+    def direction_allows(chain_names: tuple[str, ...] | None) -> bool:
+        if chain_names is None:
+            return True
+        for name in chain_names:
+            for m in chains[name].rules:
+                if matches(m):
+                    return m.action == ALLOW
+        return False
+
+    sender, receiver = by_address.get(src), by_address.get(dst)
+    if sender is not None and not direction_allows(sender.egress):
+        return False
+    return receiver is None or direction_allows(receiver.ingress)

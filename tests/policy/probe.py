@@ -4,6 +4,9 @@
 ``probe '<json [[addr, port, proto], ...]>' timeout``: tries every target in
 parallel, prints a JSON list of booleans (TCP: the handshake completed;
 UDP: the echo came back).
+``hold timeout``: one UDP socket per destination, kept across requests (same
+5-tuple = same conntrack entry); each stdin line ``addr port`` sends a ping on
+it and prints 1 (echo came back) or 0.
 """
 
 from __future__ import annotations
@@ -65,8 +68,27 @@ def probe(targets: list, timeout: float) -> list[bool]:
         return list(pool.map(lambda t: _probe(t, timeout), targets))
 
 
+def hold(timeout: float) -> None:
+    sockets: dict[tuple[str, int], socket.socket] = {}
+    for line in sys.stdin:
+        addr, port = line.split()
+        key = (addr, int(port))
+        if key not in sockets:
+            sockets[key] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets[key].settimeout(timeout)
+        s = sockets[key]
+        try:
+            s.sendto(b"ping", key)
+            ok = s.recvfrom(64)[0] == b"ping"
+        except OSError:
+            ok = False
+        print(1 if ok else 0, flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve()
+    elif sys.argv[1] == "hold":
+        hold(float(sys.argv[2]))
     else:
         print(json.dumps(probe(json.loads(sys.argv[2]), float(sys.argv[3]))))

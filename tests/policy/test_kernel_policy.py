@@ -310,3 +310,44 @@ def test_interface_claimed_twice_is_left_closed(topo):
     assert mgr.complete_deferred_work(1.0) == "incremental"
     assert topo.probe_from(topo.pod_ns["y/a"], [["198.19.200.1", 80, "TCP"]]) == [True]
     mgr.remove()
+
+
+class UdpHolder:
+    """A process in a pod namespace keeping one UDP socket per destination."""
+
+    def __init__(self, netns: str) -> None:
+        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, PROBE, "hold",
+                                      str(TIMEOUT)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def send(self, addr: str, port: int) -> bool:
+        self.proc.stdin.write(f"{addr} {port}\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip() == "1"
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+@pytest.mark.parametrize("cut", [True, False], ids=["cut", "no-cut-control"])
+def test_established_flow_newly_denied_is_cut(topo, cut):
+    mgr = PolicyManager("n1", netns=topo.node, cut_denied_flows=cut)
+    mgr.replace_all(resources([]))
+    mgr.complete_deferred_work(0.0)
+    holder = UdpHolder(topo.pod_ns["y/a"])
+    try:
+        # Two flows from y/a, established while everything is open.
+        assert holder.send("198.19.200.1", 80) and holder.send("198.19.200.2", 80)
+        # x/a now accepts only y/b; x/b stays open.
+        mgr.replace_all(resources(CASES["allow-from-pod-in-other-namespace-AND"]))
+        mgr.complete_deferred_work(1.0)
+        # With the cut, the flow to x/a dies at once; without it (the control), its
+        # conntrack entry keeps it alive, which is what the cut is for.
+        assert holder.send("198.19.200.1", 80) is (not cut)
+        assert holder.send("198.19.200.2", 80) is True      # still allowed: untouched
+        # A new flow to x/a is denied either way.
+        assert topo.probe_from(topo.pod_ns["y/a"], [["198.19.200.1", 80, "UDP"]]) == [False]
+    finally:
+        holder.close()
+        mgr.remove()

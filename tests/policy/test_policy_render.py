@@ -87,3 +87,21 @@ def test_chain_rule_counts_reads_listing_and_structure_alike():
                "\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n"
                '\t\tiifname "nrw*" jump from-wl-dispatch\n\t}\n}\n')
     assert chain_rule_counts(listing) == {"tw-nrwxa": 0, "forward": 1}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_plan_allows_agrees_with_the_rendered_rules(name):
+    from felix_like.policy_calc import plan_allows
+
+    plan = plan_for(CASES[name])
+    rules = Ruleset(render_full(plan))
+    pods = model.pods()
+    for s in pods:
+        for d in pods:
+            if s is d:
+                continue
+            for port in (80, 81):
+                for proto in ("tcp", "udp"):
+                    pkt = Packet(model.interface(s), model.interface(d), s.ip, d.ip, proto, port)
+                    assert plan_allows(plan, s.ip, d.ip, proto, port) == rules.forward(pkt), \
+                        (s.id, d.id, port, proto)
