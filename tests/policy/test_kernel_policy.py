@@ -193,6 +193,9 @@ def test_incremental_label_change_and_drift_repair(topo):
     assert mgr.complete_deferred_work(11.0) == "incremental"
     assert "tw-nrwyc" not in topo.nft_list()
     assert topo.probe_from(topo.pod_ns["y/c"], [["198.19.200.9", 80, "TCP"]]) == [False]
+    # The periodic full resync comes resync_interval after the last full apply (10.0).
+    assert mgr.complete_deferred_work(1009.0) is None
+    assert mgr.complete_deferred_work(1010.0) == "full"
     mgr.remove()
 
 

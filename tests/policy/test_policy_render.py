@@ -105,3 +105,15 @@ def test_plan_allows_agrees_with_the_rendered_rules(name):
                     pkt = Packet(model.interface(s), model.interface(d), s.ip, d.ip, proto, port)
                     assert plan_allows(plan, s.ip, d.ip, proto, port) == rules.forward(pkt), \
                         (s.id, d.id, port, proto)
+
+
+def test_denied_flows_only_local_tcp_udp_sctp_and_newly_denied():
+    from felix_like.policy import Flow, denied_flows
+
+    plan = plan_for(CASES["allow-from-pod-in-other-namespace-AND"])      # x/a: only y/b
+    flows = [Flow("198.19.200.4", "198.19.200.1", 17, 80),   # y/a -> x/a: denied now
+             Flow("198.19.200.5", "198.19.200.1", 6, 80),    # y/b -> x/a: allowed
+             Flow("198.19.200.4", "198.19.200.2", 6, 80),    # y/a -> x/b: open
+             Flow("198.19.200.4", "198.19.200.1", 1, 0),     # ICMP: not a port flow
+             Flow("198.18.5.1", "198.18.5.2", 6, 80)]        # no local endpoint
+    assert denied_flows(plan, flows) == [flows[0]]
