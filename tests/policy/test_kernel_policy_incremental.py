@@ -14,7 +14,7 @@ from felix_like.policy_nft import render_full, render_update
 from lab.netns import NetnsSet, run_prefix, sh
 from tests.policy import model
 from tests.policy.test_policy_render import plan_for
-from tests.policy.test_policy_truth import CASES
+from tests.policy.test_policy_truth import CASES, _scenario
 
 pytestmark = pytest.mark.kernel
 
@@ -90,3 +90,15 @@ def test_random_transitions(scratch, cases_a, cases_b, gone_a, gone_b):
                 policies[key] = doc
         return plan_for(list(policies.values()), pods)
     _check_transition(scratch, plan(cases_a, gone_a), plan(cases_b, gone_b))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(_scenario(), _scenario())
+def test_random_policy_transitions(scratch, a, b):
+    # Random policies (every selector, ipBlock incl. 0.0.0.0/0, port and action form
+    # the truth tests generate) must load, and deltas must land on the full table.
+    def plan(scenario):
+        policies, overrides, _ = scenario
+        return plan_for(policies, model.pods(overrides))
+    _check_transition(scratch, plan(a), plan(b))
