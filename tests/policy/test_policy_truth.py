@@ -241,7 +241,7 @@ def _peer(draw):
 
 @st.composite
 def _port(draw):
-    proto = draw(st.sampled_from([None, "TCP", "UDP"]))
+    proto = draw(st.sampled_from([None, "TCP", "UDP", "SCTP"]))
     kind = draw(st.sampled_from(["none", "80", "81", "range", "named"]))
     spec = {}
     if proto:
