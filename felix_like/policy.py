@@ -158,6 +158,10 @@ class ConntrackCutter:
 
 
 class PolicyManager:
+    """The policy manager of one node (``node`` = its name; None = every endpoint is
+    local, for tests). Construct with the node's namespace; ``now`` comes from the
+    caller's loop."""
+
     def __init__(self, node: str | None, netns: str | None = None,
                  resync_interval: float = DEFAULT_RESYNC_INTERVAL,
                  drift_check_interval: float = DEFAULT_DRIFT_CHECK_INTERVAL,
