@@ -1,0 +1,265 @@
+"""PolicyManager: keeps the node's ``table inet noderouter`` equal to the policy plan.
+
+Felix pattern: ``on_update(msg)`` only records (a NetworkPolicy, Namespace or
+WorkloadEndpoint upserts; ``Removed`` deletes) and marks dirty;
+``complete_deferred_work(now)`` calculates the plan (pure) and applies it with one
+``nft -f -`` inside the node's network namespace:
+
+- incremental normally: the differences between the applied plan and the new
+  one — set elements, map entries, chains and sets that appear, change or go —
+  in one transaction (``policy_nft.render_update``), so one new pod or one label
+  change never rewrites the table (kube-router rebuilds everything each time);
+- after a change, established flows the new plan denies are cut: their
+  conntrack entries are deleted, so the next packet is a new connection that
+  meets the policy (Kubernetes leaves this to the implementation,
+  kubernetes/website#43438; Calico users ask for it, projectcalico/calico#2759).
+  Flows still allowed keep their entries;
+- full replace of our table on the first run, every
+  ``resync_interval`` seconds (Felix refreshes every 180 s), after any error,
+  and when a drift check (every ``drift_check_interval``) finds the kernel's
+  chains differ from ours (a hand-flushed or deleted chain, a deleted table).
+
+nft applies a script whole or not at all, so a failed apply leaves the previous
+ruleset in place; the manager then forgets what it applied and replaces the whole
+table next time. ``now`` is a parameter: only the caller reads the clock.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from felix_like.policy_calc import PolicyPlan, calculate, plan_allows
+from felix_like.policy_model import Namespace, NetworkPolicy, Resource, WorkloadEndpoint
+from felix_like.policy_nft import (
+    TABLE,
+    WORKLOAD_PREFIX,
+    render_full,
+    render_structure,
+    render_update,
+)
+
+log = structlog.get_logger("felix_like.policy")
+
+DEFAULT_RESYNC_INTERVAL = 180.0
+DEFAULT_DRIFT_CHECK_INTERVAL = 10.0
+
+
+class PolicyApplyError(RuntimeError):
+    """nft refused our script; nothing of it was applied."""
+
+
+@dataclass(frozen=True)
+class Removed:
+    kind: type                  # NetworkPolicy | Namespace | WorkloadEndpoint
+    key: object                 # policy key, namespace name, or (namespace, pod)
+
+
+def _key(res: Resource):
+    return res.name if isinstance(res, Namespace) else res.key
+
+
+class NftCli:
+    """``nft`` inside a network namespace (None = the current one)."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    def _argv(self, *args: str) -> list[str]:
+        argv = ["nft", *args]
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+
+    def apply(self, script: str) -> None:
+        res = subprocess.run(self._argv("-f", "-"), input=script, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise PolicyApplyError(f"nft refused the policy script for table inet {TABLE}: "
+                                   f"{res.stderr.strip()}")
+
+    def list_table_terse(self) -> str | None:
+        # -t leaves set elements out: cheap even with 100k elements (POLICY.md section 3).
+        res = subprocess.run(self._argv("-t", "list", "table", "inet", TABLE),
+                             capture_output=True, text=True)
+        return res.stdout if res.returncode == 0 else None
+
+
+_CHAIN = re.compile(r"^\s*chain (\S+) \{$")
+
+
+def chain_rule_counts(text: str) -> dict[str, int]:
+    """Rules per chain in a table listing or in our rendered structure."""
+    counts: dict[str, int] = {}
+    current = None
+    for line in text.splitlines():
+        m = _CHAIN.match(line)
+        if m:
+            current = m.group(1)
+            counts[current] = 0
+            continue
+        stripped = line.strip()
+        if current is None:
+            continue
+        if stripped == "}":
+            current = None
+        elif stripped and not stripped.startswith(("#", "type filter hook")):
+            counts[current] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class Flow:
+    saddr: str
+    daddr: str
+    protocol: int
+    dport: int
+
+
+def denied_flows(plan: PolicyPlan, flows: Iterable[Flow]) -> list[Flow]:
+    """The tracked flows touching a local endpoint that ``plan`` would not let start
+    (pure). Other flows (no local endpoint, or not TCP/UDP/SCTP) are not ours."""
+    local = {ip for ep in plan.endpoints for ip in ep.addresses}
+    return [f for f in flows
+            if f.protocol in (6, 17, 132) and (f.saddr in local or f.daddr in local)
+            and not plan_allows(plan, f.saddr, f.daddr, f.protocol, f.dport)]
+
+
+class ConntrackCutter:
+    """Deletes conntrack entries through ctnetlink inside the node's namespace."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    def cut(self, plan: PolicyPlan) -> int:
+        from pyroute2 import Conntrack
+
+        ct = Conntrack(netns=self.netns) if self.netns else Conntrack()
+        try:
+            entries = []
+            for entry in ct.dump_entries():
+                t = entry.tuple_orig
+                if t.saddr is None or t.dport is None:
+                    continue
+                entries.append((Flow(str(t.saddr), str(t.daddr), t.proto, t.dport), entry))
+            doomed = set(denied_flows(plan, [f for f, _ in entries]))
+            cut = 0
+            for flow, entry in entries:
+                if flow in doomed:
+                    try:
+                        ct.delete(entry)
+                        cut += 1
+                    except OSError:
+                        pass      # gone meanwhile (expired or closed): nothing to cut
+            return cut
+        finally:
+            ct.close()
+
+
+class PolicyManager:
+    """The policy manager of one node (``node`` = its name; None = every endpoint is
+    local, for tests). Construct with the node's namespace; ``now`` comes from the
+    caller's loop."""
+
+    def __init__(self, node: str | None, netns: str | None = None,
+                 resync_interval: float = DEFAULT_RESYNC_INTERVAL,
+                 drift_check_interval: float = DEFAULT_DRIFT_CHECK_INTERVAL,
+                 prefix: str = WORKLOAD_PREFIX,
+                 nft: NftCli | None = None, conntrack: ConntrackCutter | None = None,
+                 cut_denied_flows: bool = True) -> None:
+        self.node = node
+        self.prefix = prefix
+        self.resync_interval = resync_interval
+        self.drift_check_interval = drift_check_interval
+        self.nft = nft or NftCli(netns)
+        self.conntrack = conntrack or ConntrackCutter(netns)
+        self.cut_denied_flows = cut_denied_flows
+        self._last_plan: PolicyPlan | None = None
+        self._resources: dict[tuple[type, object], Resource] = {}
+        self._dirty = True
+        self._applied: PolicyPlan | None = None
+        self._next_resync = 0.0
+        self._next_drift_check = 0.0
+        self.last_action = ""
+
+    # --- recording (no I/O) ---------------------------------------------------------
+    def on_update(self, msg: Resource | Removed) -> None:
+        if isinstance(msg, Removed):
+            self._resources.pop((msg.kind, msg.key), None)
+        elif isinstance(msg, (NetworkPolicy, Namespace, WorkloadEndpoint)):
+            self._resources[(type(msg), _key(msg))] = msg
+        else:
+            raise TypeError(f"PolicyManager cannot handle {type(msg).__name__}")
+        self._dirty = True
+
+    def replace_all(self, resources: Iterable[Resource]) -> None:
+        self._resources = {(type(r), _key(r)): r for r in resources}
+        self._dirty = True
+
+    def queue_resync(self) -> None:
+        self._applied = None
+
+    def plan(self) -> PolicyPlan:
+        by_kind: dict[type, list] = {NetworkPolicy: [], Namespace: [], WorkloadEndpoint: []}
+        for (kind, _), res in self._resources.items():
+            by_kind[kind].append(res)
+        return calculate(by_kind[NetworkPolicy], by_kind[Namespace], by_kind[WorkloadEndpoint],
+                         node=self.node)
+
+    # --- kernel work ----------------------------------------------------------------
+    def _drifted(self, plan: PolicyPlan) -> bool:
+        listing = self.nft.list_table_terse()
+        if listing is None:
+            return True
+        return chain_rule_counts(listing) != chain_rule_counts(render_structure(plan, self.prefix))
+
+    def complete_deferred_work(self, now: float) -> str | None:
+        """Apply what changed; returns 'full' / 'incremental' / None (nothing to do)."""
+        full = self._applied is None or now >= self._next_resync
+        if not full and now >= self._next_drift_check:
+            self._next_drift_check = now + self.drift_check_interval
+            if self._drifted(self._applied):
+                log.warning("policy_drift_repaired", table=TABLE)
+                full = True
+        if not full and not self._dirty:
+            return None
+        plan = self.plan()
+        for conflict in plan.conflicts:
+            log.error("policy_endpoint_conflict", problem=conflict,
+                      effect="interface left unprogrammed: its traffic is dropped")
+        if full:
+            script, action = render_full(plan, self.prefix), "full"
+        else:
+            script, action = render_update(self._applied, plan), "incremental"
+        try:
+            if script:
+                self.nft.apply(script)
+        except PolicyApplyError:
+            self._applied = None          # replace the whole table next time
+            log.error("policy_apply_failed", action=action)
+            raise
+        self._applied = plan
+        self._dirty = False
+        if self.cut_denied_flows and self._last_plan is not None and plan != self._last_plan:
+            try:
+                cut = self.conntrack.cut(plan)
+                if cut:
+                    log.info("policy_flows_cut", flows=cut)
+            except OSError as exc:
+                # The policy is in place; only old flows linger. Try again next change.
+                log.warning("policy_conntrack_cut_failed", error=str(exc))
+        self._last_plan = plan
+        if action == "full":
+            self._next_resync = now + self.resync_interval
+            self._next_drift_check = now + self.drift_check_interval
+        self.last_action = action
+        log.info("policy_applied", action=action, endpoints=len(plan.endpoints),
+                 chains=len(plan.chains))
+        return action
+
+    def remove(self) -> None:
+        """Delete our table (and only it); idempotent."""
+        self.nft.apply(f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
+        self._applied = None
+        self._dirty = True
