@@ -18,12 +18,22 @@ Modules
   ``compute_remote_routes`` is the pure part.
 - ``sysctls``: idempotent sysctl writes inside the node's namespace.
 - ``nat``: NAT outgoing through one nftables table of ours.
+- ``policy_model``: network policy resources (Kubernetes ``networking.k8s.io/v1`` verbatim,
+  ``noderouter.io/v1`` with order and Deny), validated with ``file:line: field:`` errors.
+- ``policy_calc``: pure: policies + namespaces + endpoints -> per-endpoint rule chains and
+  set contents (Kubernetes semantics).
+- ``policy_nft``: the ``table inet noderouter`` ruleset as one ``nft -f`` transaction, and
+  incremental set/map updates.
+- ``policy``: ``PolicyManager``: applies it in the node's namespace, resync and drift repair
+  (not wired into ``Dataplane`` yet: issue 14's next slice).
+- ``errors``: ``DataplaneError``, the one exception root.
 
 Review notes (invariants)
 - Ownership = route protocol number (a parameter, never a literal in logic).
   We never replace, delete or even read routes of another protocol or of a
   table we do not manage; deletes carry our protocol so the kernel enforces it.
-- Routes of ours that are not desired survive until ``mark_in_sync()``.
+- Routes of ours read back at start that nobody desires survive until
+  ``mark_in_sync()``; a route desired in this run and then given up goes at once.
 - Failed routes stay dirty, do not block others, and trigger a full resync.
 - ``on_*`` methods only record; kernel I/O happens in
   ``complete_deferred_work()`` / ``apply()``.

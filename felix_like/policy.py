@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from felix_like.errors import DataplaneError
 from felix_like.policy_calc import PolicyPlan, calculate, plan_allows
 from felix_like.policy_model import Namespace, NetworkPolicy, Resource, WorkloadEndpoint
 from felix_like.policy_nft import (
@@ -49,7 +50,7 @@ DEFAULT_RESYNC_INTERVAL = 180.0
 DEFAULT_DRIFT_CHECK_INTERVAL = 10.0
 
 
-class PolicyApplyError(RuntimeError):
+class PolicyApplyError(DataplaneError, RuntimeError):
     """nft refused our script; nothing of it was applied."""
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from config.yamldocs import parse_documents
 from config.yamlsource import YamlSyntaxError
+from felix_like.errors import DataplaneError
 
 K8S_POLICY_ORDER = 1000.0
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -38,7 +39,7 @@ _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
-class PolicyError(ValueError):
+class PolicyError(DataplaneError, ValueError):
     """One or more problems in policy input; ``problems`` lists ``where: field: problem``."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from felix_like.errors import DataplaneError
 from felix_like.policy_calc import ALLOW, EndpointPlan, PolicyPlan, RuleMatch
 
 TABLE = "noderouter"
@@ -39,7 +40,7 @@ _FAMILIES = (("4", "ip", "ipv4_addr"), ("6", "ip6", "ipv6_addr"))
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
-class RenderError(ValueError):
+class RenderError(DataplaneError, ValueError):
     pass
 
 
