@@ -71,10 +71,23 @@ _LinedLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _co
 _LinedLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+def parse_documents(text: str) -> list:
+    """Every document of ``text`` (empty ones dropped), as ``parse`` reads one: policy
+    files (``kubectl apply -f`` style) carry many, separated by ``---``."""
+    return [d for d in _load_all(text) if d is not None]
+
+
 def parse(text: str):
     """Parse one YAML document; raise YamlSyntaxError with a line on any problem."""
+    docs = _load_all(text)
+    if len(docs) > 1:
+        raise YamlSyntaxError("expected one YAML document, found several", None)
+    return docs[0] if docs else None
+
+
+def _load_all(text: str) -> list:
     try:
-        docs = list(yaml.load_all(text, Loader=_LinedLoader))
+        return list(yaml.load_all(text, Loader=_LinedLoader))
     except YamlSyntaxError:
         raise
     except yaml.MarkedYAMLError as exc:
@@ -86,6 +99,3 @@ def parse(text: str):
     except (ValueError, TypeError, RecursionError) as exc:
         # PyYAML's scalar constructors raise plain ValueError (e.g. bad timestamps).
         raise YamlSyntaxError(f"invalid YAML value: {exc}", None) from None
-    if len(docs) > 1:
-        raise YamlSyntaxError("expected one YAML document, found several", None)
-    return docs[0] if docs else None

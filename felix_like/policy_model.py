@@ -24,8 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from config.yamldocs import parse_documents
-from config.yamlsource import YamlSyntaxError
+from config.yamlsource import YamlSyntaxError, parse_documents
 from felix_like.errors import DataplaneError
 
 K8S_POLICY_ORDER = 1000.0
