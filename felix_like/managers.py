@@ -435,6 +435,11 @@ class Dataplane:
         self.routes.mark_in_sync()
 
     @property
+    def policy_error(self) -> str:
+        """The last policy apply's error ("" when it worked or there is no policy)."""
+        return self.policy.last_error if self.policy is not None else ""
+
+    @property
     def routes_in_sync(self) -> bool:
         return self.routes.in_sync
 

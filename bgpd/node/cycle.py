@@ -248,6 +248,9 @@ class Cycle:
             .observe(time.perf_counter() - t0)
         if result.failed:
             self.metrics.reconcile_errors.inc(len(result.failed))
+        if dp.policy_error:
+            # Routes went in; policy did not (retried every cycle): say so in status.
+            self.last_error = f"network policy: {dp.policy_error}"
         if result.added or result.deleted or result.replaced or result.failed:
             parts.append("routes " + " ".join(f"{k}={v}" for k, v in result.summary().items()
                                                if v))

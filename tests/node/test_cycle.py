@@ -674,3 +674,4 @@ def test_a_failed_policy_apply_does_not_stop_the_routes():
     rig.cycle.run(1.0)
     assert rig.ours()[key(OWN_BLOCK)] == BLACKHOLE
     assert "nft refused: test" in rig.dp.policy.last_error
+    assert rig.cycle.snapshot.last_error == "network policy: nft refused: test"
