@@ -188,7 +188,7 @@ class PolicyInputsUpdate:
     """Everything network policy depends on, whole (issue 14): every policy and
     namespace, and the endpoints -- this node's workloads (host interface and IPs from
     the CNI records, labels and named ports from their etcd records) plus the other
-    nodes' endpoint records that carry IPs (peers of rule selectors). An empty
+    nodes' pods (addresses from IPAM and their records; peers of rule selectors). An empty
     ``policies`` means no policy exists: the policy manager then keeps no table at all."""
 
     policies: tuple[policy_model.NetworkPolicy, ...]

@@ -16,7 +16,8 @@ What it decides (the managers then decide *how*):
   route (equal paths via several routers: one ECMP route).
 - network policy inputs (``policy_inputs``): this node's workloads joined with their
   WorkloadEndpoint records from etcd by (namespace, pod) -- a workload without a
-  record lives in namespace ``default`` (or the one the CNI was told) with no labels.
+  record lives in namespace ``default`` (or the one the CNI was told) with no labels;
+  other nodes' pods from their IPAM allocations joined with their records.
 - mesh peers from the node registry; which pools give the tunnel devices their
   addresses (``tunnel_pools``).
 """
@@ -78,12 +79,25 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class PodAddress:
+    """A pod address as IPAM recorded it: the allocating node and the pod identity the
+    CNI was given (allocation attrs ``namespace``/``pod``)."""
+
+    node: str
+    namespace: str
+    pod: str
+    ip: str
+
+
+@dataclass(frozen=True)
 class PolicyView:
-    """The policy resources from etcd (``NodeState``), once all three kinds are in sync."""
+    """The policy resources from etcd (``NodeState``), once all three kinds are in sync,
+    and every pod address of the cluster from IPAM (the peers of rule selectors)."""
 
     policies: tuple[policy_model.NetworkPolicy, ...] = ()
     namespaces: tuple[policy_model.Namespace, ...] = ()
     endpoints: tuple[policy_model.WorkloadEndpoint, ...] = ()
+    pod_addresses: tuple[PodAddress, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,12 +137,17 @@ class Desired:
 
 def policy_endpoints(node: str, workloads: tuple[Workload, ...],
                      records: tuple[policy_model.WorkloadEndpoint, ...],
+                     pod_addresses: tuple[PodAddress, ...] = (),
                      ) -> tuple[policy_model.WorkloadEndpoint, ...]:
-    """This node's workloads as policy endpoints, then the other nodes' records that
-    carry IPs. A local workload takes labels and named ports from the record of its
-    (namespace, pod) on this node; its interface and address always come from the CNI
-    record (the kernel's truth). Records of this node with no workload are stale and
-    left out: their pod is gone."""
+    """This node's workloads as policy endpoints, then the other nodes' pods.
+
+    A local workload takes labels and named ports from the record of its (namespace,
+    pod) on this node; its interface and address always come from the CNI record (the
+    kernel's truth). Records of this node with no workload are stale and left out:
+    their pod is gone. Another node's pod is known from its IPAM allocation (node,
+    namespace, pod, address) and/or its record (labels, named ports, maybe IPs): one
+    endpoint per (node, namespace, pod) with the addresses of both. Without a record it
+    has no labels, so only selectors that match every pod of its namespace pick it."""
     mine = {(r.namespace, r.pod): r for r in records if r.node == node}
     out = []
     for w in sorted(workloads, key=lambda w: w.host_ifname):
@@ -137,8 +156,19 @@ def policy_endpoints(node: str, workloads: tuple[Workload, ...],
         out.append(policy_model.WorkloadEndpoint(
             w.namespace, pod, rec.labels if rec else (), (w.ip,), w.host_ifname, node,
             rec.named_ports if rec else ()))
-    out.extend(r for r in sorted(records, key=lambda r: (r.node, r.key))
-               if r.node != node and r.ips)
+    remote_records = {(r.node, r.namespace, r.pod): r for r in records if r.node != node}
+    remote_ips: dict[tuple[str, str, str], set[str]] = {}
+    for a in pod_addresses:
+        if a.node != node:
+            remote_ips.setdefault((a.node, a.namespace, a.pod), set()).add(a.ip)
+    for key in sorted(remote_records.keys() | remote_ips.keys()):
+        rec = remote_records.get(key)
+        ips = set(remote_ips.get(key, ())) | set(rec.ips if rec else ())
+        if not ips:
+            continue
+        out.append(policy_model.WorkloadEndpoint(
+            key[1], key[2], rec.labels if rec else (), tuple(sorted(ips)), "", key[0],
+            rec.named_ports if rec else ()))
     return tuple(out)
 
 
@@ -149,7 +179,8 @@ def policy_inputs(inp: Inputs) -> PolicyInputsUpdate | None:
     return PolicyInputsUpdate(
         policies=tuple(sorted(inp.policy.policies, key=key)),
         namespaces=tuple(sorted(inp.policy.namespaces, key=lambda n: n.name)),
-        endpoints=policy_endpoints(inp.own.name, inp.workloads, inp.policy.endpoints))
+        endpoints=policy_endpoints(inp.own.name, inp.workloads, inp.policy.endpoints,
+                                   inp.policy.pod_addresses))
 
 
 def learned_context(inp: Inputs) -> LearnedContext:

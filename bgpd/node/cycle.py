@@ -38,6 +38,7 @@ from bgpd.node.calculator import (
     BlockView,
     Desired,
     Inputs,
+    PodAddress,
     PolicyView,
     PoolView,
     calculate,
@@ -174,9 +175,15 @@ class Cycle:
                          for o, a in b.allocations.items() if a.node == me)
         pools = tuple(PoolView(c, p.ipip_mode, p.vxlan_mode, p.nat_outgoing, p.disabled)
                       for c, p in st.pools.items())
-        policy = (PolicyView(tuple(st.networkpolicies.values()), tuple(st.namespaces.values()),
-                             tuple(st.workloadendpoints.values()))
-                  if st.policy_in_sync else None)
+        policy = None
+        if st.policy_in_sync:
+            pods = tuple(PodAddress(a.node, a.attrs.get("namespace") or "default",
+                                    a.attrs["pod"], str(b.ip(o)))
+                         for b in st.blocks.values() for o, a in b.allocations.items()
+                         if a.attrs.get("pod"))    # tunnel addresses carry no pod
+            policy = PolicyView(tuple(st.networkpolicies.values()),
+                                tuple(st.namespaces.values()),
+                                tuple(st.workloadendpoints.values()), pods)
         return Inputs(own=self.node_info(), uplink=cfg.underlay.interface, pools=pools,
                       blocks=blocks, nodes=dict(st.nodes), workloads=self.workloads.workloads(),
                       borrowed=borrowed, mesh=cfg.bgp.mesh, policy=policy)

@@ -675,3 +675,35 @@ def test_a_failed_policy_apply_does_not_stop_the_routes():
     assert rig.ours()[key(OWN_BLOCK)] == BLACKHOLE
     assert "nft refused: test" in rig.dp.policy.last_error
     assert rig.cycle.snapshot.last_error == "network policy: nft refused: test"
+
+
+def test_pods_of_other_nodes_come_from_ipam_with_the_labels_of_their_records():
+    """A peer selector sees another node's pod: its address from IPAM (allocation attrs
+    name the pod), its labels from its WorkloadEndpoint record."""
+    nft = RecordingNft()
+    manager = PolicyManager("node-a1", nft=nft, conntrack=NoConntrack())
+    rig = Rig(workloads=PodWorkloads(), policy=manager)
+    web = Allocation("k8s-pod-network.cw", 1, "node-a2",
+                     {"namespace": "default", "pod": "web-0", "node": "node-a2"})
+    tunnel = Allocation("vxlan-tunnel-addr-node-a2", 2, "node-a2",
+                        {"node": "node-a2", "type": "vxlanTunnelAddress"})
+    rig.sync(blocks=(block_kv(OWN_BLOCK, "node-a1"),
+                     block_kv(A2_BLOCK, "node-a2", {5: web, 1: tunnel})))
+    allow_web = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                 "metadata": {"name": "web-to-db", "namespace": "default"},
+                 "spec": {"podSelector": {"matchLabels": {"role": "db"}},
+                          "ingress": [{"from": [{"podSelector": {
+                              "matchLabels": {"role": "web"}}}]}]}}
+    web_record = {"apiVersion": "noderouter.io/v1", "kind": "WorkloadEndpoint",
+                  "metadata": {"name": "web-0", "namespace": "default",
+                               "labels": {"role": "web"}},
+                  "spec": {"node": "node-a2", "ips": []}}
+    sync_policy(rig, policies=[allow_web], endpoints=[P1_RECORD, web_record])
+    rig.cycle.run(1.0)
+    remote = [e for e in rig.dp.policy.inputs.endpoints if e.node == "node-a2"]
+    assert [(e.pod, e.ips, e.labels, e.host_interface) for e in remote] == [
+        ("web-0", ("198.19.2.5",), (("role", "web"),), "")]
+    plan = manager.plan()
+    (address_set,) = [v for _, v in plan.address_sets]
+    assert address_set == frozenset({"198.19.2.5"})
+    assert "198.19.2.5" in nft.scripts[-1]
