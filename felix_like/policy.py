@@ -58,11 +58,18 @@ class PolicyApplyError(DataplaneError, RuntimeError):
 @dataclass(frozen=True)
 class Removed:
     kind: type                  # NetworkPolicy | Namespace | WorkloadEndpoint
-    key: object                 # policy key, namespace name, or (namespace, pod)
+    key: object                 # policy key, namespace name, or (node, namespace, pod)
 
 
 def _key(res: Resource):
-    return res.name if isinstance(res, Namespace) else res.key
+    if isinstance(res, Namespace):
+        return res.name
+    if isinstance(res, WorkloadEndpoint):
+        # The node is part of an endpoint's identity here: one (namespace, pod) seen on
+        # two nodes (a stale record, or a lab whose pods share names) must not make the
+        # live local endpoint vanish -- it would fall to the fail-closed drop.
+        return (res.node, *res.key)
+    return res.key
 
 
 class NftCli:

@@ -23,6 +23,21 @@ spec:
   policyTypes: [Ingress]
 """
 
+ALLOW_FROM_WEB = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-web
+  namespace: default
+spec:
+  podSelector:
+    matchLabels: {role: db}
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {role: web}
+"""
+
 
 @pytest.fixture(scope="module")
 def lab():
@@ -67,6 +82,17 @@ def test_deny_all_ingress_cuts_one_pod_off_and_delete_restores_it(lab, tmp_path)
     ping_from_node = lab.exec(a, ["ping", "-c", "1", "-W", "1", "-q", lab.pods[db]["ip"]],
                               check=False)
     assert ping_from_node.returncode == 0, ping_from_node.stdout
+
+    # Allow ingress from pods labelled role=web: a pod on the other node, known to the
+    # db's node from its IPAM allocation plus the label in its record.
+    web = f"{b}/p2"
+    nr_ok(lab, a, "workload", "label", "p2", "role=web", "--node", b)
+    f2 = tmp_path / "allow.yaml"
+    f2.write_text(ALLOW_FROM_WEB)
+    nr_ok(lab, b, "policy", "apply", "-f", str(f2))
+    wait_for(lambda: reaches(lab, web, db), 20, what=f"{web} (role=web) to reach {db}")
+    assert not reaches(lab, client, db)               # still denied: no role=web
+    nr_ok(lab, b, "policy", "delete", "allow-web")
 
     nr_ok(lab, b, "policy", "delete", "deny-db-ingress")
     wait_for(lambda: reaches(lab, client, db), 20, what=f"{client} to reach {db} again")

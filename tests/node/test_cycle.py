@@ -707,3 +707,20 @@ def test_pods_of_other_nodes_come_from_ipam_with_the_labels_of_their_records():
     (address_set,) = [v for _, v in plan.address_sets]
     assert address_set == frozenset({"198.19.2.5"})
     assert "198.19.2.5" in nft.scripts[-1]
+
+
+def test_a_pod_name_on_another_node_does_not_hide_the_local_pod():
+    """(namespace, pod) seen on two nodes: both are endpoints, the local one keeps its
+    chains (seen failing in the lab, whose pods are p1, p2 on every node: the remote
+    default/p1 replaced the local one, whose interface then fell to the drop)."""
+    nft = RecordingNft()
+    manager = PolicyManager("node-a1", nft=nft, conntrack=NoConntrack())
+    rig = Rig(workloads=PodWorkloads(), policy=manager)
+    twin = Allocation("k8s-pod-network.cx", 1, "node-a2",
+                      {"namespace": "default", "pod": "p1", "node": "node-a2"})
+    rig.sync(blocks=(block_kv(OWN_BLOCK, "node-a1"), block_kv(A2_BLOCK, "node-a2", {7: twin})))
+    sync_policy(rig, policies=[DENY_P1], endpoints=[P1_RECORD])
+    rig.cycle.run(1.0)
+    plan = manager.plan()
+    assert sorted(ep.interface for ep in plan.endpoints) == ["nrwaaaa1", "nrwaaaa2"]
+    assert "chain tw-nrwaaaa1 {" in nft.scripts[-1]
