@@ -14,7 +14,7 @@ Modules
   sequence number, raw filtered dumps with NLM_F_DUMP_INTR retry).
 - ``managers``: ``Dataplane`` (one way in: ``on_update(msg)`` to every manager; one loop
   step: ``apply()``) with ``LearnedRoutes``, ``RemoteBlockManager``,
-  ``TunnelDeviceManager``, ``WorkloadManager``, ``BlackholeManager``, NAT;
+  ``TunnelDeviceManager``, ``WorkloadManager``, ``BlackholeManager``, NAT, policy;
   ``compute_remote_routes`` is the pure part.
 - ``sysctls``: idempotent sysctl writes inside the node's namespace.
 - ``nat``: NAT outgoing through one nftables table of ours.
@@ -24,8 +24,9 @@ Modules
   set contents (Kubernetes semantics).
 - ``policy_nft``: the ``table inet noderouter`` ruleset as one ``nft -f`` transaction, and
   incremental set/map updates.
-- ``policy``: ``PolicyManager``: applies it in the node's namespace, resync and drift repair
-  (not wired into ``Dataplane`` yet: issue 14's next slice).
+- ``policy``: ``PolicyManager``: applies it in the node's namespace, resync and drift repair;
+  ``managers.PolicyDataplaneManager`` feeds it ``updates.PolicyInputsUpdate`` inside
+  ``Dataplane.apply`` (no table while no policy exists).
 - ``errors``: ``DataplaneError``, the one exception root.
 
 Review notes (invariants)

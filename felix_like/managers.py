@@ -3,9 +3,10 @@
 One way in: ``Dataplane.on_update(msg)`` hands every message of the vocabulary
 (``felix_like.updates``) to every manager; a manager's ``on_update`` (and its finer
 ``on_*`` methods) only record desired state and mark it dirty; ``complete_deferred_work()``
-does the work. ``Dataplane.apply()`` calls them in dependency order - learned routes
+does the work. ``Dataplane.apply(now)`` calls them in dependency order - learned routes
 before remote blocks (they feed it), tunnel devices before routes (a route through a
-device needs the device), routes last - and returns the route table's result. Nothing
+device needs the device), network policy after the workloads (it programs their
+interfaces), routes last - and returns the route table's result. Nothing
 outside ``felix_like`` touches the ``RouteTable``: the daemon asks the ``Dataplane``
 (``mark_in_sync``, ``queue_resync``, ``desired_snapshot``).
 
@@ -18,13 +19,16 @@ owned blocks (least specific anyway).
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
+from felix_like.errors import DataplaneError
 from felix_like.learned_routes import LearnedRoutes
 from felix_like.nat import NatOutgoing
+from felix_like.policy import PolicyManager
 from felix_like.routetable import ApplyResult, DesiredRoutes, RouteTable
 from felix_like.sysctls import SysctlError, Sysctls, conf_key, node_sysctls
 from felix_like.updates import (
@@ -36,6 +40,7 @@ from felix_like.updates import (
     DataplaneUpdate,
     IpipDeviceUpdate,
     OwnBlocksUpdate,
+    PolicyInputsUpdate,
     PoolsUpdate,
     RemoteBlock,
     RemoteNode,
@@ -310,6 +315,52 @@ class NatManager:
 
 
 @dataclass
+class PolicyDataplaneManager:
+    """Feeds ``PolicyInputsUpdate`` to the ``PolicyManager`` (``felix_like.policy``).
+
+    Before the first message (the policy kinds not in sync yet) it does nothing: the
+    kernel keeps whatever table it has, so a restart never opens pods a policy closed.
+    With no policy at all there is no table (our table drops traffic of a workload
+    interface it has not programmed yet -- fail closed -- which a cluster without
+    policy must not pay for); the first policy creates it, the last one's deletion
+    removes it. A failed nft apply is logged and retried next apply (the manager then
+    replaces the whole table); routes are applied regardless."""
+
+    manager: PolicyManager
+    inputs: PolicyInputsUpdate | None = None
+    last_error: str = ""
+    _table_present: bool | None = None        # None: unknown (at start)
+
+    def on_update(self, msg: DataplaneUpdate) -> None:
+        if isinstance(msg, PolicyInputsUpdate) and msg != self.inputs:
+            self.inputs = msg
+            self.manager.replace_all((*msg.policies, *msg.namespaces, *msg.endpoints))
+
+    def queue_resync(self) -> None:
+        self.manager.queue_resync()
+        if self._table_present is False:
+            self._table_present = None        # make sure it is still absent
+
+    def complete_deferred_work(self, now: float) -> None:
+        if self.inputs is None:
+            return
+        try:
+            if not self.inputs.policies:
+                if self._table_present is not False:
+                    self.manager.remove()
+                    self._table_present = False
+                    log.info("policy_table_removed", reason="no policy")
+                self.last_error = ""
+                return
+            self._table_present = True
+            self.manager.complete_deferred_work(now)
+            self.last_error = ""
+        except DataplaneError as exc:      # PolicyApplyError, RenderError
+            self.last_error = str(exc)
+            log.error("policy_apply_failed", error=str(exc))
+
+
+@dataclass
 class Dataplane:
     """All managers of one node plus the route table; ``on_update`` is the one way in,
     ``apply()`` one loop step."""
@@ -322,7 +373,9 @@ class Dataplane:
     blackholes: BlackholeManager
     nat: NatOutgoing
     learned: LearnedRoutes | None = None
+    policy: PolicyDataplaneManager | None = None
     rp_filter: str | None = None
+    clock: object = time.monotonic
     _sysctls_done: bool = False
 
     def __post_init__(self) -> None:
@@ -331,23 +384,28 @@ class Dataplane:
                                          on_block_update=self.remote.on_block_update,
                                          on_block_remove=self.remote.on_block_remove)
         # Dependency order of complete_deferred_work (see the module docstring).
+        self._nat_manager = NatManager(self.nat)
         self._managers = (self.learned, self.remote, self.tunnels, self.workloads,
-                          self.blackholes, NatManager(self.nat))
+                          self.blackholes, self._nat_manager,
+                          *((self.policy,) if self.policy is not None else ()))
 
     @classmethod
     def create(cls, ipr, routes: RouteTable, local: LocalUnderlay, netns: str | None = None,
-               vxlan_device: str = VXLAN_DEVICE, rp_filter: str | None = None) -> Dataplane:
+               vxlan_device: str = VXLAN_DEVICE, rp_filter: str | None = None,
+               policy: PolicyManager | None = None) -> Dataplane:
         sysctls = Sysctls(netns)
         return cls(routes=routes, sysctls=sysctls,
                    tunnels=TunnelDeviceManager(ipr, routes),
                    remote=RemoteBlockManager(routes, local, vxlan_device=vxlan_device),
                    workloads=WorkloadManager(routes, sysctls),
                    blackholes=BlackholeManager(routes),
-                   nat=NatOutgoing(netns), rp_filter=rp_filter)
+                   nat=NatOutgoing(netns), rp_filter=rp_filter,
+                   policy=PolicyDataplaneManager(policy) if policy is not None else None)
 
     @classmethod
     def for_node(cls, ipr, local: LocalUnderlay, protocol: int, resync_interval: float,
-                 clock, vxlan_device: str = VXLAN_DEVICE) -> Dataplane:
+                 clock, vxlan_device: str = VXLAN_DEVICE,
+                 policy: PolicyManager | None = None) -> Dataplane:
         """The daemon's dataplane: a route table over real netlink (``ipr``'s namespace)
         owning ``protocol``, and every manager; the route table stays inside."""
         from felix_like.routetable import KernelRouteDriver
@@ -355,7 +413,9 @@ class Dataplane:
         routes = RouteTable(driver=KernelRouteDriver(ipr=ipr), protocol=protocol,
                             class_order=CLASS_ORDER, resync_interval=resync_interval,
                             clock=clock)
-        return cls.create(ipr, routes, local, vxlan_device=vxlan_device)
+        dp = cls.create(ipr, routes, local, vxlan_device=vxlan_device, policy=policy)
+        dp.clock = clock
+        return dp
 
     def on_update(self, msg: DataplaneUpdate) -> None:
         """Hand one message to every manager; each records what concerns it (no I/O)."""
@@ -366,11 +426,18 @@ class Dataplane:
         self._sysctls_done = False
         self.tunnels.queue_resync()
         self.nat.queue_resync()
+        if self.policy is not None:
+            self.policy.queue_resync()
         self.routes.queue_resync()
 
     def mark_in_sync(self) -> None:
         """Every route source is complete: stale routes of ours may now be deleted."""
         self.routes.mark_in_sync()
+
+    @property
+    def policy_error(self) -> str:
+        """The last policy apply's error ("" when it worked or there is no policy)."""
+        return self.policy.last_error if self.policy is not None else ""
 
     @property
     def routes_in_sync(self) -> bool:
@@ -384,11 +451,13 @@ class Dataplane:
         """A frozen copy of the desired routes per class, for other threads."""
         return self.routes.desired_snapshot()
 
-    def apply(self) -> ApplyResult:
+    def apply(self, now: float | None = None) -> ApplyResult:
+        """One loop step; ``now`` is the caller's clock (the policy manager's resync and
+        drift timers), ``self.clock()`` when not given."""
         if not self._sysctls_done:
             self.sysctls.ensure(node_sysctls(self.rp_filter))
             self._sysctls_done = True
-        learned, remote, tunnels, *rest = self._managers
+        learned, remote, tunnels = self._managers[:3]
         learned.complete_deferred_work()
         remote.complete_deferred_work()
         # Every known node's VTEP, not only those routes use right now: after a restart
@@ -397,6 +466,8 @@ class Dataplane:
         tunnels.on_vteps(tuple(sorted(
             (n.vtep for n in remote.nodes.values() if n.vtep is not None),
             key=lambda v: v.underlay)))
-        for manager in (tunnels, *rest):
+        for manager in (tunnels, self.workloads, self.blackholes, self._nat_manager):
             manager.complete_deferred_work()
+        if self.policy is not None:
+            self.policy.complete_deferred_work(self.clock() if now is None else now)
         return self.routes.apply()

@@ -3,7 +3,7 @@
 Kinds accepted (one or many YAML documents, or plain dicts):
 - ``v1 Namespace`` — name and labels.
 - ``noderouter.io/v1 WorkloadEndpoint`` — a pod: namespace, name, labels, node,
-  host interface, IPs, named ports (``spec.ports: [{name, protocol, port}]``).
+  host interface (optional), IPs, named ports (``spec.ports: [{name, protocol, port}]``).
 - ``networking.k8s.io/v1 NetworkPolicy`` — the Kubernetes spec, verbatim.
 - ``noderouter.io/v1 NetworkPolicy`` — the same spec plus ``spec.order`` (float;
   unset = after every ordered policy, ties by name, as Calico) and per rule
@@ -533,8 +533,10 @@ def _workload(ctx: _Ctx, doc) -> WorkloadEndpoint | None:
     if spec is None or name is None:
         return None
     before = len(ctx.problems)
-    ifname = spec.get("interface")
-    if not isinstance(ifname, str) or not _IFNAME.match(ifname):
+    # The interface is optional: a record in etcd (written by the CLI or the CNI) may
+    # not know it; the node joins its own workloads with the CNI's local records.
+    ifname = spec.get("interface", "")
+    if ifname != "" and (not isinstance(ifname, str) or not _IFNAME.match(ifname)):
         ctx.add(_line(spec, "interface") or _line(spec), "spec.interface",
                 f"{ifname!r} is not an interface name (1-15 of [A-Za-z0-9_.-])")
     node = spec.get("node", "")

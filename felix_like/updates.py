@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from felix_like import policy_model
 from tunnels.encap import PoolEncap, Vtep
 
 RT_TABLE_MAIN = 254  # the kernel's main routing table (rtnetlink RT_TABLE_MAIN)
@@ -182,9 +183,22 @@ class IpipDeviceUpdate:
     address: str | None
 
 
+@dataclass(frozen=True)
+class PolicyInputsUpdate:
+    """Everything network policy depends on, whole (issue 14): every policy and
+    namespace, and the endpoints -- this node's workloads (host interface and IPs from
+    the CNI records, labels and named ports from their etcd records) plus the other
+    nodes' pods (addresses from IPAM and their records; peers of rule selectors). An empty
+    ``policies`` means no policy exists: the policy manager then keeps no table at all."""
+
+    policies: tuple[policy_model.NetworkPolicy, ...]
+    namespaces: tuple[policy_model.Namespace, ...]
+    endpoints: tuple[policy_model.WorkloadEndpoint, ...]
+
+
 DataplaneUpdate = (OwnBlocksUpdate | WorkloadsUpdate | PoolsUpdate | RemoteNodesUpdate
                    | LearnedContextUpdate | LearnedRouteChanges | VxlanDeviceUpdate
-                   | IpipDeviceUpdate)
+                   | IpipDeviceUpdate | PolicyInputsUpdate)
 
 
 # --- pure helpers shared by the calculator and the managers ---------------------------

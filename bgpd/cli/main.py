@@ -35,6 +35,10 @@ def _register() -> None:
 
     main.add_command(cli_ipam.ipam)
     main.add_command(cli_ipam.pool)
+    from bgpd.cli import policy_commands as cli_policy
+
+    for command in cli_policy.commands:
+        main.add_command(command)
     from bgpd.cli import doctor_commands as cli_doctor
 
     main.add_command(cli_doctor.doctor)

@@ -3,7 +3,10 @@
 Modules
 - ``daemon``: ``NodeDaemon``, the composition root: builds, starts, runs and stops
   everything; allocates tunnel addresses (IPAM) at start and on pool changes.
-- ``state``: ``NodeState``, the etcd cache (nodes, pools, blocks) the loop fills.
+- ``state``: ``NodeState``, the etcd cache (nodes, pools, blocks, and the network
+  policy resources) the loop fills.
+- ``policy_store``: network policy resources in etcd (issue 14): the key layout under
+  ``<prefix>/policy/v1/``, the verbatim JSON encoding, one-transaction writes (the CLI's).
 - ``cycle``: ``Cycle.run(now)``, one loop iteration with its ports injected; publishes
   a ``NodeSnapshot`` (``snapshot``) at the end of every run.
 - ``calculator``: pure: datastore snapshots in, desired state and typed dataplane

@@ -14,6 +14,10 @@ What it decides (the managers then decide *how*):
   the pools, which next hop is which node): ``felix_like.classify`` then makes a
   route via a node's address inside a pool a *remote block*, anything else a plain
   route (equal paths via several routers: one ECMP route).
+- network policy inputs (``policy_inputs``): this node's workloads joined with their
+  WorkloadEndpoint records from etcd by (namespace, pod) -- a workload without a
+  record lives in namespace ``default`` (or the one the CNI was told) with no labels;
+  other nodes' pods from their IPAM allocations joined with their records.
 - mesh peers from the node registry; which pools give the tunnel devices their
   addresses (``tunnel_pools``).
 """
@@ -25,10 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bgpd.node.registry import MeshPeer, NodeInfo, mesh_peers
+from felix_like import policy_model
 from felix_like.updates import (
     DataplaneUpdate,
     LearnedContext,
     OwnBlocksUpdate,
+    PolicyInputsUpdate,
     PoolsUpdate,
     RemoteNode,
     RemoteNodesUpdate,
@@ -68,6 +74,30 @@ class Workload:
     name: str
     ip: str
     host_ifname: str
+    namespace: str = "default"      # the pod's identity the CNI was given (K8S_POD_*)
+    pod: str = ""                   # "" = unknown: the container id stands for it
+
+
+@dataclass(frozen=True)
+class PodAddress:
+    """A pod address as IPAM recorded it: the allocating node and the pod identity the
+    CNI was given (allocation attrs ``namespace``/``pod``)."""
+
+    node: str
+    namespace: str
+    pod: str
+    ip: str
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """The policy resources from etcd (``NodeState``), once all three kinds are in sync,
+    and every pod address of the cluster from IPAM (the peers of rule selectors)."""
+
+    policies: tuple[policy_model.NetworkPolicy, ...] = ()
+    namespaces: tuple[policy_model.Namespace, ...] = ()
+    endpoints: tuple[policy_model.WorkloadEndpoint, ...] = ()
+    pod_addresses: tuple[PodAddress, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +110,7 @@ class Inputs:
     workloads: tuple[Workload, ...] = ()
     borrowed: tuple[str, ...] = ()     # our pods' /32s inside other nodes' blocks
     mesh: bool = True
+    policy: PolicyView | None = None   # None: the policy kinds are not in sync yet
 
 
 @dataclass(frozen=True)
@@ -92,6 +123,7 @@ class Desired:
     mesh_peers: tuple[MeshPeer, ...]
     nat_pools: tuple[str, ...]
     all_pools: tuple[str, ...]
+    policy: PolicyInputsUpdate | None = None
 
     def dataplane_updates(self) -> tuple[DataplaneUpdate, ...]:
         """The whole desired dataplane state as messages for ``Dataplane.on_update``
@@ -99,7 +131,56 @@ class Desired:
         return (OwnBlocksUpdate(self.own_blocks),
                 WorkloadsUpdate(self.workloads),
                 PoolsUpdate(self.pool_encaps, self.all_pools, self.nat_pools),
-                RemoteNodesUpdate(self.remote_nodes))
+                RemoteNodesUpdate(self.remote_nodes),
+                *((self.policy,) if self.policy is not None else ()))
+
+
+def policy_endpoints(node: str, workloads: tuple[Workload, ...],
+                     records: tuple[policy_model.WorkloadEndpoint, ...],
+                     pod_addresses: tuple[PodAddress, ...] = (),
+                     ) -> tuple[policy_model.WorkloadEndpoint, ...]:
+    """This node's workloads as policy endpoints, then the other nodes' pods.
+
+    A local workload takes labels and named ports from the record of its (namespace,
+    pod) on this node; its interface and address always come from the CNI record (the
+    kernel's truth). Records of this node with no workload are stale and left out:
+    their pod is gone. Another node's pod is known from its IPAM allocation (node,
+    namespace, pod, address) and/or its record (labels, named ports, maybe IPs): one
+    endpoint per (node, namespace, pod) with the addresses of both. Without a record it
+    has no labels, so only selectors that match every pod of its namespace pick it."""
+    mine = {(r.namespace, r.pod): r for r in records if r.node == node}
+    out = []
+    for w in sorted(workloads, key=lambda w: w.host_ifname):
+        pod = w.pod or w.name
+        rec = mine.get((w.namespace, pod))
+        out.append(policy_model.WorkloadEndpoint(
+            w.namespace, pod, rec.labels if rec else (), (w.ip,), w.host_ifname, node,
+            rec.named_ports if rec else ()))
+    remote_records = {(r.node, r.namespace, r.pod): r for r in records if r.node != node}
+    remote_ips: dict[tuple[str, str, str], set[str]] = {}
+    for a in pod_addresses:
+        if a.node != node:
+            remote_ips.setdefault((a.node, a.namespace, a.pod), set()).add(a.ip)
+    for key in sorted(remote_records.keys() | remote_ips.keys()):
+        rec = remote_records.get(key)
+        ips = set(remote_ips.get(key, ())) | set(rec.ips if rec else ())
+        if not ips:
+            continue
+        out.append(policy_model.WorkloadEndpoint(
+            key[1], key[2], rec.labels if rec else (), tuple(sorted(ips)), "", key[0],
+            rec.named_ports if rec else ()))
+    return tuple(out)
+
+
+def policy_inputs(inp: Inputs) -> PolicyInputsUpdate | None:
+    if inp.policy is None:
+        return None
+    key = policy_model.NetworkPolicy.sort_key
+    return PolicyInputsUpdate(
+        policies=tuple(sorted(inp.policy.policies, key=key)),
+        namespaces=tuple(sorted(inp.policy.namespaces, key=lambda n: n.name)),
+        endpoints=policy_endpoints(inp.own.name, inp.workloads, inp.policy.endpoints,
+                                   inp.policy.pod_addresses))
 
 
 def learned_context(inp: Inputs) -> LearnedContext:
@@ -143,4 +224,5 @@ def calculate(inp: Inputs) -> Desired:
         mesh_peers=mesh_peers(own, inp.nodes.values()) if inp.mesh else (),
         nat_pools=tuple(p.cidr for p in inp.pools if p.nat_outgoing),
         all_pools=tuple(p.cidr for p in inp.pools),
+        policy=policy_inputs(inp),
     )

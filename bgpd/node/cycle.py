@@ -1,6 +1,6 @@
 """``Cycle.run(now)``: one iteration of the node's loop, with its ports injected.
 
-    workloads + etcd cache → calculate (pure) → ``Dataplane.on_update`` for each update
+    workloads + etcd cache (incl. network policy) → calculate (pure) → ``Dataplane.on_update`` for each update
     → learned-route changes → (restart gate) → ``Dataplane.apply()`` → speaker
     (policy, announcements, peers) → health, metrics, sd_notify → publish ``NodeSnapshot``
 
@@ -38,6 +38,8 @@ from bgpd.node.calculator import (
     BlockView,
     Desired,
     Inputs,
+    PodAddress,
+    PolicyView,
     PoolView,
     calculate,
     learned_context,
@@ -173,9 +175,18 @@ class Cycle:
                          for o, a in b.allocations.items() if a.node == me)
         pools = tuple(PoolView(c, p.ipip_mode, p.vxlan_mode, p.nat_outgoing, p.disabled)
                       for c, p in st.pools.items())
+        policy = None
+        if st.policy_in_sync:
+            pods = tuple(PodAddress(a.node, a.attrs.get("namespace") or "default",
+                                    a.attrs["pod"], str(b.ip(o)))
+                         for b in st.blocks.values() for o, a in b.allocations.items()
+                         if a.attrs.get("pod"))    # tunnel addresses carry no pod
+            policy = PolicyView(tuple(st.networkpolicies.values()),
+                                tuple(st.namespaces.values()),
+                                tuple(st.workloadendpoints.values()), pods)
         return Inputs(own=self.node_info(), uplink=cfg.underlay.interface, pools=pools,
                       blocks=blocks, nodes=dict(st.nodes), workloads=self.workloads.workloads(),
-                      borrowed=borrowed, mesh=cfg.bgp.mesh)
+                      borrowed=borrowed, mesh=cfg.bgp.mesh, policy=policy)
 
     def _learned_complete(self, now: float) -> bool:
         """True once learned routes are back after a (re)start: sweeping our kernel
@@ -239,11 +250,14 @@ class Cycle:
             self._routes_marked = True
             parts.append("routes in sync")
         t0 = time.perf_counter()
-        result = dp.apply()
+        result = dp.apply(now)
         self.metrics.reconcile_seconds.labels("full" if result.resynced else "incremental") \
             .observe(time.perf_counter() - t0)
         if result.failed:
             self.metrics.reconcile_errors.inc(len(result.failed))
+        if dp.policy_error:
+            # Routes went in; policy did not (retried every cycle): say so in status.
+            self.last_error = f"network policy: {dp.policy_error}"
         if result.added or result.deleted or result.replaced or result.failed:
             parts.append("routes " + " ".join(f"{k}={v}" for k, v in result.summary().items()
                                                if v))

@@ -30,6 +30,7 @@ from bgpd.node.cycle import LEARNED_SETTLE_SECONDS, MIN_CYCLE_GAP, Cycle, Tunnel
 from bgpd.node.errors import NodeError
 from bgpd.node.metrics import Health, HealthServer, Metrics
 from bgpd.node.peering import import_policy, speaker_config
+from bgpd.node.policy_store import POLICY_KINDS, PolicyKeys
 from bgpd.node.registry_store import NodeRegistration, nodes_prefix
 from bgpd.node.sdnotify import Notifier
 from bgpd.node.snapshot import NodeSnapshot
@@ -139,6 +140,7 @@ class NodeDaemon:
         from pyroute2 import IPRoute
 
         from felix_like.managers import Dataplane
+        from felix_like.policy import PolicyManager
         from tunnels.encap import LocalUnderlay
 
         self.ipr = IPRoute()
@@ -149,9 +151,12 @@ class NodeDaemon:
         uplink_mtu = self.ipr.get_links(links[0])[0].get_attr("IFLA_MTU")
         local = LocalUnderlay(cfg.underlay.interface, (
             f"{cfg.underlay.address}/{cfg.underlay.subnet.prefixlen}",))
+        # Network policy (issue 14): nft runs in the namespace the daemon runs in, the
+        # node's; the table filters only interfaces named like our pods' host veths.
+        policy = PolicyManager(cfg.node.name, prefix=cfg.dataplane.workload_prefix)
         self.dp = Dataplane.for_node(self.ipr, local, cfg.dataplane.route_protocol,
                                      cfg.dataplane.resync_interval, self.clock,
-                                     vxlan_device=cfg.dataplane.vxlan_device)
+                                     vxlan_device=cfg.dataplane.vxlan_device, policy=policy)
 
         self.kv = self._store()
         self.ipam = Ipam(self.kv, cfg.node.name, prefix=ipam_prefix(cfg),
@@ -179,8 +184,10 @@ class NodeDaemon:
         self.registration = NodeRegistration(self._store(), cfg.etcd.prefix,
                                              self.cycle.node_info()).start()
         keys = Keys(ipam_prefix(cfg))
+        policy_keys = PolicyKeys(cfg.etcd.prefix)
         for name, prefix in (("nodes", nodes_prefix(cfg.etcd.prefix)),
-                             ("pools", keys.pools()), ("blocks", keys.blocks())):
+                             ("pools", keys.pools()), ("blocks", keys.blocks()),
+                             *((kind, policy_keys.kind(kind)) for kind in POLICY_KINDS)):
             self._syncers.append(PrefixSyncer(
                 self._store(), prefix,
                 on_snapshot=lambda rev, kvs, n=name: self.q.put(("snapshot", n, rev, kvs)),

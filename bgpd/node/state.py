@@ -1,4 +1,6 @@
-"""The daemon's cache of etcd: the node registry, the pools and the blocks.
+"""The daemon's cache of etcd: the node registry, the pools, the blocks, and the
+network policy resources (``bgpd.node.policy_store``: policies, namespaces, workload
+endpoint records).
 
 The syncers (``bgpd.node.syncer``, one thread per prefix) only put messages on the
 daemon's queue; the loop thread hands them to ``NodeState.apply`` -- the only writer and
@@ -9,6 +11,10 @@ Review notes (invariants)
 - A snapshot replaces a kind whole (deletions made while we were not watching go too);
   an event patches one key. A kind counts as in sync from its first snapshot on.
 - One bad record is skipped (logged), never fatal: it must not hide the others.
+- The policy kinds do not gate ``in_sync`` (routes never wait for policy):
+  ``policy_in_sync`` says when all three had their first snapshot; until then the
+  cycle hands the policy manager nothing and the kernel keeps the table it has. They
+  are keyed by their etcd key, so a delete needs no parsing.
 - Pool and block keys encode the CIDR (``ipam.model.cidr_key``); a delete is resolved
   with ``ipam.model.key_cidr``, the one parser of that form.
 """
@@ -18,11 +24,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from bgpd.node.policy_store import POLICY_KINDS, decode
 from bgpd.node.registry import NodeInfo, RegistryError
 from config.logs import get_logger
+from felix_like.policy_model import PolicyError
 from ipam.model import Block, Pool, key_cidr
 
 KINDS = ("nodes", "pools", "blocks")
+ALL_KINDS = KINDS + POLICY_KINDS
 
 
 @dataclass(frozen=True)
@@ -39,11 +48,19 @@ class NodeState:
         self.nodes: dict[str, NodeInfo] = {}
         self.pools: dict[str, Pool] = {}
         self.blocks: dict[str, Block] = {}
-        self.synced = dict.fromkeys(KINDS, False)
+        # Policy resources by etcd key (felix_like.policy_model values).
+        self.networkpolicies: dict = {}
+        self.namespaces: dict = {}
+        self.workloadendpoints: dict = {}
+        self.synced = dict.fromkeys(ALL_KINDS, False)
 
     @property
     def in_sync(self) -> bool:
-        return all(self.synced.values())
+        return all(self.synced[k] for k in KINDS)
+
+    @property
+    def policy_in_sync(self) -> bool:
+        return all(self.synced[k] for k in POLICY_KINDS)
 
     def apply(self, msg: tuple) -> Applied:
         """One message from the syncers' queue: ("snapshot", kind, rev, kvs),
@@ -67,12 +84,18 @@ class NodeState:
         return Applied()
 
     def _target(self, name: str) -> dict:
-        if name not in KINDS:
-            raise ValueError(f"unknown datastore kind {name!r}; known: {KINDS}")
+        if name not in ALL_KINDS:
+            raise ValueError(f"unknown datastore kind {name!r}; known: {ALL_KINDS}")
         return getattr(self, name)
 
     def _parse(self, name: str, key: str, value: bytes):
         """(map key, record) of one etcd entry, or None (logged) when it is unusable."""
+        if name in POLICY_KINDS:
+            try:
+                return key, decode(key, value)
+            except PolicyError as exc:
+                self.log.warning("datastore_record_skipped", kind=name, key=key, error=str(exc))
+                return None
         try:
             if name == "nodes":
                 return key.rsplit("/", 1)[1], NodeInfo.from_json(value)
@@ -87,6 +110,9 @@ class NodeState:
 
     def _patch(self, name: str, ev) -> None:
         target = self._target(name)
+        if ev.kind == "delete" and name in POLICY_KINDS:
+            target.pop(ev.key, None)
+            return
         if ev.kind == "delete":
             segment = ev.key.rsplit("/", 1)[1]
             if name == "nodes":
@@ -101,3 +127,7 @@ class NodeState:
         parsed = self._parse(name, ev.key, ev.value)
         if parsed is not None:
             target[parsed[0]] = parsed[1]
+        elif name in POLICY_KINDS:
+            # The valid record this replaced is gone from etcd: keeping it would enforce
+            # a policy nobody can see any more.
+            target.pop(ev.key, None)

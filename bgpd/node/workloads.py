@@ -46,7 +46,12 @@ class WorkloadDir:
         return True
 
     def workloads(self) -> tuple[Workload, ...]:
-        return tuple(Workload(r.container_id, r.ip, r.host_ifname) for r in self.records)
+        # The pod's identity comes from CNI_ARGS (K8S_POD_NAMESPACE / K8S_POD_NAME, in
+        # ``attrs``); without it the pod is its container id in namespace default.
+        return tuple(Workload(r.container_id, r.ip, r.host_ifname,
+                              namespace=r.attrs.get("namespace") or "default",
+                              pod=r.attrs.get("pod") or r.container_id)
+                     for r in self.records)
 
     def live_handles(self) -> set[str]:
         return {r.handle for r in self.records}

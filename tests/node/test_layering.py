@@ -39,13 +39,27 @@ def test_felix_like_imports_nothing_of_bgpd():
 
 @pytest.mark.parametrize("module", ["updates", "classify"])
 def test_the_vocabulary_and_the_classification_do_no_io(module):
+    # felix_like.policy_model: the policy resources (values + validation), issue 14;
+    # test_the_policy_values_do_no_io below holds it to the same rule.
     pure = {"__future__", "socket", "collections", "collections.abc", "dataclasses", "typing",
-            "felix_like.updates", "tunnels.encap"}
+            "felix_like.updates", "tunnels.encap", "felix_like", "felix_like.policy_model"}
     mods = {m for m in imports(ROOT / "felix_like" / f"{module}.py")
             if not any(m.startswith(f"{p}.") for p in ("felix_like.updates", "tunnels.encap",
                                                          "dataclasses", "typing",
                                                          "collections.abc", "__future__"))}
     assert mods <= pure, sorted(mods - pure)
+
+
+def test_the_policy_values_do_no_io():
+    """The vocabulary carries ``felix_like.policy_model`` values: parsing and validation
+    only (YAML text in, values out), no files, sockets or processes."""
+    mods = imports(ROOT / "felix_like" / "policy_model.py")
+    io = {m for m in mods if m.split(".")[0] in (
+        "os", "subprocess", "socket", "pyroute2", "etcd3", "grpc", "shutil", "pathlib", "io")}
+    assert io == set()
+    assert {m.split(".")[0] for m in mods} <= {
+        "__future__", "ipaddress", "math", "re", "collections", "dataclasses", "config",
+        "felix_like"}, sorted(mods)
 
 
 def names_in_code(path: pathlib.Path) -> set[str]:

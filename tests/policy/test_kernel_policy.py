@@ -189,7 +189,7 @@ def test_incremental_label_change_and_drift_repair(topo):
 
     # A deleted endpoint: its chains and map entries go, incrementally; its interface
     # is then unprogrammed and fails closed.
-    mgr.on_update(Removed(WorkloadEndpoint, ("y", "c")))
+    mgr.on_update(Removed(WorkloadEndpoint, ("n1", "y", "c")))
     assert mgr.complete_deferred_work(11.0) == "incremental"
     assert "tw-nrwyc" not in topo.nft_list()
     assert topo.probe_from(topo.pod_ns["y/c"], [["198.19.200.9", 80, "TCP"]]) == [False]
@@ -309,7 +309,7 @@ def test_interface_claimed_twice_is_left_closed(topo):
     # interface is unprogrammed, so fail-closed drops its traffic, and only its.
     assert topo.probe_from(topo.pod_ns["y/a"], [["198.19.200.1", 80, "TCP"],
                                                ["198.19.200.2", 80, "TCP"]]) == [False, True]
-    mgr.on_update(Removed(WorkloadEndpoint, ("x", "twin")))
+    mgr.on_update(Removed(WorkloadEndpoint, ("n1", "x", "twin")))
     assert mgr.complete_deferred_work(1.0) == "incremental"
     assert topo.probe_from(topo.pod_ns["y/a"], [["198.19.200.1", 80, "TCP"]]) == [True]
     mgr.remove()
