@@ -115,7 +115,7 @@ def policy() -> None:
 @_store_options
 def policy_apply(ps, file, fmt) -> None:
     """Validate every document, then write them all in one etcd transaction."""
-    from config.yamldocs import parse_documents
+    from config.yamlsource import parse_documents
 
     from config.yamlsource import YamlSyntaxError
     from felix_like.policy_model import PolicyError
