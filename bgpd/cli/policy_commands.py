@@ -115,9 +115,7 @@ def policy() -> None:
 @_store_options
 def policy_apply(ps, file, fmt) -> None:
     """Validate every document, then write them all in one etcd transaction."""
-    from config.yamlsource import parse_documents
-
-    from config.yamlsource import YamlSyntaxError
+    from config.yamlsource import YamlSyntaxError, parse_documents
     from felix_like.policy_model import PolicyError
 
     source = "<stdin>" if file.name == "<stdin>" else file.name
