@@ -163,3 +163,56 @@ def test_fast_path_imports_only_the_standard_library():
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:2] == ["[]", "bgpd.cni.commands"]
+
+
+VERSION_STDINS = [b"", b"  \n", b'{"cniVersion": "0.3.1"}', b'{"cniVersion": "0.4.0"}',
+                  b'{"cniVersion": "1.1.0", "name": "n", "type": "noderouter-cni"}',
+                  b'{"cniVersion": "9.9.9"}', b'{"cniVersion": 4}', b"not json", b"[1, 2]",
+                  b"\xff\xfe", '{"cniVersion": "0.3.1"}'.encode("utf-16"),
+                  b'{"cniVersion": "1.0.0", "daemon_socket": "/nonexistent/cni.sock"}']
+
+
+@pytest.mark.parametrize("stdin", VERSION_STDINS, ids=repr)
+def test_version_is_answered_with_the_standard_library_only(stdin: bytes):
+    """Issue 16: libcni calls VERSION for every plugin of every conflist on each
+    container start. The executable answers it without the fast path's socket and
+    without importing the command module, and prints exactly what the full path
+    (``bgpd.cni.commands``) prints."""
+    code = ("import sys\n"
+            "from bgpd.cni.main import main\n"
+            "rc = main()\n"
+            "heavy = ('structlog', 'etcd3', 'grpc', 'pyroute2', 'ipam', 'bgpd.cni.commands',\n"
+            "         'bgpd.cni.protocol', 'bgpd.cni.fast', 'socket')\n"
+            "sys.stderr.write(repr(sorted(m for m in heavy if m in sys.modules)))\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "CNI_COMMAND": "VERSION"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, input=stdin, env=env,
+                         capture_output=True, timeout=60)
+    assert res.stderr.decode() == "[]", res.stderr.decode()
+
+    from bgpd.cni.commands import answer, run
+
+    full_code, full_text = answer(lambda: run(env, stdin), env, stdin)
+    assert (res.returncode, res.stdout.decode()) == (full_code, full_text + "\n")
+    assert json.loads(res.stdout)["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0",
+                                                           "1.0.0", "1.1.0"]
+
+
+def test_version_answer_of_the_executable_names_the_request_version():
+    from .conftest import PLUGIN
+
+    env = {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": "VERSION",
+           **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}
+    res = subprocess.run([PLUGIN], input=b'{"cniVersion": "0.4.0"}', env=env,
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"cniVersion": "0.4.0", "supportedVersions": [
+        "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+
+
+def test_stdlib_version_constants_match_the_protocol():
+    from bgpd.cni import main as cni_main
+    from bgpd.cni import protocol
+
+    assert cni_main.SUPPORTED_VERSIONS == protocol.SUPPORTED_VERSIONS
+    assert cni_main.CURRENT_VERSION == protocol.CURRENT_VERSION
