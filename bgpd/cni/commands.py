@@ -278,10 +278,37 @@ def _same_attachment(rec: WorkloadRecord, env: CniEnv) -> list[str]:
     return diff
 
 
-def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore) -> dict[str, Any]:
+def _open_path(path: str) -> int:
     from bgpd.cni.netns import open_netns
 
-    pod_fd = open_netns(env.netns)
+    return open_netns(path)
+
+
+# Opens CNI_NETNS: a pod netns fd the caller closes, or a CniError.
+NetnsOpener = Callable[[str], int]
+
+
+def passed_netns_opener(netns_fd: int | None, netns_errno: int | None) -> NetnsOpener:
+    """The daemon's opener for a request from the plugin's fast path (issue 16): the
+    plugin's own fd of CNI_NETNS (it sees the runtime's mount namespace, the daemon
+    may not), checked as the direct path checks it, or the errno of the plugin's
+    failed open. Without either (an older plugin; an fd announced but not received)
+    the daemon opens the path itself. Errors read exactly as the direct path's: it
+    is the same file, opened by the same process."""
+    from bgpd.cni.netns import checked_netns_fd, open_error
+
+    def opener(path: str) -> int:
+        if netns_errno is not None:
+            raise open_error(path, netns_errno)
+        if netns_fd is not None:
+            return checked_netns_fd(os.dup(netns_fd), path)
+        return _open_path(path)
+    return opener
+
+
+def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore,
+            open_pod: NetnsOpener = _open_path) -> dict[str, Any]:
+    pod_fd = open_pod(env.netns)
     try:
         with _locked(conf, env.container_id):
             return _add_locked(env, conf, ds, pod_fd)
@@ -438,15 +465,16 @@ def cmd_del(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
         teardown(conf, ds, cid, rec, blog)
 
 
-def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
-    from bgpd.cni.netns import Kernel, open_netns
+def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore,
+              open_pod: NetnsOpener = _open_path) -> None:
+    from bgpd.cni.netns import Kernel
 
     cid = env.container_id
     rec = _state(lambda: read_record(conf.state_dir, cid))
     if rec is None:
         raise CniError(Code.UNKNOWN_CONTAINER, f"container {cid} is not attached by "
                        f"{conf.type or 'noderouter-cni'}", f"no record in {conf.state_dir}")
-    pod_fd = open_netns(env.netns)
+    pod_fd = open_pod(env.netns)
     try:
         with Kernel(pod_fd) as k:
             problems = _same_attachment(rec, env)
@@ -519,16 +547,17 @@ def cmd_gc(conf: NetConf, ds: Datastore) -> None:
 
 # ------------------------------------------------------------------ entry point
 
-def execute(cenv: CniEnv, conf: NetConf, ds: Datastore) -> tuple[int, dict[str, Any] | None]:
+def execute(cenv: CniEnv, conf: NetConf, ds: Datastore,
+            open_pod: NetnsOpener = _open_path) -> tuple[int, dict[str, Any] | None]:
     """Dispatch one parsed command: (exit code, document for stdout or None)."""
     t0 = time.monotonic()
     try:
         if cenv.command == "ADD":
-            return 0, cmd_add(cenv, conf, ds)
+            return 0, cmd_add(cenv, conf, ds, open_pod)
         if cenv.command == "DEL":
             cmd_del(cenv, conf, ds)
         elif cenv.command == "CHECK":
-            cmd_check(cenv, conf, ds)
+            cmd_check(cenv, conf, ds, open_pod)
         elif cenv.command == "STATUS":
             cmd_status(conf, ds)
         elif cenv.command == "GC":
@@ -580,11 +609,14 @@ def answer(fn: Callable[[], tuple[int, dict[str, Any] | None]], env: Mapping[str
 
 
 def serve_request(env: Mapping[str, str], stdin: bytes, default_node: str,
-                  datastore: Callable[[NetConf], Datastore]) -> tuple[int, str | None]:
+                  datastore: Callable[[NetConf], Datastore], netns_fd: int | None = None,
+                  netns_errno: int | None = None) -> tuple[int, str | None]:
     """The daemon's side of one plugin call (``bgpd.cni.server``): the same parsing
     and commands as ``run``, but the daemon's logging (no ``setup_logging``: that
     would reconfigure the daemon's structlog) and a long-lived ``Datastore`` from
-    ``datastore(conf)`` (never closed here). Returns what the plugin prints."""
+    ``datastore(conf)`` (never closed here). ``netns_fd``/``netns_errno``: what the
+    plugin got opening CNI_NETNS (``passed_netns_opener``; the fd stays the
+    caller's). Returns what the plugin prints."""
     def one() -> tuple[int, dict[str, Any] | None]:
         cenv = parse_env(env)
         if cenv.command == "VERSION":
@@ -593,7 +625,8 @@ def serve_request(env: Mapping[str, str], stdin: bytes, default_node: str,
         extra = unknown_keys(stdin)
         if extra:
             _log().warning("cni_conf_unknown_keys", keys=extra)
-        return execute(cenv, conf, datastore(conf))
+        return execute(cenv, conf, datastore(conf),
+                       passed_netns_opener(netns_fd, netns_errno))
     return answer(one, env, stdin)
 
 

@@ -216,3 +216,45 @@ def test_stdlib_version_constants_match_the_protocol():
 
     assert cni_main.SUPPORTED_VERSIONS == protocol.SUPPORTED_VERSIONS
     assert cni_main.CURRENT_VERSION == protocol.CURRENT_VERSION
+
+
+def test_add_when_the_daemon_does_not_see_the_pod_netns(cni: CniBench, tmp_path):
+    """Issue 16: the runtime creates the pod netns after the daemon started, in a mount
+    namespace the daemon does not share, so the CNI_NETNS path is not there for the
+    daemon. The plugin opens it and passes the descriptor over the socket."""
+    srv = Server(cni, str(tmp_path / "cni.sock"), str(tmp_path / "server.log"),
+                 hide_netns=True)
+    try:
+        conf = cni.conf(daemon_socket=srv.path)
+        ns = cni.pod()
+        assert os.path.exists(ns) and not srv.sees(ns)     # the premise of the test
+        res = cni.run("ADD", "c1", ns, conf=conf)
+        assert res.code == 0, res.stdout + res.stderr
+        ip = assert_valid_result(res.doc, "1.0.0", ns)
+        assert [e["container"] for e in srv.events("cni_added")] == ["c1"]
+        assert [link for link in links(cni) if link.startswith("nrw")] \
+            == [host_veth_name("nrw", "c1")]
+        assert cni.ipam("handles") == {"k8s-pod-network.c1": [ip]}
+        chk = cni.run("CHECK", "c1", ns, conf=conf)
+        assert chk.code == 0 and chk.stdout == "", chk.stdout + chk.stderr
+        again = cni.run("ADD", "c1", ns, conf=conf)
+        assert again.code == 0 and again.doc == res.doc, again.stdout
+        dele = cni.run("DEL", "c1", ns, conf=conf)
+        assert dele.code == 0 and dele.stdout == "", dele.stdout + dele.stderr
+        assert [e["container"] for e in srv.events("cni_deleted")] == ["c1"]
+        assert_nothing_left(cni)
+
+        # Errors name the path and what the plugin found there (not the daemon's view).
+        plain = tmp_path / "not-a-netns"
+        plain.write_text("")
+        bad = cni.run("ADD", "c2", str(plain), conf=conf)
+        assert bad.code == 1 and (bad.doc["code"], bad.doc["msg"]) == (
+            3, f"{plain} is not a network namespace: it is a regular file of 0 bytes")
+        gone = cni.run("ADD", "c2", str(tmp_path / "gone"), conf=conf)
+        assert gone.code == 1 and (gone.doc["code"], gone.doc["msg"], gone.doc["details"]) == (
+            3, f"network namespace {tmp_path / 'gone'} does not exist",
+            "ENOENT: the container is gone, or CNI_NETNS is wrong")
+        assert len(srv.events("cni_error")) == 2
+        assert_nothing_left(cni, "c2")
+    finally:
+        srv.stop()
