@@ -75,6 +75,7 @@ from bgpd.cni.protocol import (  # noqa: E402 - after the environment above
     parse_env,
     pod_handle,
     request_version,
+    requested_address,
     result_ips,
     unknown_keys,
     version_answer,
@@ -308,15 +309,60 @@ def passed_netns_opener(netns_fd: int | None, netns_errno: int | None) -> NetnsO
 
 def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore,
             open_pod: NetnsOpener = _open_path) -> dict[str, Any]:
+    wanted = requested_address(conf.requested_ips, env.args)   # validated before anything
     pod_fd = open_pod(env.netns)
     try:
         with _locked(conf, env.container_id):
-            return _add_locked(env, conf, ds, pod_fd)
+            return _add_locked(env, conf, ds, pod_fd, wanted)
     finally:
         os.close(pod_fd)
 
 
-def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[str, Any]:
+def _assign_requested(ipam, conf: NetConf, ip: str, handle: str,
+                      attrs: Mapping[str, str]) -> bool:
+    """Assign exactly ``ip`` to ``handle`` (issue 16: the "ips" capability); True if
+    this call assigned it, False if the handle already held it (a killed ADD of this
+    container, same address). Any reason it cannot be assigned is a CniError naming
+    it: never another address."""
+    import ipaddress
+
+    from ipam.errors import IpamAddressInUse, IpamAffinityError, IpamNotFound, IpamReserved
+    from ipam.model import eligible_pools
+
+    addr = ipaddress.ip_address(ip)
+    pools = ipam.list_pools()
+    containing = [p for p in pools if addr in p.cidr]
+    if not containing:
+        raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} is in no IP pool",
+                       "pools: " + (", ".join(str(p.cidr) for p in pools) or "none")
+                       + "; add a pool containing it first (noderouter pool add)")
+    pool = containing[0]
+    if conf.ipam_pool is not None and str(pool.cidr) != conf.ipam_pool:
+        raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} is in pool "
+                       f"{pool.cidr}, not in this network's ipam_pool {conf.ipam_pool}")
+    usable, reasons = eligible_pools([(pool, 0)], None, ipam.node, ipam.ctx.node_labels)
+    if not usable:
+        raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} is in a pool node "
+                       f"{ipam.node} may not use", "; ".join(reasons))
+    held = ipam.handle_ips(handle)
+    if ip in held:
+        return False
+    if held:
+        # No record (we hold the lock and found none): an ADD of this container was
+        # killed after allocating. Its address is not the one asked for now.
+        raise CniError(Code.ALREADY_ATTACHED, f"{handle} already holds {', '.join(held)} "
+                       f"from an earlier ADD, not the requested {ip}",
+                       "DEL the container first")
+    try:
+        ipam.assign(ip, handle, attrs)
+    except (IpamAddressInUse, IpamReserved, IpamAffinityError, IpamNotFound) as exc:
+        raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} cannot be "
+                       f"assigned: {exc}", type(exc).__name__) from None
+    return True
+
+
+def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
+                wanted: str | None) -> dict[str, Any]:
     from bgpd.cni.netns import Kernel
 
     cid = env.container_id
@@ -326,7 +372,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[
     with Kernel(pod_fd) as k:
         rec = _state(lambda: read_record(conf.state_dir, cid))
         if rec is not None:
-            return _add_again(env, conf, ds, k, rec, blog)
+            return _add_again(env, conf, ds, k, rec, blog, wanted)
         others = [(pod_if, h) for pod_if, h in k.attachments_in_pod(pod_fd, conf.workload_prefix)
                   if h != host]
         if others:
@@ -354,17 +400,28 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[
             marks.append((step, time.monotonic()))
         try:
             attrs = {**k8s_attrs(env.args), "node": conf.node_name, "ifname": env.ifname}
-            lease = ds.call(f"allocating an address for {handle}",
-                            lambda ipam: ipam.allocate_lease(handle, attrs,
-                                                             pool=conf.ipam_pool))
-            if lease.new:
-                # Exactly this lease (seq): never an address the handle held before
-                # this call, nor one reused by someone else since.
-                undo.append(("release", lambda: ds.call(
-                    f"releasing {lease.ip} of {handle}",
-                    lambda ipam: ipam.release_ip(lease.ip, seq=lease.seq, handle=handle))))
+            if wanted is not None:
+                new = ds.call(f"assigning the requested {wanted} to {handle}",
+                              lambda ipam: _assign_requested(ipam, conf, wanted, handle, attrs))
+                if new:
+                    # By handle: we hold the container's lock, so nobody else can have
+                    # released and reassigned it to this handle since.
+                    undo.append(("release", lambda: ds.call(
+                        f"releasing {wanted} of {handle}",
+                        lambda ipam: ipam.release_ip(wanted, handle=handle))))
+                ip = wanted
+            else:
+                lease = ds.call(f"allocating an address for {handle}",
+                                lambda ipam: ipam.allocate_lease(handle, attrs,
+                                                                 pool=conf.ipam_pool))
+                if lease.new:
+                    # Exactly this lease (seq): never an address the handle held before
+                    # this call, nor one reused by someone else since.
+                    undo.append(("release", lambda: ds.call(
+                        f"releasing {lease.ip} of {handle}",
+                        lambda ipam: ipam.release_ip(lease.ip, seq=lease.seq, handle=handle))))
+                new, ip = lease.new, lease.ip
             mark("allocate")
-            ip = lease.ip
             if ":" in ip:
                 raise CniError(Code.INVALID_CONFIG, f"IPAM handed out IPv6 {ip}",
                                "this plugin is IPv4-only: set ipam_pool to an IPv4 pool")
@@ -387,7 +444,8 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[
         except BaseException as exc:
             _undo(undo, blog, exc)
             raise
-        blog.info("cni_added", ip=ip, host_ifname=host, new_address=lease.new, **attrs)
+        blog.info("cni_added", ip=ip, host_ifname=host, new_address=new,
+                  requested=wanted is not None, **attrs)
         blog.debug("cni_add_steps_ms", **{name: round((t - prev) * 1e3, 1) for
                                            (_, prev), (name, t) in zip(marks, marks[1:], strict=False)})
         return build_result(conf.cni_version, _attachment(rec, host_link.mac, pod_link.mac))
@@ -405,8 +463,10 @@ def _undo(steps: list[tuple[str, Callable[[], Any]]], blog, exc: BaseException) 
 
 
 def _add_again(env: CniEnv, conf: NetConf, ds: Datastore, k, rec: WorkloadRecord,
-               blog) -> dict[str, Any]:
+               blog, wanted: str | None = None) -> dict[str, Any]:
     diff = _same_attachment(rec, env)
+    if wanted is not None and wanted != rec.ip:
+        diff.append(f"attached with {rec.ip}, request asks for {wanted}")
     if not diff:
         problems, hl, pl = k.inspect(host=rec.host_ifname, ifname=rec.ifname, ip=rec.ip,
                                      mtu=rec.mtu, protocol=rec.route_protocol)
