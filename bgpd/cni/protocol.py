@@ -157,8 +157,8 @@ def check_container_id(cid: str) -> str:
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
-    """``CNI_ARGS``: ``K=V;K2=V2``. Keys we do not know are ignored (kubelet passes
-    IgnoreUnknown and friends); a malformed pair is an error."""
+    """``CNI_ARGS``: ``K=V;K2=V2``; a malformed pair is an error. Which keys are
+    allowed is ``check_cni_args``'s business."""
     out: dict[str, str] = {}
     for part in raw.split(";"):
         if not part.strip():
@@ -170,6 +170,28 @@ def parse_cni_args(raw: str) -> dict[str, str]:
                            "CNI_ARGS is KEY=VALUE pairs separated by ';'")
         out[key] = value
     return out
+
+
+# CNI_ARGS keys this plugin reads or knows runtimes send (kubelet, CRI-O, containerd,
+# podman all send IgnoreUnknown=1 with the K8S_* ones); IP: the legacy requested-
+# address convention (``requested_address``).
+KNOWN_CNI_ARGS = frozenset({"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
+                            "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP"})
+
+
+def check_cni_args(args: Mapping[str, str]) -> None:
+    """As the reference plugins (``types.LoadArgs``): a key the plugin does not know
+    is an error unless ``IgnoreUnknown`` is true ("1"/"true", any case); another
+    IgnoreUnknown value is an error too."""
+    ignore = args.get("IgnoreUnknown")
+    if ignore is not None and ignore.strip().lower() not in ("1", "true", "0", "false"):
+        raise CniError(Code.INVALID_ENV, f"CNI_ARGS IgnoreUnknown={ignore!r} is not a boolean",
+                       "use IgnoreUnknown=1 (or true, 0, false)")
+    unknown = sorted(k for k in args if k not in KNOWN_CNI_ARGS)
+    if unknown and (ignore or "").strip().lower() not in ("1", "true"):
+        raise CniError(Code.INVALID_ENV, f"CNI_ARGS has unknown keys: {', '.join(unknown)}",
+                       f"known: {', '.join(sorted(KNOWN_CNI_ARGS))}; add IgnoreUnknown=1 "
+                       "to CNI_ARGS to have unknown keys ignored")
 
 
 def parse_env(env: Mapping[str, str]) -> CniEnv:
@@ -195,7 +217,9 @@ def parse_env(env: Mapping[str, str]) -> CniEnv:
     if netns and not netns.startswith("/"):
         raise CniError(Code.INVALID_ENV, f"CNI_NETNS {netns!r} is not an absolute path",
                        "e.g. /var/run/netns/<name> or /proc/<pid>/ns/net")
-    return CniEnv(command, cid, netns, ifname, parse_cni_args(env.get("CNI_ARGS", "")), path)
+    args = parse_cni_args(env.get("CNI_ARGS", ""))
+    check_cni_args(args)
+    return CniEnv(command, cid, netns, ifname, args, path)
 
 
 # ----------------------------------------------------------------- network config

@@ -258,3 +258,40 @@ def test_add_when_the_daemon_does_not_see_the_pod_netns(cni: CniBench, tmp_path)
         assert_nothing_left(cni, "c2")
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0"])
+def test_fast_path_serves_older_versions_in_their_format(cni: CniBench, server: Server,
+                                                         version: str):
+    """libcni still hands 0.3.1/0.4.0 conflists to the plugin (issue 16): results in
+    those versions' shape (ips[].version) through the daemon too."""
+    cni.version = version
+    conf = cni.conf(daemon_socket=server.path)
+    ns = cni.pod()
+    res = cni.run("ADD", "c1", ns, conf=conf)
+    assert res.code == 0, res.stdout + res.stderr
+    assert res.doc["cniVersion"] == version
+    assert_valid_result(res.doc, version, ns)
+    if version == "0.4.0":
+        chk = cni.run("CHECK", "c1", ns, conf={**conf, "prevResult": res.doc})
+        assert chk.code == 0 and chk.stdout == "", chk.stdout + chk.stderr
+    assert cni.run("DEL", "c1", ns, conf=conf).code == 0
+    assert [e["container"] for e in server.events("cni_added")] == ["c1"]
+    assert_nothing_left(cni)
+
+
+def test_fast_path_serves_status_and_gc(cni: CniBench, server: Server):
+    cni.version = "1.1.0"
+    conf = cni.conf(daemon_socket=server.path)
+    st = cni.run("STATUS", cid=None, netns=None, ifname=None, conf=conf)
+    assert st.code == 0 and st.stdout == "", st.stdout + st.stderr
+    keep, stale = cni.pod("k"), cni.pod("s")
+    assert cni.run("ADD", "keep", keep, conf=conf).code == 0
+    assert cni.run("ADD", "stale", stale, conf=conf).code == 0
+    gc = cni.run("GC", cid=None, netns=None, ifname=None, conf={
+        **conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    assert gc.code == 0 and gc.stdout == "", gc.stdout + gc.stderr
+    assert list(cni.ipam("handles")) == ["k8s-pod-network.keep"]
+    assert [e["container"] for e in server.events("cni_deleted")] == ["stale"]
+    assert cni.run("DEL", "keep", keep, conf=conf).code == 0
+    assert_nothing_left(cni, "keep")

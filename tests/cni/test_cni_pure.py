@@ -106,6 +106,31 @@ def test_env_version_needs_nothing_else():
     assert parse_env({"CNI_COMMAND": "gc"}).command == "GC"
 
 
+def test_cni_args_from_runtimes_are_accepted():
+    kubelet = ("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1;"
+               "K8S_POD_INFRA_CONTAINER_ID=abc123;K8S_POD_UID=6f1c-77")
+    e = parse_env({**ENV, "CNI_ARGS": kubelet})
+    assert k8s_attrs(e.args) == {"namespace": "default", "pod": "web-1"}
+    assert e.args["K8S_POD_UID"] == "6f1c-77"
+    # The known keys need no IgnoreUnknown; unknown ones are fine with it (any case).
+    parse_env({**ENV, "CNI_ARGS": "K8S_POD_NAME=web;K8S_POD_UID=u"})
+    parse_env({**ENV, "CNI_ARGS": "IgnoreUnknown=true;FOO=bar"})
+    parse_env({**ENV, "CNI_ARGS": "IgnoreUnknown=TRUE;FOO=bar"})
+
+
+@pytest.mark.parametrize("raw,msg", [
+    ("FOO=bar;K8S_POD_NAME=web", "CNI_ARGS has unknown keys: FOO"),
+    ("IgnoreUnknown=0;ZZ=1;AA=2", "CNI_ARGS has unknown keys: AA, ZZ"),
+    ("IgnoreUnknown=yes", "CNI_ARGS IgnoreUnknown='yes' is not a boolean"),
+])
+def test_cni_args_unknown_keys_need_ignore_unknown(raw, msg):
+    """Like the reference plugins (types.LoadArgs): unknown keys are an error unless
+    IgnoreUnknown is true."""
+    with pytest.raises(CniError) as ei:
+        parse_env({**ENV, "CNI_ARGS": raw})
+    assert (ei.value.code, ei.value.msg) == (Code.INVALID_ENV, msg)
+
+
 def test_cni_args_empty_pairs_and_values_with_equals():
     assert parse_cni_args(";A=1;;B=x=y;") == {"A": "1", "B": "x=y"}
 
