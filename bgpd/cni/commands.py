@@ -19,7 +19,10 @@ ADD order (and its undo, run in reverse on any failure or SIGTERM/SIGINT):
    (code 4): its default route would be replaced;
 4. allocate by handle ``k8s-pod-network.<containerID>`` (idempotent per handle) →
    release that exact lease, and only if this call allocated it (an address the
-   handle already held, e.g. from a killed ADD, is not this call's to free);
+   handle already held, e.g. from a killed ADD, is not this call's to free). A
+   requested address (``runtimeConfig.ips``, ``args.cni.ips``, ``CNI_ARGS`` ``IP``;
+   issue 16) is assigned exactly, after checking its pool may be used here, or ADD
+   fails with code 107 naming why — never another address;
 5. veth (peer created inside the pod netns) → delete that host veth, by index (takes
    the peer along);
 6. pod side: /32, MTU, 169.254.1.1 scope link, default via it; host side: proxy ARP, up;
