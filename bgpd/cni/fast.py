@@ -119,7 +119,10 @@ def call(path: str, env: dict[str, str], stdin: bytes,
             if netns_fd is not None:
                 # The fd rides on the first bytes; sendmsg may send less than all.
                 sent = socket.send_fds(sock, [payload], [netns_fd])
-                sock.sendall(payload[sent:])
+                if sent < len(payload):
+                    # Not an empty send: a daemon that already answered (a fast error)
+                    # and closed would turn it into EPIPE and lose its answer.
+                    sock.sendall(payload[sent:])
             else:
                 sock.sendall(payload)
             chunks = []
