@@ -18,5 +18,8 @@ Review notes (invariants)
   or removing it, whether the plugin or the daemon's worker threads run them; a
   rollback undoes only what its own call created.
 - A pod netns is never the node's own, nor one holding another container's interface.
+- On the fast path the daemon uses the plugin's fd of CNI_NETNS (SCM_RIGHTS), not the
+  path: the runtime's mount namespace may not be the daemon's (issue 16).
+- A requested address (the "ips" capability) is assigned exactly or ADD fails.
 - This ``__init__`` imports nothing: the fast path must start light.
 """

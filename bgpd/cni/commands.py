@@ -19,7 +19,10 @@ ADD order (and its undo, run in reverse on any failure or SIGTERM/SIGINT):
    (code 4): its default route would be replaced;
 4. allocate by handle ``k8s-pod-network.<containerID>`` (idempotent per handle) →
    release that exact lease, and only if this call allocated it (an address the
-   handle already held, e.g. from a killed ADD, is not this call's to free);
+   handle already held, e.g. from a killed ADD, is not this call's to free). A
+   requested address (``runtimeConfig.ips``, ``args.cni.ips``, ``CNI_ARGS`` ``IP``;
+   issue 16) is assigned exactly, after checking its pool may be used here, or ADD
+   fails with code 107 naming why — never another address;
 5. veth (peer created inside the pod netns) → delete that host veth, by index (takes
    the peer along);
 6. pod side: /32, MTU, 169.254.1.1 scope link, default via it; host side: proxy ARP, up;
@@ -75,6 +78,7 @@ from bgpd.cni.protocol import (  # noqa: E402 - after the environment above
     parse_env,
     pod_handle,
     request_version,
+    requested_address,
     result_ips,
     unknown_keys,
     version_answer,
@@ -278,18 +282,90 @@ def _same_attachment(rec: WorkloadRecord, env: CniEnv) -> list[str]:
     return diff
 
 
-def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore) -> dict[str, Any]:
+def _open_path(path: str) -> int:
     from bgpd.cni.netns import open_netns
 
-    pod_fd = open_netns(env.netns)
+    return open_netns(path)
+
+
+# Opens CNI_NETNS: a pod netns fd the caller closes, or a CniError.
+NetnsOpener = Callable[[str], int]
+
+
+def passed_netns_opener(netns_fd: int | None, netns_errno: int | None) -> NetnsOpener:
+    """The daemon's opener for a request from the plugin's fast path (issue 16): the
+    plugin's own fd of CNI_NETNS (it sees the runtime's mount namespace, the daemon
+    may not), checked as the direct path checks it, or the errno of the plugin's
+    failed open. Without either (an older plugin; an fd announced but not received)
+    the daemon opens the path itself. Errors read exactly as the direct path's: it
+    is the same file, opened by the same process."""
+    from bgpd.cni.netns import checked_netns_fd, open_error
+
+    def opener(path: str) -> int:
+        if netns_errno is not None:
+            raise open_error(path, netns_errno)
+        if netns_fd is not None:
+            return checked_netns_fd(os.dup(netns_fd), path)
+        return _open_path(path)
+    return opener
+
+
+def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore,
+            open_pod: NetnsOpener = _open_path) -> dict[str, Any]:
+    wanted = requested_address(conf.requested_ips, env.args)   # validated before anything
+    pod_fd = open_pod(env.netns)
     try:
         with _locked(conf, env.container_id):
-            return _add_locked(env, conf, ds, pod_fd)
+            return _add_locked(env, conf, ds, pod_fd, wanted)
     finally:
         os.close(pod_fd)
 
 
-def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[str, Any]:
+def _assign_requested(ipam, conf: NetConf, ip: str, handle: str,
+                      attrs: Mapping[str, str]) -> bool:
+    """Assign exactly ``ip`` to ``handle`` (issue 16: the "ips" capability); True if
+    this call assigned it, False if the handle already held it (a killed ADD of this
+    container, same address). Any reason it cannot be assigned is a CniError naming
+    it: never another address."""
+    import ipaddress
+
+    from ipam.errors import IpamAddressInUse, IpamAffinityError, IpamNotFound, IpamReserved
+    from ipam.model import eligible_pools
+
+    addr = ipaddress.ip_address(ip)
+    pools = ipam.list_pools()
+    containing = [p for p in pools if addr in p.cidr]
+    if not containing:
+        raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} is in no IP pool",
+                       "pools: " + (", ".join(str(p.cidr) for p in pools) or "none")
+                       + "; add a pool containing it first (noderouter pool add)")
+    pool = containing[0]
+    if conf.ipam_pool is not None and str(pool.cidr) != conf.ipam_pool:
+        raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} is in pool "
+                       f"{pool.cidr}, not in this network's ipam_pool {conf.ipam_pool}")
+    usable, reasons = eligible_pools([(pool, 0)], None, ipam.node, ipam.ctx.node_labels)
+    if not usable:
+        raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} is in a pool node "
+                       f"{ipam.node} may not use", "; ".join(reasons))
+    held = ipam.handle_ips(handle)
+    if ip in held:
+        return False
+    if held:
+        # No record (we hold the lock and found none): an ADD of this container was
+        # killed after allocating. Its address is not the one asked for now.
+        raise CniError(Code.ALREADY_ATTACHED, f"{handle} already holds {', '.join(held)} "
+                       f"from an earlier ADD, not the requested {ip}",
+                       "DEL the container first")
+    try:
+        ipam.assign(ip, handle, attrs)
+    except (IpamAddressInUse, IpamReserved, IpamAffinityError, IpamNotFound) as exc:
+        raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} cannot be "
+                       f"assigned: {exc}", type(exc).__name__) from None
+    return True
+
+
+def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
+                wanted: str | None) -> dict[str, Any]:
     from bgpd.cni.netns import Kernel
 
     cid = env.container_id
@@ -299,7 +375,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[
     with Kernel(pod_fd) as k:
         rec = _state(lambda: read_record(conf.state_dir, cid))
         if rec is not None:
-            return _add_again(env, conf, ds, k, rec, blog)
+            return _add_again(env, conf, ds, k, rec, blog, wanted)
         others = [(pod_if, h) for pod_if, h in k.attachments_in_pod(pod_fd, conf.workload_prefix)
                   if h != host]
         if others:
@@ -327,17 +403,28 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[
             marks.append((step, time.monotonic()))
         try:
             attrs = {**k8s_attrs(env.args), "node": conf.node_name, "ifname": env.ifname}
-            lease = ds.call(f"allocating an address for {handle}",
-                            lambda ipam: ipam.allocate_lease(handle, attrs,
-                                                             pool=conf.ipam_pool))
-            if lease.new:
-                # Exactly this lease (seq): never an address the handle held before
-                # this call, nor one reused by someone else since.
-                undo.append(("release", lambda: ds.call(
-                    f"releasing {lease.ip} of {handle}",
-                    lambda ipam: ipam.release_ip(lease.ip, seq=lease.seq, handle=handle))))
+            if wanted is not None:
+                new = ds.call(f"assigning the requested {wanted} to {handle}",
+                              lambda ipam: _assign_requested(ipam, conf, wanted, handle, attrs))
+                if new:
+                    # By handle: we hold the container's lock, so nobody else can have
+                    # released and reassigned it to this handle since.
+                    undo.append(("release", lambda: ds.call(
+                        f"releasing {wanted} of {handle}",
+                        lambda ipam: ipam.release_ip(wanted, handle=handle))))
+                ip = wanted
+            else:
+                lease = ds.call(f"allocating an address for {handle}",
+                                lambda ipam: ipam.allocate_lease(handle, attrs,
+                                                                 pool=conf.ipam_pool))
+                if lease.new:
+                    # Exactly this lease (seq): never an address the handle held before
+                    # this call, nor one reused by someone else since.
+                    undo.append(("release", lambda: ds.call(
+                        f"releasing {lease.ip} of {handle}",
+                        lambda ipam: ipam.release_ip(lease.ip, seq=lease.seq, handle=handle))))
+                new, ip = lease.new, lease.ip
             mark("allocate")
-            ip = lease.ip
             if ":" in ip:
                 raise CniError(Code.INVALID_CONFIG, f"IPAM handed out IPv6 {ip}",
                                "this plugin is IPv4-only: set ipam_pool to an IPv4 pool")
@@ -360,7 +447,8 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int) -> dict[
         except BaseException as exc:
             _undo(undo, blog, exc)
             raise
-        blog.info("cni_added", ip=ip, host_ifname=host, new_address=lease.new, **attrs)
+        blog.info("cni_added", ip=ip, host_ifname=host, new_address=new,
+                  requested=wanted is not None, **attrs)
         blog.debug("cni_add_steps_ms", **{name: round((t - prev) * 1e3, 1) for
                                            (_, prev), (name, t) in zip(marks, marks[1:], strict=False)})
         return build_result(conf.cni_version, _attachment(rec, host_link.mac, pod_link.mac))
@@ -378,8 +466,10 @@ def _undo(steps: list[tuple[str, Callable[[], Any]]], blog, exc: BaseException) 
 
 
 def _add_again(env: CniEnv, conf: NetConf, ds: Datastore, k, rec: WorkloadRecord,
-               blog) -> dict[str, Any]:
+               blog, wanted: str | None = None) -> dict[str, Any]:
     diff = _same_attachment(rec, env)
+    if wanted is not None and wanted != rec.ip:
+        diff.append(f"attached with {rec.ip}, request asks for {wanted}")
     if not diff:
         problems, hl, pl = k.inspect(host=rec.host_ifname, ifname=rec.ifname, ip=rec.ip,
                                      mtu=rec.mtu, protocol=rec.route_protocol)
@@ -438,15 +528,16 @@ def cmd_del(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
         teardown(conf, ds, cid, rec, blog)
 
 
-def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
-    from bgpd.cni.netns import Kernel, open_netns
+def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore,
+              open_pod: NetnsOpener = _open_path) -> None:
+    from bgpd.cni.netns import Kernel
 
     cid = env.container_id
     rec = _state(lambda: read_record(conf.state_dir, cid))
     if rec is None:
         raise CniError(Code.UNKNOWN_CONTAINER, f"container {cid} is not attached by "
                        f"{conf.type or 'noderouter-cni'}", f"no record in {conf.state_dir}")
-    pod_fd = open_netns(env.netns)
+    pod_fd = open_pod(env.netns)
     try:
         with Kernel(pod_fd) as k:
             problems = _same_attachment(rec, env)
@@ -519,16 +610,17 @@ def cmd_gc(conf: NetConf, ds: Datastore) -> None:
 
 # ------------------------------------------------------------------ entry point
 
-def execute(cenv: CniEnv, conf: NetConf, ds: Datastore) -> tuple[int, dict[str, Any] | None]:
+def execute(cenv: CniEnv, conf: NetConf, ds: Datastore,
+            open_pod: NetnsOpener = _open_path) -> tuple[int, dict[str, Any] | None]:
     """Dispatch one parsed command: (exit code, document for stdout or None)."""
     t0 = time.monotonic()
     try:
         if cenv.command == "ADD":
-            return 0, cmd_add(cenv, conf, ds)
+            return 0, cmd_add(cenv, conf, ds, open_pod)
         if cenv.command == "DEL":
             cmd_del(cenv, conf, ds)
         elif cenv.command == "CHECK":
-            cmd_check(cenv, conf, ds)
+            cmd_check(cenv, conf, ds, open_pod)
         elif cenv.command == "STATUS":
             cmd_status(conf, ds)
         elif cenv.command == "GC":
@@ -580,11 +672,14 @@ def answer(fn: Callable[[], tuple[int, dict[str, Any] | None]], env: Mapping[str
 
 
 def serve_request(env: Mapping[str, str], stdin: bytes, default_node: str,
-                  datastore: Callable[[NetConf], Datastore]) -> tuple[int, str | None]:
+                  datastore: Callable[[NetConf], Datastore], netns_fd: int | None = None,
+                  netns_errno: int | None = None) -> tuple[int, str | None]:
     """The daemon's side of one plugin call (``bgpd.cni.server``): the same parsing
     and commands as ``run``, but the daemon's logging (no ``setup_logging``: that
     would reconfigure the daemon's structlog) and a long-lived ``Datastore`` from
-    ``datastore(conf)`` (never closed here). Returns what the plugin prints."""
+    ``datastore(conf)`` (never closed here). ``netns_fd``/``netns_errno``: what the
+    plugin got opening CNI_NETNS (``passed_netns_opener``; the fd stays the
+    caller's). Returns what the plugin prints."""
     def one() -> tuple[int, dict[str, Any] | None]:
         cenv = parse_env(env)
         if cenv.command == "VERSION":
@@ -593,7 +688,8 @@ def serve_request(env: Mapping[str, str], stdin: bytes, default_node: str,
         extra = unknown_keys(stdin)
         if extra:
             _log().warning("cni_conf_unknown_keys", keys=extra)
-        return execute(cenv, conf, datastore(conf))
+        return execute(cenv, conf, datastore(conf),
+                       passed_netns_opener(netns_fd, netns_errno))
     return answer(one, env, stdin)
 
 

@@ -9,8 +9,17 @@ module imports only ``json``, ``os``, ``socket`` and ``sys``.
 Protocol (one request per connection, one JSON line each way)::
 
     -> {"env": {"CNI_COMMAND": ..., ...}, "stdin": "<the network config>",
-        "hostname": "<the plugin's hostname>"}
+        "hostname": "<the plugin's hostname>",
+        "netns_fd": true            (ADD/CHECK: an fd of CNI_NETNS rides along) |
+        "netns_errno": <errno>}     (ADD/CHECK: the plugin could not open CNI_NETNS)
     <- {"code": <exit code>, "stdout": "<the document to print>" | null}
+
+The pod netns travels as a file descriptor (SCM_RIGHTS on the request's first bytes),
+not only as a path (issue 16): the runtime and the daemon may see different mount
+namespaces (a daemon in its own container, or started before the runtime made the
+netns bind mount), and a path that is a netns for the runtime is then missing — or an
+empty file — for the daemon. The plugin runs where the runtime does, so what it opens
+is the namespace the runtime meant. A daemon that cannot use the fd opens the path.
 
 When to fall back (``try_daemon`` returns None, the caller runs the command itself):
 the conf's ``daemon_socket`` is ``null``/``""``, stdin is not a JSON object (the
@@ -34,6 +43,8 @@ import sys
 DEFAULT_SOCKET = "/run/noderouter/cni.sock"
 CONF_KEY = "daemon_socket"
 # The environment the commands read (bgpd.cni.protocol.parse_env / parse_conf / cni_main).
+# Commands whose CNI_NETNS the daemon opens (DEL never needs the pod's namespace).
+NETNS_COMMANDS = ("ADD", "CHECK")
 ENV_KEYS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS",
             "CNI_PATH", "NODEROUTER_NODE_NAME", "NODEROUTER_ETCD_ENDPOINTS")
 TRY_AGAIN_LATER = 11
@@ -66,14 +77,36 @@ def _error(stdin: bytes, msg: str, details: str) -> str:
                       separators=(",", ": "))
 
 
+def open_pod_netns(env: dict[str, str]) -> tuple[int | None, int | None]:
+    """(fd of CNI_NETNS, None) for the daemon, or (None, errno) when the plugin cannot
+    open it, or (None, None) when the command needs no netns or the path is not
+    absolute (the daemon's validation reports that)."""
+    if env.get("CNI_COMMAND", "").strip().upper() not in NETNS_COMMANDS:
+        return None, None
+    netns = env.get("CNI_NETNS", "")
+    if not netns.startswith("/"):
+        return None, None
+    try:
+        return os.open(netns, os.O_RDONLY | os.O_CLOEXEC), None
+    except OSError as exc:
+        return None, exc.errno
+
+
 def call(path: str, env: dict[str, str], stdin: bytes,
          hostname: str) -> tuple[int, str | None] | None:
     """(exit code, stdout text) from the daemon at ``path``; None if nothing accepts
     or the request is too large for it (nothing was sent: the caller runs the command)."""
-    request = {"env": {k: env[k] for k in ENV_KEYS if k in env},
-               "stdin": stdin.decode("utf-8", "surrogateescape"), "hostname": hostname}
+    request: dict = {"env": {k: env[k] for k in ENV_KEYS if k in env},
+                     "stdin": stdin.decode("utf-8", "surrogateescape"), "hostname": hostname}
+    netns_fd, netns_errno = open_pod_netns(env)
+    if netns_fd is not None:
+        request["netns_fd"] = True
+    elif netns_errno is not None:
+        request["netns_errno"] = netns_errno
     payload = json.dumps(request).encode("utf-8", "surrogateescape") + b"\n"
     if len(payload) > MAX_REQUEST:
+        if netns_fd is not None:
+            os.close(netns_fd)
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -83,7 +116,15 @@ def call(path: str, env: dict[str, str], stdin: bytes,
             return None       # missing, refused, not a socket: the daemon is not there
         sock.settimeout(REPLY_TIMEOUT)
         try:
-            sock.sendall(payload)
+            if netns_fd is not None:
+                # The fd rides on the first bytes; sendmsg may send less than all.
+                sent = socket.send_fds(sock, [payload], [netns_fd])
+                if sent < len(payload):
+                    # Not an empty send: a daemon that already answered (a fast error)
+                    # and closed would turn it into EPIPE and lose its answer.
+                    sock.sendall(payload[sent:])
+            else:
+                sock.sendall(payload)
             chunks = []
             size = 0
             while True:
@@ -105,6 +146,8 @@ def call(path: str, env: dict[str, str], stdin: bytes,
         return code, out
     finally:
         sock.close()
+        if netns_fd is not None:
+            os.close(netns_fd)
 
 
 def try_daemon(stdin: bytes, env: dict[str, str] | None = None) -> int | None:

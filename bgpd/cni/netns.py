@@ -23,6 +23,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,21 +53,50 @@ def open_netns(path: str) -> int:
     (the container is gone or the runtime passed a wrong path)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise CniError(Code.UNKNOWN_CONTAINER, f"network namespace {path} does not exist",
-                       "the container is gone, or CNI_NETNS is wrong") from None
     except OSError as exc:
-        raise CniError(Code.INVALID_ENV, f"cannot open network namespace {path}: "
-                       f"{exc.strerror}", "CNI_NETNS must be a netns path the plugin "
-                       "can read (it runs as root)") from None
+        raise open_error(path, exc.errno or 0) from None
+    return checked_netns_fd(fd, path)
+
+
+def open_error(path: str, err: int) -> CniError:
+    """The CniError for a failed open of ``path`` (``err``: its errno, from this
+    process or from the plugin that passed the daemon its fd, issue 16)."""
+    name = errno.errorcode.get(err, str(err))
+    if err == errno.ENOENT:
+        return CniError(Code.UNKNOWN_CONTAINER, f"network namespace {path} does not "
+                        f"exist", f"{name}: the container is gone, or CNI_NETNS is wrong")
+    return CniError(Code.INVALID_ENV, f"cannot open network namespace {path}: "
+                    f"{os.strerror(err)} ({name})", "CNI_NETNS must be a netns path the "
+                    "plugin can read (it runs as root)")
+
+
+def _file_kind(st: os.stat_result) -> str:
+    if stat.S_ISREG(st.st_mode):
+        return f"a regular file of {st.st_size} bytes"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    return f"a file of mode {oct(stat.S_IFMT(st.st_mode))}"
+
+
+def checked_netns_fd(fd: int, path: str) -> int:
+    """``fd`` (opened from ``path``) if it is a network namespace other than this
+    thread's; else it is closed and a CniError raised (code 3: not a netns, code 4:
+    the node's own)."""
     try:
         kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError:
         kind = None
     if kind != CLONE_NEWNET:
+        what = _file_kind(os.fstat(fd))
         os.close(fd)
-        raise CniError(Code.UNKNOWN_CONTAINER, f"{path} is not a network namespace",
-                       "CNI_NETNS must be /var/run/netns/<name> or /proc/<pid>/ns/net")
+        # An empty regular file is the mount point of a netns bind mount this mount
+        # namespace does not see (issue 16: a daemon started before the runtime made
+        # the namespace, in another mount namespace), not a wrong path.
+        raise CniError(Code.UNKNOWN_CONTAINER,
+                       f"{path} is not a network namespace: it is {what}",
+                       "CNI_NETNS must be /var/run/netns/<name> or /proc/<pid>/ns/net; an "
+                       "empty file is a netns bind mount this process's mount namespace "
+                       "does not show")
     if is_own_netns(fd):
         os.close(fd)
         # Issue 12: the pod side would be configured in the node's namespace, and its

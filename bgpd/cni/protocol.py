@@ -76,6 +76,7 @@ class Code:
     CHECK_FAILED = 104           # CHECK found a missing or wrong resource
     DATASTORE = 105              # etcd answered but refused (TLS, permissions, conflicts)
     STATE = 106                  # the node-local state dir could not be read or written
+    ADDRESS_UNAVAILABLE = 107    # the requested address (ips) is held, reserved or not ours
 
 
 class CniError(Exception):
@@ -156,8 +157,8 @@ def check_container_id(cid: str) -> str:
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
-    """``CNI_ARGS``: ``K=V;K2=V2``. Keys we do not know are ignored (kubelet passes
-    IgnoreUnknown and friends); a malformed pair is an error."""
+    """``CNI_ARGS``: ``K=V;K2=V2``; a malformed pair is an error. Which keys are
+    allowed is ``check_cni_args``'s business."""
     out: dict[str, str] = {}
     for part in raw.split(";"):
         if not part.strip():
@@ -169,6 +170,28 @@ def parse_cni_args(raw: str) -> dict[str, str]:
                            "CNI_ARGS is KEY=VALUE pairs separated by ';'")
         out[key] = value
     return out
+
+
+# CNI_ARGS keys this plugin reads or knows runtimes send (kubelet, CRI-O, containerd,
+# podman all send IgnoreUnknown=1 with the K8S_* ones); IP: the legacy requested-
+# address convention (``requested_address``).
+KNOWN_CNI_ARGS = frozenset({"IgnoreUnknown", "K8S_POD_NAMESPACE", "K8S_POD_NAME",
+                            "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID", "IP"})
+
+
+def check_cni_args(args: Mapping[str, str]) -> None:
+    """As the reference plugins (``types.LoadArgs``): a key the plugin does not know
+    is an error unless ``IgnoreUnknown`` is true ("1"/"true", any case); another
+    IgnoreUnknown value is an error too."""
+    ignore = args.get("IgnoreUnknown")
+    if ignore is not None and ignore.strip().lower() not in ("1", "true", "0", "false"):
+        raise CniError(Code.INVALID_ENV, f"CNI_ARGS IgnoreUnknown={ignore!r} is not a boolean",
+                       "use IgnoreUnknown=1 (or true, 0, false)")
+    unknown = sorted(k for k in args if k not in KNOWN_CNI_ARGS)
+    if unknown and (ignore or "").strip().lower() not in ("1", "true"):
+        raise CniError(Code.INVALID_ENV, f"CNI_ARGS has unknown keys: {', '.join(unknown)}",
+                       f"known: {', '.join(sorted(KNOWN_CNI_ARGS))}; add IgnoreUnknown=1 "
+                       "to CNI_ARGS to have unknown keys ignored")
 
 
 def parse_env(env: Mapping[str, str]) -> CniEnv:
@@ -194,7 +217,9 @@ def parse_env(env: Mapping[str, str]) -> CniEnv:
     if netns and not netns.startswith("/"):
         raise CniError(Code.INVALID_ENV, f"CNI_NETNS {netns!r} is not an absolute path",
                        "e.g. /var/run/netns/<name> or /proc/<pid>/ns/net")
-    return CniEnv(command, cid, netns, ifname, parse_cni_args(env.get("CNI_ARGS", "")), path)
+    args = parse_cni_args(env.get("CNI_ARGS", ""))
+    check_cni_args(args)
+    return CniEnv(command, cid, netns, ifname, args, path)
 
 
 # ----------------------------------------------------------------- network config
@@ -220,6 +245,8 @@ class NetConf:
     log_level: str = "info"
     prev_result: Mapping[str, Any] | None = None
     valid_attachments: tuple[tuple[str, str], ...] | None = None
+    # Addresses the runtime asks for (runtimeConfig.ips, args.cni.ips), without prefix.
+    requested_ips: tuple[str, ...] = ()
 
 
 # Keys a runtime (or a chain) may put into any plugin's config; we accept and ignore them.
@@ -303,6 +330,61 @@ def _attachments(doc: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
                            f"got {json.dumps(item)}")
         out.append((item["containerID"], str(item.get("ifname", ""))))
     return tuple(out)
+
+
+def _address_list(value: Any, where: str, code: int = Code.INVALID_CONFIG) -> list[str]:
+    """``["198.19.0.5/24", "198.19.0.6"]`` -> the addresses (a prefix length is
+    allowed, as the "ips" convention writes them, and ignored: pods get a /32)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CniError(code, f"{where} must be a list of address strings",
+                       f"got {json.dumps(value)}")
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_interface(item.strip()).ip))
+        except ValueError:
+            raise CniError(code, f"{where}: {item!r} is not an IP address",
+                           'e.g. "198.19.255.250" or "198.19.255.250/24"') from None
+    return out
+
+
+def _conf_requested_ips(doc: Mapping[str, Any]) -> tuple[str, ...]:
+    """The "ips" capability (``runtimeConfig.ips``) and the ``args.cni.ips``
+    convention (CNI conventions.md): addresses the runtime wants for the pod."""
+    out: list[str] = []
+    rc = doc.get("runtimeConfig")
+    if rc is not None:
+        if not isinstance(rc, dict):
+            raise CniError(Code.INVALID_CONFIG, "runtimeConfig must be an object",
+                           f"got {json.dumps(rc)}")
+        if rc.get("ips") is not None:
+            out += _address_list(rc["ips"], "runtimeConfig.ips")
+    args = doc.get("args")
+    if isinstance(args, dict) and isinstance(args.get("cni"), dict) \
+            and args["cni"].get("ips") is not None:
+        out += _address_list(args["cni"]["ips"], "args.cni.ips")
+    return tuple(out)
+
+
+def requested_address(conf_ips: tuple[str, ...], cni_args: Mapping[str, str]) -> str | None:
+    """The one IPv4 address ADD must assign, or None to allocate one. Sources, as the
+    reference host-local IPAM reads them: ``CNI_ARGS`` ``IP=a[,b]``, ``args.cni.ips``,
+    ``runtimeConfig.ips``. Issue 16: ``podman run --ip`` must get that address or an
+    error, never another one silently."""
+    asked = list(conf_ips)
+    if cni_args.get("IP"):
+        asked += _address_list([a for a in cni_args["IP"].split(",") if a.strip()],
+                               "CNI_ARGS IP", Code.INVALID_ENV)
+    distinct = list(dict.fromkeys(asked))
+    v6 = [a for a in distinct if ":" in a]
+    if v6:
+        raise CniError(Code.INVALID_CONFIG, f"requested address {v6[0]} is IPv6",
+                       "this plugin assigns one IPv4 address per attachment")
+    if len(distinct) > 1:
+        raise CniError(Code.INVALID_CONFIG,
+                       f"{len(distinct)} addresses requested ({', '.join(distinct)})",
+                       "this plugin assigns one IPv4 address per attachment; ask for one")
+    return distinct[0] if distinct else None
 
 
 def parse_conf(raw: bytes | str, command: str = "ADD",
@@ -394,7 +476,8 @@ def parse_conf(raw: bytes | str, command: str = "ADD",
         state_dir=state_dir, workload_prefix=prefix,
         ipam_prefix=_str(doc, "ipam_prefix"), ipam_pool=pool,
         log_file=_str(doc, "log_file"), log_level=level,
-        prev_result=prev, valid_attachments=_attachments(doc))
+        prev_result=prev, valid_attachments=_attachments(doc),
+        requested_ips=_conf_requested_ips(doc) if command == "ADD" else ())
 
 
 def unknown_keys(raw: bytes | str) -> list[str]:

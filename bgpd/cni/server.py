@@ -180,10 +180,11 @@ class CniServer:
     def _serve(self, conn: socket.socket) -> None:
         from bgpd.cni.commands import serve_request
 
+        fds: list[int] = []
         with conn:
             try:
                 conn.settimeout(READ_TIMEOUT)
-                request = self._read(conn)
+                request = self._read(conn, fds)
                 env = request.get("env")
                 stdin = request.get("stdin")
                 hostname = request.get("hostname") or self.hostname
@@ -191,18 +192,25 @@ class CniServer:
                         or not all(isinstance(v, str) for v in env.values()) \
                         or not isinstance(hostname, str):
                     raise ValueError("request needs env (object of strings) and stdin (string)")
+                netns_fd, netns_errno = _passed_netns(request, fds)
             except RequestTooLarge as exc:
                 # Not "no answer" (the plugin's code 11, which the runtime retries
                 # forever): a permanent error naming the limit (issue 12). Current
                 # plugins never send one (they run such a call themselves).
                 log.warning("cni_bad_request", error=str(exc))
+                _close_all(fds)
                 self._reply(conn, {}, 1, _too_large_error(exc.size))
                 return
             except (OSError, ValueError) as exc:
                 log.warning("cni_bad_request", error=str(exc))
+                _close_all(fds)
                 return                        # the plugin reports code 11
-            code, out = serve_request(env, stdin.encode("utf-8", "surrogateescape"),
-                                      hostname, self._datastore)
+            try:
+                code, out = serve_request(env, stdin.encode("utf-8", "surrogateescape"),
+                                          hostname, self._datastore, netns_fd=netns_fd,
+                                          netns_errno=netns_errno)
+            finally:
+                _close_all(fds)
             self.served += 1
             self._reply(conn, env, code, out)
 
@@ -218,10 +226,13 @@ class CniServer:
                         container=env.get("CNI_CONTAINERID"), error=str(exc))
 
     @staticmethod
-    def _read(conn: socket.socket) -> dict:
+    def _read(conn: socket.socket, fds: list[int]) -> dict:
+        """The request line; file descriptors passed with it are appended to ``fds``
+        (the caller closes them)."""
         buf = bytearray()
         while not buf.endswith(b"\n"):
-            data = conn.recv(65536)
+            data, got, _flags, _addr = socket.recv_fds(conn, 65536, 4)
+            fds.extend(got)
             if not data:
                 break
             buf += data
@@ -237,6 +248,31 @@ class CniServer:
         if not isinstance(doc, dict):
             raise ValueError("request must be a JSON object")
         return doc
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
+def _passed_netns(request: dict, fds: list[int]) -> tuple[int | None, int | None]:
+    """(the pod netns fd the plugin passed, the errno of its failed open); see
+    ``bgpd.cni.fast`` for the protocol. Stray fds stay in ``fds`` (closed after)."""
+    errno_ = request.get("netns_errno")
+    if errno_ is not None and (isinstance(errno_, bool) or not isinstance(errno_, int)):
+        raise ValueError(f"netns_errno must be an integer, got {errno_!r:.50}")
+    if request.get("netns_fd") is True:
+        if len(fds) == 1:
+            return fds[0], None
+        # Unusable: the daemon opens the path itself (the pre-issue-16 way), which
+        # works whenever its mount namespace shows the runtime's netns.
+        log.warning("cni_netns_fd_missing", fds=len(fds),
+                    netns=(request.get("env") or {}).get("CNI_NETNS"))
+    return None, errno_
 
 
 def _too_large_error(size: int) -> str:

@@ -156,12 +156,21 @@ class Server:
     """The daemon's CNI server (``python -m bgpd.cni.server``) run inside the node
     namespace, logging to ``log_path``: the plugin's fast path without BGP."""
 
-    def __init__(self, bench: CniBench, path: str, log_path: str, workers: int = 4) -> None:
+    def __init__(self, bench: CniBench, path: str, log_path: str, workers: int = 4,
+                 hide_netns: bool = False) -> None:
         self.path = path
         self.log_path = log_path
         self._log = open(log_path, "w")
+        wrap: list[str] = []
+        if hide_netns:
+            # Issue 16: a daemon whose mount namespace does not see the runtime's netns
+            # bind mounts. A private copy of the mount namespace with an empty tmpfs
+            # over /run/netns: no pod netns made from now on is visible there (the
+            # runtime's view is untouched: the mount stays in the copy).
+            wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs nrhidden /run/netns && exec "$@"', "sh"]
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", bench.node, sys.executable, "-m", "bgpd.cni.server",
+            ["ip", "netns", "exec", bench.node, *wrap, sys.executable, "-m", "bgpd.cni.server",
              "--socket", path, "--workers", str(workers)],
             cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -180,6 +189,12 @@ class Server:
             return False
         finally:
             s.close()
+
+    def sees(self, path: str) -> bool:
+        """Does the server's mount namespace show ``path``? (``ip netns exec``,
+        ``unshare`` and ``sh -c exec`` all exec: ``proc.pid`` is the server.)"""
+        return subprocess.run(["nsenter", "--mount", "-t", str(self.proc.pid), "test", "-e",
+                               path], timeout=30).returncode == 0
 
     def events(self, event: str | None = None) -> list[dict]:
         out = []

@@ -1,7 +1,8 @@
 """A tiny IPAM client the CNI tests run *inside* the node namespace (where etcd
 listens): the test process itself lives in the root namespace and cannot reach it.
 
-    python -m tests.cni.ipamtool ENDPOINT add-pool CIDR
+    python -m tests.cni.ipamtool ENDPOINT add-pool CIDR [disabled=1] [node_selector=SEL]
+    python -m tests.cni.ipamtool ENDPOINT reserve CIDR
     python -m tests.cni.ipamtool ENDPOINT handle-ips HANDLE
     python -m tests.cni.ipamtool ENDPOINT handles
     python -m tests.cni.ipamtool ENDPOINT release-handle HANDLE
@@ -26,8 +27,14 @@ def main(argv: list[str]) -> int:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     ipam = Ipam(EtcdStore(endpoint, timeout=5.0), "ipamtool", cooldown=0.0)
     if op == "add-pool":
-        pool = ipam.add_pool(rest[0])
+        opts: dict[str, object] = {}
+        for item in rest[1:]:
+            key, _, value = item.partition("=")
+            opts[key] = value == "1" if key == "disabled" else value
+        pool = ipam.add_pool(rest[0], **opts)
         out: object = str(pool.cidr)
+    elif op == "reserve":
+        out = ipam.reserve(rest[0])
     elif op == "handle-ips":
         out = ipam.handle_ips(rest[0])
     elif op == "release-handle":

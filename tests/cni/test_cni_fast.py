@@ -163,3 +163,135 @@ def test_fast_path_imports_only_the_standard_library():
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:2] == ["[]", "bgpd.cni.commands"]
+
+
+VERSION_STDINS = [b"", b"  \n", b'{"cniVersion": "0.3.1"}', b'{"cniVersion": "0.4.0"}',
+                  b'{"cniVersion": "1.1.0", "name": "n", "type": "noderouter-cni"}',
+                  b'{"cniVersion": "9.9.9"}', b'{"cniVersion": 4}', b"not json", b"[1, 2]",
+                  b"\xff\xfe", '{"cniVersion": "0.3.1"}'.encode("utf-16"),
+                  b'{"cniVersion": "1.0.0", "daemon_socket": "/nonexistent/cni.sock"}']
+
+
+@pytest.mark.parametrize("stdin", VERSION_STDINS, ids=repr)
+def test_version_is_answered_with_the_standard_library_only(stdin: bytes):
+    """Issue 16: libcni calls VERSION for every plugin of every conflist on each
+    container start. The executable answers it without the fast path's socket and
+    without importing the command module, and prints exactly what the full path
+    (``bgpd.cni.commands``) prints."""
+    code = ("import sys\n"
+            "from bgpd.cni.main import main\n"
+            "rc = main()\n"
+            "heavy = ('structlog', 'etcd3', 'grpc', 'pyroute2', 'ipam', 'bgpd.cni.commands',\n"
+            "         'bgpd.cni.protocol', 'bgpd.cni.fast', 'socket')\n"
+            "sys.stderr.write(repr(sorted(m for m in heavy if m in sys.modules)))\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "CNI_COMMAND": "VERSION"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, input=stdin, env=env,
+                         capture_output=True, timeout=60)
+    assert res.stderr.decode() == "[]", res.stderr.decode()
+
+    from bgpd.cni.commands import answer, run
+
+    full_code, full_text = answer(lambda: run(env, stdin), env, stdin)
+    assert (res.returncode, res.stdout.decode()) == (full_code, full_text + "\n")
+    assert json.loads(res.stdout)["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0",
+                                                           "1.0.0", "1.1.0"]
+
+
+def test_version_answer_of_the_executable_names_the_request_version():
+    from .conftest import PLUGIN
+
+    env = {"PATH": os.environ.get("PATH", ""), "CNI_COMMAND": "VERSION",
+           **({"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {})}
+    res = subprocess.run([PLUGIN], input=b'{"cniVersion": "0.4.0"}', env=env,
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"cniVersion": "0.4.0", "supportedVersions": [
+        "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+
+
+def test_stdlib_version_constants_match_the_protocol():
+    from bgpd.cni import main as cni_main
+    from bgpd.cni import protocol
+
+    assert cni_main.SUPPORTED_VERSIONS == protocol.SUPPORTED_VERSIONS
+    assert cni_main.CURRENT_VERSION == protocol.CURRENT_VERSION
+
+
+def test_add_when_the_daemon_does_not_see_the_pod_netns(cni: CniBench, tmp_path):
+    """Issue 16: the runtime creates the pod netns after the daemon started, in a mount
+    namespace the daemon does not share, so the CNI_NETNS path is not there for the
+    daemon. The plugin opens it and passes the descriptor over the socket."""
+    srv = Server(cni, str(tmp_path / "cni.sock"), str(tmp_path / "server.log"),
+                 hide_netns=True)
+    try:
+        conf = cni.conf(daemon_socket=srv.path)
+        ns = cni.pod()
+        assert os.path.exists(ns) and not srv.sees(ns)     # the premise of the test
+        res = cni.run("ADD", "c1", ns, conf=conf)
+        assert res.code == 0, res.stdout + res.stderr
+        ip = assert_valid_result(res.doc, "1.0.0", ns)
+        assert [e["container"] for e in srv.events("cni_added")] == ["c1"]
+        assert [link for link in links(cni) if link.startswith("nrw")] \
+            == [host_veth_name("nrw", "c1")]
+        assert cni.ipam("handles") == {"k8s-pod-network.c1": [ip]}
+        chk = cni.run("CHECK", "c1", ns, conf=conf)
+        assert chk.code == 0 and chk.stdout == "", chk.stdout + chk.stderr
+        again = cni.run("ADD", "c1", ns, conf=conf)
+        assert again.code == 0 and again.doc == res.doc, again.stdout
+        dele = cni.run("DEL", "c1", ns, conf=conf)
+        assert dele.code == 0 and dele.stdout == "", dele.stdout + dele.stderr
+        assert [e["container"] for e in srv.events("cni_deleted")] == ["c1"]
+        assert_nothing_left(cni)
+
+        # Errors name the path and what the plugin found there (not the daemon's view).
+        plain = tmp_path / "not-a-netns"
+        plain.write_text("")
+        bad = cni.run("ADD", "c2", str(plain), conf=conf)
+        assert bad.code == 1 and (bad.doc["code"], bad.doc["msg"]) == (
+            3, f"{plain} is not a network namespace: it is a regular file of 0 bytes")
+        gone = cni.run("ADD", "c2", str(tmp_path / "gone"), conf=conf)
+        assert gone.code == 1 and (gone.doc["code"], gone.doc["msg"], gone.doc["details"]) == (
+            3, f"network namespace {tmp_path / 'gone'} does not exist",
+            "ENOENT: the container is gone, or CNI_NETNS is wrong")
+        assert len(srv.events("cni_error")) == 2
+        assert_nothing_left(cni, "c2")
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0"])
+def test_fast_path_serves_older_versions_in_their_format(cni: CniBench, server: Server,
+                                                         version: str):
+    """libcni still hands 0.3.1/0.4.0 conflists to the plugin (issue 16): results in
+    those versions' shape (ips[].version) through the daemon too."""
+    cni.version = version
+    conf = cni.conf(daemon_socket=server.path)
+    ns = cni.pod()
+    res = cni.run("ADD", "c1", ns, conf=conf)
+    assert res.code == 0, res.stdout + res.stderr
+    assert res.doc["cniVersion"] == version
+    assert_valid_result(res.doc, version, ns)
+    if version == "0.4.0":
+        chk = cni.run("CHECK", "c1", ns, conf={**conf, "prevResult": res.doc})
+        assert chk.code == 0 and chk.stdout == "", chk.stdout + chk.stderr
+    assert cni.run("DEL", "c1", ns, conf=conf).code == 0
+    assert [e["container"] for e in server.events("cni_added")] == ["c1"]
+    assert_nothing_left(cni)
+
+
+def test_fast_path_serves_status_and_gc(cni: CniBench, server: Server):
+    cni.version = "1.1.0"
+    conf = cni.conf(daemon_socket=server.path)
+    st = cni.run("STATUS", cid=None, netns=None, ifname=None, conf=conf)
+    assert st.code == 0 and st.stdout == "", st.stdout + st.stderr
+    keep, stale = cni.pod("k"), cni.pod("s")
+    assert cni.run("ADD", "keep", keep, conf=conf).code == 0
+    assert cni.run("ADD", "stale", stale, conf=conf).code == 0
+    gc = cni.run("GC", cid=None, netns=None, ifname=None, conf={
+        **conf, "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    assert gc.code == 0 and gc.stdout == "", gc.stdout + gc.stderr
+    assert list(cni.ipam("handles")) == ["k8s-pod-network.keep"]
+    assert [e["container"] for e in server.events("cni_deleted")] == ["stale"]
+    assert cni.run("DEL", "keep", keep, conf=conf).code == 0
+    assert_nothing_left(cni, "keep")

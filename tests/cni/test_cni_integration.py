@@ -457,3 +457,20 @@ def test_status_without_etcd_is_50(cni: CniBench):
         assert st.doc["code"] == 50 and "etcd" in st.doc["msg"]
     finally:
         cni.etcd.resume()
+
+
+# ------------------------------------------------------------------ CNI_ARGS (issue 16)
+
+def test_runtime_cni_args_accepted_unknown_keys_refused(cni: CniBench):
+    """kubelet/CRI-O/podman send IgnoreUnknown=1 and the K8S_* keys; an unknown key
+    without IgnoreUnknown is code 4 before anything is touched (reference plugins)."""
+    ns = cni.pod()
+    bad = cni.run("ADD", "c1", ns, args="K8S_POD_NAME=web;MYSTERY=1")
+    assert bad.code == 1 and (bad.doc["code"], bad.doc["msg"]) == (
+        4, "CNI_ARGS has unknown keys: MYSTERY"), bad.stdout
+    assert_nothing_left(cni)
+    res = cni.run("ADD", "c1", ns, args="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;"
+                  "K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=u-1;MYSTERY=1")
+    assert res.code == 0, res.stdout + res.stderr
+    assert cni.run("DEL", "c1", ns, args="IgnoreUnknown=1;K8S_POD_UID=u-1").code == 0
+    assert_nothing_left(cni)

@@ -26,6 +26,7 @@ from bgpd.cni.protocol import (
     parse_env,
     pod_handle,
     request_version,
+    requested_address,
     result_ips,
     unknown_keys,
     version_answer,
@@ -103,6 +104,31 @@ def test_env_del_without_netns_is_fine():
 def test_env_version_needs_nothing_else():
     assert parse_env({"CNI_COMMAND": "VERSION"}).command == "VERSION"
     assert parse_env({"CNI_COMMAND": "gc"}).command == "GC"
+
+
+def test_cni_args_from_runtimes_are_accepted():
+    kubelet = ("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1;"
+               "K8S_POD_INFRA_CONTAINER_ID=abc123;K8S_POD_UID=6f1c-77")
+    e = parse_env({**ENV, "CNI_ARGS": kubelet})
+    assert k8s_attrs(e.args) == {"namespace": "default", "pod": "web-1"}
+    assert e.args["K8S_POD_UID"] == "6f1c-77"
+    # The known keys need no IgnoreUnknown; unknown ones are fine with it (any case).
+    parse_env({**ENV, "CNI_ARGS": "K8S_POD_NAME=web;K8S_POD_UID=u"})
+    parse_env({**ENV, "CNI_ARGS": "IgnoreUnknown=true;FOO=bar"})
+    parse_env({**ENV, "CNI_ARGS": "IgnoreUnknown=TRUE;FOO=bar"})
+
+
+@pytest.mark.parametrize("raw,msg", [
+    ("FOO=bar;K8S_POD_NAME=web", "CNI_ARGS has unknown keys: FOO"),
+    ("IgnoreUnknown=0;ZZ=1;AA=2", "CNI_ARGS has unknown keys: AA, ZZ"),
+    ("IgnoreUnknown=yes", "CNI_ARGS IgnoreUnknown='yes' is not a boolean"),
+])
+def test_cni_args_unknown_keys_need_ignore_unknown(raw, msg):
+    """Like the reference plugins (types.LoadArgs): unknown keys are an error unless
+    IgnoreUnknown is true."""
+    with pytest.raises(CniError) as ei:
+        parse_env({**ENV, "CNI_ARGS": raw})
+    assert (ei.value.code, ei.value.msg) == (Code.INVALID_ENV, msg)
 
 
 def test_cni_args_empty_pairs_and_values_with_equals():
@@ -417,3 +443,42 @@ def test_is_our_peer_needs_both_ends_and_the_pod_namespace():
     assert not is_our_peer(pod, None, "nrw", pod_nsid=3)
     assert not is_our_peer(pod, LinkInfo(**{**host.__dict__, "peer_index": 9}), "nrw", 3)
     assert not is_our_peer(LinkInfo(**{**pod.__dict__, "kind": "dummy"}), host, "nrw", 3)
+
+
+# ------------------------------------------------------------------ requested addresses (issue 16)
+
+def _requested(doc_extra: dict, cni_args: str = "") -> str | None:
+    conf = parse_conf(json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "noderouter-cni",
+                                  "etcd_endpoints": ["198.18.0.10:2379"], "node_name": "a",
+                                  **doc_extra}))
+    return requested_address(conf.requested_ips, parse_cni_args(cni_args))
+
+
+@pytest.mark.parametrize("extra,cni_args,want", [
+    ({}, "", None),
+    ({"runtimeConfig": {"ips": ["198.19.0.5/24"]}}, "", "198.19.0.5"),
+    ({"runtimeConfig": {"portMappings": []}}, "", None),
+    ({"args": {"cni": {"ips": ["198.19.0.6"]}}}, "", "198.19.0.6"),
+    ({"args": {"cni": {"labels": []}}}, "", None),
+    ({}, "IgnoreUnknown=1;IP=198.19.0.7", "198.19.0.7"),
+    ({"runtimeConfig": {"ips": ["198.19.0.8/16"]}, "args": {"cni": {"ips": ["198.19.0.8"]}}},
+     "IP=198.19.0.8", "198.19.0.8"),
+])
+def test_requested_address_sources(extra, cni_args, want):
+    assert _requested(extra, cni_args) == want
+
+
+@pytest.mark.parametrize("extra,cni_args,code,msg", [
+    ({"runtimeConfig": {"ips": "198.19.0.5"}}, "", Code.INVALID_CONFIG,
+     "runtimeConfig.ips must be a list of address strings"),
+    ({"runtimeConfig": []}, "", Code.INVALID_CONFIG, "runtimeConfig must be an object"),
+    ({"args": {"cni": {"ips": ["x"]}}}, "", Code.INVALID_CONFIG,
+     "args.cni.ips: 'x' is not an IP address"),
+    ({"runtimeConfig": {"ips": ["198.19.0.5"]}}, "IP=198.19.0.6", Code.INVALID_CONFIG,
+     "2 addresses requested (198.19.0.5, 198.19.0.6)"),
+    ({}, "IP=2001:2::1", Code.INVALID_CONFIG, "requested address 2001:2::1 is IPv6"),
+])
+def test_requested_address_errors(extra, cni_args, code, msg):
+    with pytest.raises(CniError) as ei:
+        _requested(extra, cni_args)
+    assert (ei.value.code, ei.value.msg) == (code, msg)

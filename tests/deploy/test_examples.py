@@ -26,6 +26,8 @@ def test_the_example_conflist_chains_our_plugin_with_portmap_and_bandwidth():
     assert conf.etcd_endpoints == ("198.18.0.10:2379",)
     assert conf.state_dir == "/var/lib/noderouter/cni"  # the unit's --state-dir
     assert conf.etcd_ca and conf.etcd_cert and conf.etcd_key
+    # libcni passes runtimeConfig.ips (podman run --ip) only to a plugin that declares it.
+    assert doc["plugins"][0]["capabilities"] == {"ips": True}
 
 
 def test_the_example_node_config_loads():
