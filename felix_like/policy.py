@@ -13,7 +13,8 @@ WorkloadEndpoint upserts; ``Removed`` deletes) and marks dirty;
   conntrack entries are deleted, so the next packet is a new connection that
   meets the policy (Kubernetes leaves this to the implementation,
   kubernetes/website#43438; Calico users ask for it, projectcalico/calico#2759).
-  Flows still allowed keep their entries;
+  Flows still allowed keep their entries. A drift repair cuts too (the drifted
+  kernel may have admitted what the plan denies);
 - full replace of our table on the first run, every
   ``resync_interval`` seconds (Felix refreshes every 180 s), after any error,
   and when a drift check (every ``drift_check_interval``) finds the kernel's
@@ -188,8 +189,15 @@ class PolicyManager:
         self.prefix = prefix
         self.resync_interval = resync_interval
         self.drift_check_interval = drift_check_interval
+        if nft is not None and netns is not None and nft.netns != netns:
+            raise ValueError(f"PolicyManager: netns {netns!r} differs from its nft's "
+                             f"namespace {nft.netns!r}")
         self.nft = nft or NftCli(netns)
-        self.conntrack = conntrack or ConntrackCutter(netns)
+        # The cutter works where the rules are: given only an nft, its namespace. (A
+        # manager built with nft=NftCli(ns) and no netns used to cut conntrack in the
+        # caller's namespace -- the root one in the kernel tests -- so flows a new
+        # ruleset denies survived in the node's table.)
+        self.conntrack = conntrack or ConntrackCutter(self.nft.netns)
         self.cut_denied_flows = cut_denied_flows
         self._last_plan: PolicyPlan | None = None
         self._resources: dict[tuple[type, object], Resource] = {}
@@ -233,11 +241,12 @@ class PolicyManager:
     def complete_deferred_work(self, now: float) -> str | None:
         """Apply what changed; returns 'full' / 'incremental' / None (nothing to do)."""
         full = self._applied is None or now >= self._next_resync
+        drifted = False
         if not full and now >= self._next_drift_check:
             self._next_drift_check = now + self.drift_check_interval
             if self._drifted(self._applied):
                 log.warning("policy_drift_repaired", table=TABLE)
-                full = True
+                full = drifted = True
         if not full and not self._dirty:
             return None
         plan = self.plan()
@@ -257,7 +266,10 @@ class PolicyManager:
             raise
         self._applied = plan
         self._dirty = False
-        if self.cut_denied_flows and self._last_plan is not None and plan != self._last_plan:
+        # A drifted kernel (a hand-flushed chain, a deleted table) may have admitted
+        # flows our plan denies, even when the plan itself did not change: cut then too.
+        if (self.cut_denied_flows and self._last_plan is not None
+                and (plan != self._last_plan or drifted)):
             try:
                 cut = self.conntrack.cut(plan)
                 if cut:

@@ -1,20 +1,28 @@
 """Servers and probes for the kernel policy test (run with ``ip netns exec``).
 
 ``serve``: TCP and UDP echo on ports 80 and 81 (all addresses), until killed.
-``probe '<json [[addr, port, proto], ...]>' timeout``: tries every target in
-parallel, prints a JSON list of booleans (TCP: the handshake completed;
-UDP: the echo came back).
+``probe '<json [[addr, port, proto], ...]>' timeout [udp_port_base]``: tries
+every target in parallel, prints a JSON list of booleans (TCP: the handshake
+completed; UDP: the echo of this probe's own nonce came back from the target).
+With ``udp_port_base``, the UDP probe of target i is sent from source port
+``udp_port_base + i``: the caller hands out ports so that no probe repeats an
+earlier probe's 5-tuple. (An ephemeral port is random: one equal to an earlier
+probe's port met that flow's conntrack entry, ``ct state established`` let a
+now-denied probe through, and a late echo to it counted for the wrong probe;
+seen as one wrong UDP cell in a loaded run.)
 ``hold timeout``: one UDP socket per destination, kept across requests (same
 5-tuple = same conntrack entry); each stdin line ``addr port`` sends a ping on
-it and prints 1 (echo came back) or 0.
+it and prints 1 (the echo of that ping came back) or 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 PORTS = (80, 81)
@@ -47,25 +55,45 @@ def serve() -> None:
     threading.Event().wait()
 
 
-def _probe(target, timeout: float) -> bool:
+def _udp_echo(s: socket.socket, dest: tuple[str, int], timeout: float) -> bool:
+    """Send a fresh nonce to ``dest``; True only if ``dest`` echoes that nonce back
+    within ``timeout``. Anything else arriving meanwhile (a late echo meant for an
+    earlier probe) is skipped, not counted."""
+    nonce = b"ping-" + os.urandom(8).hex().encode()
+    deadline = time.monotonic() + timeout
+    s.sendto(nonce, dest)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        s.settimeout(left)
+        data, peer = s.recvfrom(64)
+        if data == nonce and peer == dest:
+            return True
+
+
+def _probe(target, timeout: float, udp_source_port: int | None) -> bool:
     addr, port, proto = target
     kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
         s.settimeout(timeout)
         try:
             if proto == "TCP":
+                # TCP keeps an ephemeral port: a SYN meeting an old entry of a closed
+                # connection starts a new one (or is invalid), never "established".
                 s.connect((addr, port))
                 return True
-            s.sendto(b"ping", (addr, port))
-            data, _ = s.recvfrom(64)
-            return data == b"ping"
+            if udp_source_port is not None:
+                s.bind(("0.0.0.0", udp_source_port))
+            return _udp_echo(s, (addr, port), timeout)
         except OSError:
             return False
 
 
-def probe(targets: list, timeout: float) -> list[bool]:
+def probe(targets: list, timeout: float, udp_port_base: int | None = None) -> list[bool]:
+    ports = [None if udp_port_base is None else udp_port_base + i for i in range(len(targets))]
     with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-        return list(pool.map(lambda t: _probe(t, timeout), targets))
+        return list(pool.map(lambda t, p: _probe(t, timeout, p), targets, ports))
 
 
 def hold(timeout: float) -> None:
@@ -76,10 +104,8 @@ def hold(timeout: float) -> None:
         if key not in sockets:
             sockets[key] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sockets[key].settimeout(timeout)
-        s = sockets[key]
         try:
-            s.sendto(b"ping", key)
-            ok = s.recvfrom(64)[0] == b"ping"
+            ok = _udp_echo(sockets[key], key, timeout)
         except OSError:
             ok = False
         print(1 if ok else 0, flush=True)
@@ -91,4 +117,5 @@ if __name__ == "__main__":
     elif sys.argv[1] == "hold":
         hold(float(sys.argv[2]))
     else:
-        print(json.dumps(probe(json.loads(sys.argv[2]), float(sys.argv[3]))))
+        base = int(sys.argv[4]) if len(sys.argv) > 4 else None
+        print(json.dumps(probe(json.loads(sys.argv[2]), float(sys.argv[3]), base)))

@@ -31,6 +31,10 @@ pytestmark = pytest.mark.kernel
 PROBE = str(Path(__file__).with_name("probe.py"))
 TIMEOUT = 1.5
 NODE_ADDR = "198.19.255.1"
+# UDP probes get source ports from here, below the ephemeral range (32768-60999), each
+# used once per namespace and module: no probe meets an earlier probe's conntrack
+# entry or its late echo (a reused random port once made a denied UDP cell pass).
+UDP_SOURCE_PORTS = range(20000, 32768)
 
 
 class Topology:
@@ -41,6 +45,7 @@ class Topology:
         self.pod_ns: dict[str, str] = {}
         self.servers: list[Daemon] = []
         self.pods = model.pods()
+        self._next_udp_port: dict[str, int] = {}
 
     def build(self) -> None:
         self.node = self.owned.add(f"{self.prefix}-node")
@@ -73,10 +78,18 @@ class Topology:
             d.stop()
         return self.owned.delete_all()
 
-    @staticmethod
-    def _probe_cmd(netns: str, targets: list) -> subprocess.Popen:
+    def udp_source_ports(self, netns: str, count: int) -> int:
+        """The first of ``count`` source ports never handed out in ``netns`` before."""
+        base = self._next_udp_port.get(netns, UDP_SOURCE_PORTS.start)
+        if base + count > UDP_SOURCE_PORTS.stop:
+            raise RuntimeError(f"UDP probe source ports exhausted in {netns}")
+        self._next_udp_port[netns] = base + count
+        return base
+
+    def _probe_cmd(self, netns: str, targets: list) -> subprocess.Popen:
+        base = self.udp_source_ports(netns, len(targets))
         return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, PROBE, "probe",
-                                 json.dumps(targets), str(TIMEOUT)],
+                                 json.dumps(targets), str(TIMEOUT), str(base)],
                                 stdout=subprocess.PIPE, text=True)
 
     def probe_from(self, netns: str, targets: list) -> list[bool]:
@@ -276,7 +289,7 @@ class FaultOnceNft(NftCli):
 
 def test_bad_input_leaves_the_loaded_ruleset_unchanged(topo):
     nft = FaultOnceNft(topo.node)
-    mgr = PolicyManager("n1", nft=nft)
+    mgr = PolicyManager("n1", nft=nft)      # the cutter follows nft into topo.node
     mgr.replace_all(resources(CASES["deny-all-ingress"]))
     mgr.complete_deferred_work(0.0)
     before = topo.nft_list()
@@ -333,9 +346,13 @@ class UdpHolder:
         self.proc.wait(10)
 
 
-@pytest.mark.parametrize("cut", [True, False], ids=["cut", "no-cut-control"])
-def test_established_flow_newly_denied_is_cut(topo, cut):
-    mgr = PolicyManager("n1", netns=topo.node, cut_denied_flows=cut)
+@pytest.mark.parametrize(("cut", "nft_only"), [(True, False), (False, False), (True, True)],
+                         ids=["cut", "no-cut-control", "cut-manager-given-only-nft"])
+def test_established_flow_newly_denied_is_cut(topo, cut, nft_only):
+    # nft_only: a manager given its nft and no netns must cut in the nft's namespace
+    # (it used to cut in the caller's, the root namespace, and the flow lived on).
+    mgr = (PolicyManager("n1", nft=NftCli(topo.node), cut_denied_flows=cut) if nft_only
+           else PolicyManager("n1", netns=topo.node, cut_denied_flows=cut))
     mgr.replace_all(resources([]))
     mgr.complete_deferred_work(0.0)
     holder = UdpHolder(topo.pod_ns["y/a"])
@@ -351,6 +368,26 @@ def test_established_flow_newly_denied_is_cut(topo, cut):
         assert holder.send("198.19.200.2", 80) is True      # still allowed: untouched
         # A new flow to x/a is denied either way.
         assert topo.probe_from(topo.pod_ns["y/a"], [["198.19.200.1", 80, "UDP"]]) == [False]
+    finally:
+        holder.close()
+        mgr.remove()
+
+
+def test_drift_repair_cuts_the_flows_the_drift_let_in(topo):
+    policies = CASES["allow-from-pod-in-other-namespace-AND"]     # x/a accepts only y/b
+    mgr = PolicyManager("n1", netns=topo.node, resync_interval=1000, drift_check_interval=5)
+    mgr.replace_all(resources(policies))
+    assert mgr.complete_deferred_work(0.0) == "full"
+    holder = UdpHolder(topo.pod_ns["y/a"])
+    try:
+        assert holder.send("198.19.200.1", 80) is False
+        # A hand-flushed ingress chain lets y/a's flow in and conntrack records it ...
+        sh(["nft", "flush", "chain", "inet", "noderouter", "tw-nrwxa"], netns=topo.node)
+        assert holder.send("198.19.200.1", 80) is True
+        # ... the repair restores the same plan, and must still cut that flow, or
+        # "ct state established" keeps it alive past the repair.
+        assert mgr.complete_deferred_work(10.0) == "full"
+        assert holder.send("198.19.200.1", 80) is False
     finally:
         holder.close()
         mgr.remove()

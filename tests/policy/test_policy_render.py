@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from felix_like.policy import chain_rule_counts
+from felix_like.policy import NftCli, PolicyManager, chain_rule_counts
 from felix_like.policy_calc import calculate
 from felix_like.policy_model import Namespace, NetworkPolicy, WorkloadEndpoint, load_documents
 from felix_like.policy_nft import render_full, render_structure, render_update
@@ -117,3 +117,11 @@ def test_denied_flows_only_local_tcp_udp_sctp_and_newly_denied():
              Flow("198.19.200.4", "198.19.200.1", 1, 0),     # ICMP: not a port flow
              Flow("198.18.5.1", "198.18.5.2", 6, 80)]        # no local endpoint
     assert denied_flows(plan, flows) == [flows[0]]
+
+
+def test_manager_cuts_conntrack_in_its_nft_namespace():
+    # Given only an nft, the manager used to cut conntrack in the caller's namespace.
+    assert PolicyManager("n1", nft=NftCli("nrp-node")).conntrack.netns == "nrp-node"
+    assert PolicyManager("n1", netns="nrp-node").conntrack.netns == "nrp-node"
+    with pytest.raises(ValueError, match="netns 'a' differs from its nft's namespace 'b'"):
+        PolicyManager("n1", netns="a", nft=NftCli("b"))
