@@ -30,7 +30,7 @@ import time
 from bgpd.bgp.exabgp_config import SpeakerConfig, SpeakerPeer
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.speaker import Speaker
-from bgpd.node.cycle import MIN_CYCLE_GAP
+from bgpd.node.cycle import burst_wait
 from felix_like.classify import plain_context
 from felix_like.learned_routes import LearnedRoutes
 from felix_like.nlwire import RT_TABLE_MAIN, RouteSocket
@@ -146,16 +146,17 @@ def run_ours(ns: dict[str, str], wd: str, n: int, speed: str = "",
     installed = 0
     cycles = 0
     last_cycle_end = 0.0
+    in_burst = False
     sp.start()
     cpu0: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 300
         while installed < n and time.monotonic() < deadline:
             wake.wait(0.5)
-            # The daemon's loop starts a cycle at most every MIN_CYCLE_GAP (bgpd.node.
-            # daemon._drain), so a one-prefix-per-UPDATE burst is taken in batches.
-            gap = last_cycle_end + MIN_CYCLE_GAP - time.monotonic()
-            if gap > 0:
+            # The daemon's loop (bgpd.node.daemon._drain): under a burst, cycles at least
+            # MIN_CYCLE_GAP apart, so a one-prefix-per-UPDATE burst is taken in batches.
+            gap, in_burst = burst_wait(time.monotonic() - last_cycle_end, in_burst)
+            if gap:
                 time.sleep(gap)
             wake.clear()
             if not t_up:

@@ -70,6 +70,17 @@ LEARNED_SETTLE_SECONDS = 5.0
 MIN_CYCLE_GAP = 0.02
 
 
+def burst_wait(since_last_cycle: float, in_burst: bool,
+               gap: float = MIN_CYCLE_GAP) -> tuple[float, bool]:
+    """How long the loop waits before the next cycle, and whether it is in a burst now.
+
+    A message after a quiet spell, or the first one soon after a lone cycle, runs at once
+    (a single claim or withdraw pays nothing); from the next quick one on, cycles are at
+    least ``gap`` apart so each takes everything that arrived meanwhile (issue 18)."""
+    quick = since_last_cycle < gap
+    return (gap - since_last_cycle if quick and in_burst else 0.0), quick
+
+
 @dataclass(frozen=True)
 class TunnelAddresses:
     """Our tunnel devices' addresses from IPAM (allocated by the daemon, not the cycle)."""

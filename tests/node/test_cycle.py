@@ -724,3 +724,26 @@ def test_a_pod_name_on_another_node_does_not_hide_the_local_pod():
     plan = manager.plan()
     assert sorted(ep.interface for ep in plan.endpoints) == ["nrwaaaa1", "nrwaaaa2"]
     assert "chain tw-nrwaaaa1 {" in nft.scripts[-1]
+
+
+def test_cycles_are_spaced_only_inside_a_burst():
+    """Issue 18 point 5: one cycle per prefix under a one-prefix-per-UPDATE burst; an
+    isolated change must not pay the gap (convergence)."""
+    from bgpd.node.cycle import MIN_CYCLE_GAP, burst_wait
+
+    gap = MIN_CYCLE_GAP
+    assert burst_wait(5.0, False) == (0.0, False)            # after a quiet spell: at once
+    assert burst_wait(5.0, True) == (0.0, False)             # a burst ended: at once
+    assert burst_wait(gap / 4, False) == (0.0, True)         # first quick one: at once
+    wait, burst = burst_wait(gap / 4, True)                  # then: wait out the gap
+    assert burst and wait == pytest.approx(gap * 3 / 4)
+    # A burst of 1,000 messages 1 ms apart, cycles taking no time: bounded cycle count.
+    t, last_end, in_burst, cycles = 0.0, -10.0, False, 0
+    for i in range(1000):
+        arrival = i * 0.001
+        if arrival < t:
+            continue                                          # taken by the last cycle
+        wait, in_burst = burst_wait(arrival - last_end, in_burst)
+        t = arrival + wait
+        last_end, cycles = t, cycles + 1
+    assert cycles <= 1000 * 0.001 / gap + 3
