@@ -16,26 +16,16 @@ import sys
 
 import click
 
+from bgpd.cli.etcd_options import etcd_connection_options
 from bgpd.cli.output import emit, output_option
 
 CLI_NODE = "noderouter-cli"
 
 
 def _etcd_options(f):
-    @click.option("--etcd-endpoints", envvar="NODEROUTER_ETCD_ENDPOINTS", default="127.0.0.1:2379",
-                  show_default=True, help="etcd endpoints, host:port[,host:port...] "
-                                          "(env NODEROUTER_ETCD_ENDPOINTS).")
-    @click.option("--etcd-ca", envvar="NODEROUTER_ETCD_CA", type=click.Path(exists=True, dir_okay=False),
-                  help="CA bundle for etcd TLS (env NODEROUTER_ETCD_CA).")
-    @click.option("--etcd-cert", envvar="NODEROUTER_ETCD_CERT",
-                  type=click.Path(exists=True, dir_okay=False),
-                  help="Client certificate for etcd TLS (env NODEROUTER_ETCD_CERT).")
-    @click.option("--etcd-key", envvar="NODEROUTER_ETCD_KEY", type=click.Path(exists=True, dir_okay=False),
-                  help="Client key for etcd TLS (env NODEROUTER_ETCD_KEY).")
     @click.option("--etcd-prefix", envvar="NODEROUTER_ETCD_PREFIX", default=None,
                   help="Key prefix of the IPAM data (default /noderouter/ipam/v1/).")
-    @click.option("--etcd-timeout", type=float, default=5.0, show_default=True,
-                  help="Seconds before an etcd call gives up.")
+    @etcd_connection_options
     @functools.wraps(f)
     def wrapper(*args, etcd_endpoints, etcd_ca, etcd_cert, etcd_key, etcd_prefix, etcd_timeout,
                 **kwargs):

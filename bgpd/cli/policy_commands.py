@@ -23,28 +23,16 @@ import sys
 
 import click
 
+from bgpd.cli.etcd_options import etcd_connection_options
 from bgpd.cli.output import emit, output_option
 
 
 def _store_options(f):
-    @click.option("--etcd-endpoints", envvar="NODEROUTER_ETCD_ENDPOINTS", default="127.0.0.1:2379",
-                  show_default=True, help="etcd endpoints, host:port[,host:port...] "
-                                          "(env NODEROUTER_ETCD_ENDPOINTS).")
-    @click.option("--etcd-ca", envvar="NODEROUTER_ETCD_CA",
-                  type=click.Path(exists=True, dir_okay=False),
-                  help="CA bundle for etcd TLS (env NODEROUTER_ETCD_CA).")
-    @click.option("--etcd-cert", envvar="NODEROUTER_ETCD_CERT",
-                  type=click.Path(exists=True, dir_okay=False),
-                  help="Client certificate for etcd TLS (env NODEROUTER_ETCD_CERT).")
-    @click.option("--etcd-key", envvar="NODEROUTER_ETCD_KEY",
-                  type=click.Path(exists=True, dir_okay=False),
-                  help="Client key for etcd TLS (env NODEROUTER_ETCD_KEY).")
     @click.option("--etcd-root", envvar="NODEROUTER_ETCD_ROOT", default="/noderouter",
                   show_default=True,
                   help="Key prefix of all noderouter data: the config's etcd.prefix "
                        "(env NODEROUTER_ETCD_ROOT).")
-    @click.option("--etcd-timeout", type=float, default=5.0, show_default=True,
-                  help="Seconds before an etcd call gives up.")
+    @etcd_connection_options
     @functools.wraps(f)
     def wrapper(*args, etcd_endpoints, etcd_ca, etcd_cert, etcd_key, etcd_root, etcd_timeout,
                 **kwargs):
