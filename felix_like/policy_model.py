@@ -24,17 +24,20 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from config.policy_layout import (
+    PROTOCOLS,
+    label_key_problem,
+    label_value_problem,
+    port_name_problem,
+)
 from config.yamlsource import YamlSyntaxError, parse_documents
 from felix_like.errors import DataplaneError
 
 K8S_POLICY_ORDER = 1000.0
-PROTOCOLS = ("TCP", "UDP", "SCTP")
 DIRECTIONS = ("Ingress", "Egress")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
@@ -171,6 +174,7 @@ class WorkloadEndpoint:
     host_interface: str
     node: str = ""
     named_ports: tuple[NamedPort, ...] = ()
+    container_id: str = ""        # the CNI attachment that wrote the record ("" = the CLI)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -224,23 +228,10 @@ def _list(ctx: _Ctx, value, path: str, line: int | None) -> list | None:
     return value
 
 
-def _label_key_problem(key) -> str | None:
-    if not isinstance(key, str) or not key:
-        return "label key must be a non-empty string"
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        return f"label key prefix {prefix!r} is not a DNS subdomain"
-    if len(name) > 63 or not _LABEL_NAME.match(name):
-        return f"label key {key!r} is not a valid label name"
-    return None
-
-
-def _label_value_problem(value) -> str | None:
-    if not isinstance(value, str):
-        return f"label value {value!r} must be a string (quote it in YAML)"
-    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
-        return f"label value {value!r} is not valid (max 63 of [A-Za-z0-9-_.], alphanumeric ends)"
-    return None
+# The name rules are shared with the CNI plugin (config.policy_layout).
+_label_key_problem = label_key_problem
+_label_value_problem = label_value_problem
+_port_name_problem = port_name_problem
 
 
 def _labels(ctx: _Ctx, value, path: str, line) -> tuple[tuple[str, str], ...]:
@@ -370,14 +361,6 @@ def _port_number(ctx: _Ctx, value, path: str, line) -> int | None:
         ctx.add(line, path, f"port {value} is outside 1-65535")
         return None
     return value
-
-
-def _port_name_problem(value: str) -> str | None:
-    if (len(value) > 15 or not _PORT_NAME.match(value) or "--" in value
-            or not re.search(r"[a-z]", value)):
-        return (f"port name {value!r} is not valid (1-15 lowercase letters, digits, '-', "
-                f"at least one letter, no '--')")
-    return None
 
 
 def _protocol(ctx: _Ctx, value, path: str, line) -> str | None:
@@ -528,7 +511,8 @@ def _namespace(ctx: _Ctx, doc) -> Namespace | None:
 
 def _workload(ctx: _Ctx, doc) -> WorkloadEndpoint | None:
     name, ns, labels = _meta(ctx, doc, namespaced=True)
-    spec = _mapping(ctx, doc.get("spec"), "spec", ("node", "interface", "ips", "ports"),
+    spec = _mapping(ctx, doc.get("spec"), "spec",
+                    ("node", "interface", "ips", "ports", "containerID"),
                     _line(doc, "spec") or _line(doc))
     if spec is None or name is None:
         return None
@@ -542,6 +526,9 @@ def _workload(ctx: _Ctx, doc) -> WorkloadEndpoint | None:
     node = spec.get("node", "")
     if not isinstance(node, str):
         ctx.add(_line(spec, "node"), "spec.node", "expected a string")
+    container_id = spec.get("containerID", "")
+    if not isinstance(container_id, str):
+        ctx.add(_line(spec, "containerID"), "spec.containerID", "expected a string")
     ips = []
     items = _list(ctx, spec.get("ips"), "spec.ips", _line(spec, "ips")) or []
     for i, ip in enumerate(items):
@@ -567,7 +554,8 @@ def _workload(ctx: _Ctx, doc) -> WorkloadEndpoint | None:
             named.append(NamedPort(pname, proto, number))
     if len(ctx.problems) != before:
         return None
-    return WorkloadEndpoint(ns, name, labels, tuple(ips), ifname, node, tuple(named))
+    return WorkloadEndpoint(ns, name, labels, tuple(ips), ifname, node, tuple(named),
+                            container_id)
 
 
 _KINDS = {

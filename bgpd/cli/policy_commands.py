@@ -302,7 +302,7 @@ def workload_label(ps, pod, labels, node, namespace, ips, ports, fmt) -> None:
             NamedPort(pname, (proto or "TCP").upper(), int(number))]
     ep = ps.put_endpoint(WorkloadEndpoint(namespace, pod, tuple(sorted(current.items())),
                                           tuple(ips) or old.ips, old.host_interface, node,
-                                          tuple(named)))
+                                          tuple(named), old.container_id))
     emit(_endpoint_row(ps.keys.endpoint(node, namespace, pod), ep, None), fmt)
 
 

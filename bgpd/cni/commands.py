@@ -26,12 +26,15 @@ ADD order (and its undo, run in reverse on any failure or SIGTERM/SIGINT):
 5. veth (peer created inside the pod netns) → delete that host veth, by index (takes
    the peer along);
 6. pod side: /32, MTU, 169.254.1.1 scope link, default via it; host side: proxy ARP, up;
-7. workload record (atomic) → remove it;
-8. host /32 route with our protocol (after the record: the daemon's sweep keeps it).
+7. the pod's WorkloadEndpoint in etcd (issue 14: namespace and name from CNI_ARGS,
+   labels and named ports from ``args.cni``, ``bgpd.cni.endpoints``) → delete it if
+   it still names this container; its etcd revision goes into the record;
+8. workload record (atomic) → remove it;
+9. host /32 route with our protocol (after the record: the daemon's sweep keeps it).
 
 DEL order (under the same lock): our host routes through the container's own host
 veth → the host veth (its routes would go with it anyway) → release the handle →
-remove the record. A route of ours to the same /32 through another interface belongs
+the WorkloadEndpoint (only while it names this container) → remove the record. A route of ours to the same /32 through another interface belongs
 to a pod that got the address since; it is never touched. The record goes last so a
 DEL that fails on etcd (code 11) is retried by the runtime and still knows the veth
 name and address.
@@ -63,7 +66,14 @@ import structlog
 # its own lines there (fork handlers, absl init). Set before grpc is ever imported.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from bgpd.cni.protocol import (  # noqa: E402 - after the environment above
+from bgpd.cni.endpoints import (  # noqa: E402 - after the environment above
+    endpoint_document,
+    endpoint_key,
+    put_endpoint,
+    read_endpoint,
+    remove_endpoint,
+)
+from bgpd.cni.protocol import (
     Attachment,
     CniEnv,
     CniError,
@@ -77,6 +87,7 @@ from bgpd.cni.protocol import (  # noqa: E402 - after the environment above
     parse_conf,
     parse_env,
     pod_handle,
+    pod_identity,
     request_version,
     requested_address,
     result_ips,
@@ -313,6 +324,7 @@ def passed_netns_opener(netns_fd: int | None, netns_errno: int | None) -> NetnsO
 def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore,
             open_pod: NetnsOpener = _open_path) -> dict[str, Any]:
     wanted = requested_address(conf.requested_ips, env.args)   # validated before anything
+    pod_identity(env.args, env.container_id)                   # likewise (code 4)
     pod_fd = open_pod(env.netns)
     try:
         with _locked(conf, env.container_id):
@@ -435,10 +447,26 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
             mark("pod")
             host_link = k.configure_host(host, conf.mtu)
             mark("host")
+            # The pod's WorkloadEndpoint (labels, named ports) before the record that
+            # makes the node program the pod: the record names the revision, and the
+            # node waits for it, so the pod is never enforced without its labels.
+            ident = pod_identity(env.args, cid)
+            wep_key = endpoint_key(conf.etcd_root, conf.node_name, ident.namespace, ident.pod)
+            wep = endpoint_document(ident.namespace, ident.pod, conf.node_name, conf.labels,
+                                    [ip], host, conf.named_ports, cid)
+            wep_revision = ds.call(f"writing the WorkloadEndpoint {wep_key}",
+                                   lambda ipam: put_endpoint(ipam.store, wep_key, wep))
+            undo.append(("endpoint", lambda: ds.call(
+                f"removing the WorkloadEndpoint {wep_key}",
+                lambda ipam: remove_endpoint(ipam.store, wep_key, cid))))
+            mark("endpoint")
             rec = WorkloadRecord(container_id=cid, ifname=env.ifname, netns=env.netns,
                                  host_ifname=host, ip=ip, handle=handle, mtu=conf.mtu,
                                  route_protocol=conf.route_protocol, node=conf.node_name,
-                                 network=conf.name, attrs=attrs)
+                                 network=conf.name,
+                                 attrs={**attrs, "namespace": ident.namespace,
+                                        "pod": ident.pod},
+                                 endpoint_revision=wep_revision)
             _state(lambda: write_record(conf.state_dir, rec))
             undo.append(("record", lambda: remove_record(conf.state_dir, cid)))
             mark("record")
@@ -487,8 +515,24 @@ def _add_again(env: CniEnv, conf: NetConf, ds: Datastore, k, rec: WorkloadRecord
     return build_result(conf.cni_version, _attachment(rec, hl.mac, pl.mac))
 
 
+def _endpoint_key_of(conf: NetConf, cid: str, rec: WorkloadRecord | None,
+                     args: Mapping[str, str]) -> str | None:
+    """The pod's WorkloadEndpoint key: the identity ADD recorded, else the one
+    ``CNI_ARGS`` gives now (None if those are not valid: ADD refused them, so it
+    wrote nothing)."""
+    if rec is not None and rec.attrs.get("pod"):
+        ns, pod = rec.attrs.get("namespace") or "default", rec.attrs["pod"]
+    else:
+        try:
+            ident = pod_identity(args, cid)
+        except CniError:
+            return None
+        ns, pod = ident.namespace, ident.pod
+    return endpoint_key(conf.etcd_root, rec.node if rec else conf.node_name, ns, pod)
+
+
 def teardown(conf: NetConf, ds: Datastore, cid: str, rec: WorkloadRecord | None,
-             blog) -> None:
+             blog, args: Mapping[str, str] | None = None) -> None:
     """Everything DEL removes, in DEL's order; missing pieces are fine."""
     from bgpd.cni.netns import Kernel
 
@@ -505,9 +549,13 @@ def teardown(conf: NetConf, ds: Datastore, cid: str, rec: WorkloadRecord | None,
             removed_veth = k.delete_link(host, index=link.index)
     released = ds.call(f"releasing the address of {handle}",
                        lambda ipam: ipam.release_handle(handle))
+    wep_key = _endpoint_key_of(conf, cid, rec, args or {})
+    removed_wep = wep_key is not None and ds.call(
+        f"removing the WorkloadEndpoint {wep_key}",
+        lambda ipam: remove_endpoint(ipam.store, wep_key, cid))
     removed_rec = _state(lambda: remove_record(conf.state_dir, cid))
     blog.info("cni_deleted", host_ifname=host, veth=removed_veth, route=removed_route,
-              released=released, record=removed_rec)
+              released=released, endpoint=removed_wep, record=removed_rec)
 
 
 def cmd_del(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
@@ -525,7 +573,7 @@ def cmd_del(env: CniEnv, conf: NetConf, ds: Datastore) -> None:
             # an attachment we never made; the handle belongs to the one we did.
             blog.info("cni_del_other_ifname", attached=rec.ifname)
             return
-        teardown(conf, ds, cid, rec, blog)
+        teardown(conf, ds, cid, rec, blog, env.args)
 
 
 def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore,
@@ -553,9 +601,30 @@ def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore,
     held = ds.call(f"reading {rec.handle}", lambda ipam: ipam.handle_ips(rec.handle))
     if rec.ip not in held:
         problems.append(f"IPAM does not hold {rec.ip} for {rec.handle}")
+    if rec.endpoint_revision:
+        # Read only: the labels may have been changed with `workload label` since ADD
+        # and are not ours to reset (records from before issue 14 have no endpoint).
+        problems += _endpoint_problems(conf, ds, cid, rec)
     if problems:
         raise CniError(Code.CHECK_FAILED, f"container {cid}: {len(problems)} problem(s)",
                        "; ".join(problems))
+
+
+def _endpoint_problems(conf: NetConf, ds: Datastore, cid: str,
+                       rec: WorkloadRecord) -> list[str]:
+    key = _endpoint_key_of(conf, cid, rec, {})
+    doc = ds.call(f"reading the WorkloadEndpoint {key}",
+                  lambda ipam: read_endpoint(ipam.store, key))
+    if doc is None:
+        return [f"WorkloadEndpoint {key} is missing"]
+    spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+    problems = []
+    if spec.get("containerID") != cid:
+        problems.append(f"WorkloadEndpoint {key} names container "
+                        f"{spec.get('containerID')!r}, not {cid}")
+    if rec.ip not in (spec.get("ips") or []):
+        problems.append(f"WorkloadEndpoint {key} does not list {rec.ip}")
+    return problems
 
 
 def cmd_status(conf: NetConf, ds: Datastore) -> None:

@@ -38,6 +38,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.policy_layout import (
+    DEFAULT_ETCD_PREFIX,
+    DEFAULT_NAMESPACE,
+    PROTOCOLS,
+    dns_label_problem,
+    dns_subdomain_problem,
+    label_key_problem,
+    label_value_problem,
+    port_name_problem,
+    port_number_problem,
+)
+
 # ----------------------------------------------------------------- versions
 
 # 0.3.0/0.3.1 and 0.4.0 share the "ips[].version" result shape; 1.x dropped it.
@@ -247,6 +259,24 @@ class NetConf:
     valid_attachments: tuple[tuple[str, str], ...] | None = None
     # Addresses the runtime asks for (runtimeConfig.ips, args.cni.ips), without prefix.
     requested_ips: tuple[str, ...] = ()
+    # The root of every noderouter key (the daemon's etcd.prefix): the pod's
+    # WorkloadEndpoint goes under <etcd_prefix>/policy/v1/ (``etcd_root``).
+    etcd_prefix: str | None = None
+    # The pod's labels and named ports for network policy (args.cni.labels / .ports).
+    labels: tuple[tuple[str, str], ...] = ()
+    named_ports: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def etcd_root(self) -> str:
+        """Where the policy records live: ``etcd_prefix``; without it, what precedes
+        ``/ipam/v1/`` in ``ipam_prefix`` (the daemon puts IPAM at
+        ``<etcd.prefix>/ipam/v1/``, so a conf written for one daemon keeps both under
+        one root); else ``/noderouter``, the daemon's default."""
+        if self.etcd_prefix:
+            return self.etcd_prefix.rstrip("/") or "/"
+        if self.ipam_prefix and self.ipam_prefix.rstrip("/").endswith("/ipam/v1"):
+            return self.ipam_prefix.rstrip("/")[: -len("/ipam/v1")] or "/"
+        return DEFAULT_ETCD_PREFIX
 
 
 # Keys a runtime (or a chain) may put into any plugin's config; we accept and ignore them.
@@ -255,7 +285,8 @@ _RUNTIME_KEYS = {"cniVersion", "cniVersions", "name", "type", "args", "capabilit
                  "cni.dev/valid-attachments", "cni.dev/attachments"}
 _OUR_KEYS = {"etcd_endpoints", "etcd_ca", "etcd_cert", "etcd_key", "etcd_timeout",
              "node_name", "mtu", "route_protocol", "state_dir", "workload_prefix",
-             "ipam_prefix", "ipam_pool", "log_file", "log_level", "daemon_socket"}
+             "ipam_prefix", "ipam_pool", "log_file", "log_level", "daemon_socket",
+             "etcd_prefix"}
 
 
 def decode_json(raw: bytes | str, what: str = "network configuration") -> Any:
@@ -363,6 +394,91 @@ def _conf_requested_ips(doc: Mapping[str, Any]) -> tuple[str, ...]:
     if isinstance(args, dict) and isinstance(args.get("cni"), dict) \
             and args["cni"].get("ips") is not None:
         out += _address_list(args["cni"]["ips"], "args.cni.ips")
+    return tuple(out)
+
+
+def _cni_args_list(doc: Mapping[str, Any], key: str) -> list | None:
+    """``args.cni.<key>`` (CNI conventions.md), None when absent; a list or code 7."""
+    args = doc.get("args")
+    if not isinstance(args, dict) or not isinstance(args.get("cni"), dict):
+        return None
+    value = args["cni"].get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise CniError(Code.INVALID_CONFIG, f"args.cni.{key} must be a list",
+                       f"got {json.dumps(value)}")
+    return value
+
+
+def _fields(item: Any, where: str, required: tuple[str, ...],
+            optional: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    if not isinstance(item, dict):
+        raise CniError(Code.INVALID_CONFIG, f"{where} must be an object",
+                       f"got {json.dumps(item)}")
+    unknown = sorted(set(item) - set(required) - set(optional))
+    if unknown:
+        raise CniError(Code.INVALID_CONFIG, f"{where}: unknown field {unknown[0]!r}",
+                       f"allowed: {', '.join(required + optional)}")
+    missing = [k for k in required if k not in item]
+    if missing:
+        raise CniError(Code.INVALID_CONFIG, f"{where}.{missing[0]}: required",
+                       f"got {json.dumps(item)}")
+    return item
+
+
+def conf_labels(doc: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The pod's labels from ``args.cni.labels`` (CNI conventions.md:
+    ``[{"key": "app", "value": "web"}]``), checked as Kubernetes checks pod labels.
+    Any problem is code 7 naming the item: nothing is allocated for a bad request."""
+    raw = _cni_args_list(doc, "labels")
+    out: dict[str, str] = {}
+    for i, item in enumerate(raw or []):
+        where = f"args.cni.labels[{i}]"
+        m = _fields(item, where, ("key", "value"))
+        problem = label_key_problem(m["key"])
+        if problem:
+            raise CniError(Code.INVALID_CONFIG, f"{where}.key: {problem}")
+        problem = label_value_problem(m["value"])
+        if problem:
+            raise CniError(Code.INVALID_CONFIG, f"{where}.value: {problem}")
+        if m["key"] in out:
+            raise CniError(Code.INVALID_CONFIG, f"{where}.key: label {m['key']!r} given twice",
+                           "a pod has one value per label key")
+        out[m["key"]] = m["value"]
+    return tuple(sorted(out.items()))
+
+
+def conf_named_ports(doc: Mapping[str, Any]) -> tuple[tuple[str, str, int], ...]:
+    """The pod's named ports from ``args.cni.ports``: a Kubernetes containerPort each,
+    ``{"name": "http", "containerPort": 8080, "protocol": "TCP"}`` (``port`` is
+    accepted for ``containerPort``, as the WorkloadEndpoint and the CLI spell it;
+    protocol defaults to TCP). Names are unique per pod, as Kubernetes requires.
+    Returns (name, protocol, port) tuples; any problem is code 7 naming the item."""
+    raw = _cni_args_list(doc, "ports")
+    out: list[tuple[str, str, int]] = []
+    for i, item in enumerate(raw or []):
+        where = f"args.cni.ports[{i}]"
+        m = _fields(item, where, ("name",), ("containerPort", "port", "protocol"))
+        problem = port_name_problem(m["name"])
+        if problem:
+            raise CniError(Code.INVALID_CONFIG, f"{where}.name: {problem}")
+        if ("containerPort" in m) == ("port" in m):
+            raise CniError(Code.INVALID_CONFIG, f"{where}.containerPort: give the port "
+                           "number once (containerPort, or its alias port)",
+                           f"got {json.dumps(m)}")
+        field_name = "containerPort" if "containerPort" in m else "port"
+        problem = port_number_problem(m[field_name])
+        if problem:
+            raise CniError(Code.INVALID_CONFIG, f"{where}.{field_name}: {problem}")
+        proto = m.get("protocol", "TCP")
+        if proto not in PROTOCOLS:
+            raise CniError(Code.INVALID_CONFIG, f"{where}.protocol: {proto!r} is not one of "
+                           f"{', '.join(PROTOCOLS)}")
+        if any(name == m["name"] for name, _, _ in out):
+            raise CniError(Code.INVALID_CONFIG, f"{where}.name: port name {m['name']!r} "
+                           "given twice", "port names are unique per pod")
+        out.append((m["name"], proto, m[field_name]))
     return tuple(out)
 
 
@@ -477,7 +593,18 @@ def parse_conf(raw: bytes | str, command: str = "ADD",
         ipam_prefix=_str(doc, "ipam_prefix"), ipam_pool=pool,
         log_file=_str(doc, "log_file"), log_level=level,
         prev_result=prev, valid_attachments=_attachments(doc),
-        requested_ips=_conf_requested_ips(doc) if command == "ADD" else ())
+        requested_ips=_conf_requested_ips(doc) if command == "ADD" else (),
+        etcd_prefix=_etcd_prefix(doc),
+        labels=conf_labels(doc) if command == "ADD" else (),
+        named_ports=conf_named_ports(doc) if command == "ADD" else ())
+
+
+def _etcd_prefix(doc: Mapping[str, Any]) -> str | None:
+    prefix = _str(doc, "etcd_prefix")
+    if prefix is not None and not prefix.startswith("/"):
+        raise CniError(Code.INVALID_CONFIG, f"etcd_prefix {prefix!r} must start with '/'",
+                       "the daemon's etcd.prefix, e.g. /noderouter")
+    return prefix
 
 
 def unknown_keys(raw: bytes | str) -> list[str]:
@@ -527,6 +654,40 @@ def k8s_attrs(args: Mapping[str, str]) -> dict[str, str]:
     if args.get("K8S_POD_NAME"):
         out["pod"] = args["K8S_POD_NAME"]
     return out
+
+
+@dataclass(frozen=True)
+class PodIdentity:
+    """Who the pod is for network policy: its namespace and name, the key of its
+    WorkloadEndpoint (``<prefix>/policy/v1/workloadendpoints/<node>/<ns>/<pod>``)."""
+
+    namespace: str
+    pod: str
+
+
+def pod_identity(args: Mapping[str, str], container_id: str) -> PodIdentity:
+    """From ``CNI_ARGS`` as kubelet sends them (``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``).
+    Without a namespace the pod lives in ``default`` (issue 14). Without a name the
+    container id stands for it, as the node always named such workloads (runtimes use
+    lowercase hex ids); an id that is no valid pod name (capitals, ``_``, over 253
+    characters) becomes ``cid-<sha1 of the id, 20 hex>``: stable, so DEL finds the same
+    record, and never lowercased, which could make two containers one pod. A
+    namespace or name that Kubernetes would refuse is code 4 naming the CNI_ARGS key
+    (checked before anything is touched)."""
+    namespace = args.get("K8S_POD_NAMESPACE") or DEFAULT_NAMESPACE
+    problem = dns_label_problem(namespace)
+    if problem:
+        raise CniError(Code.INVALID_ENV, f"CNI_ARGS K8S_POD_NAMESPACE: {problem}")
+    pod = args.get("K8S_POD_NAME")
+    if pod:
+        problem = dns_subdomain_problem(pod)
+        if problem:
+            raise CniError(Code.INVALID_ENV, f"CNI_ARGS K8S_POD_NAME: {problem}")
+        return PodIdentity(namespace, pod)
+    pod = container_id
+    if dns_subdomain_problem(pod):
+        pod = "cid-" + hashlib.sha1(container_id.encode("utf-8")).hexdigest()[:20]
+    return PodIdentity(namespace, pod)
 
 
 # ----------------------------------------------------------------- results

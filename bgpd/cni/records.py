@@ -29,7 +29,11 @@ Record format (JSON object, ``version`` 1)::
     {"version": 1, "container_id": "...", "ifname": "eth0", "netns": "/run/netns/x",
      "host_ifname": "nrw0123456789a", "ip": "198.19.0.5", "handle": "k8s-pod-network.<id>",
      "mtu": 1450, "route_protocol": 73, "node": "node-a", "network": "k8s-pod-network",
-     "attrs": {"namespace": "...", "pod": "...", "node": "...", "ifname": "eth0"}}
+     "attrs": {"namespace": "...", "pod": "...", "node": "...", "ifname": "eth0"},
+     "endpoint_revision": 1234}
+
+``attrs`` ``namespace``/``pod`` are the pod's identity (``protocol.pod_identity``), the
+key of its WorkloadEndpoint in etcd, which the node joins the record with.
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ class WorkloadRecord:
     node: str
     network: str = ""
     attrs: Mapping[str, str] = field(default_factory=dict)
+    # The etcd revision at which ADD wrote the pod's WorkloadEndpoint (its labels):
+    # the node programs the pod's policy only once its watch has seen that revision,
+    # so a pod is never enforced without its labels (issue 14). 0 = none written.
+    endpoint_revision: int = 0
     version: int = RECORD_VERSION
 
     def to_json(self) -> str:

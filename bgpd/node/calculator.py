@@ -17,6 +17,7 @@ What it decides (the managers then decide *how*):
 - network policy inputs (``policy_inputs``): this node's workloads joined with their
   WorkloadEndpoint records from etcd by (namespace, pod) -- a workload without a
   record lives in namespace ``default`` (or the one the CNI was told) with no labels;
+  one whose record the watch has not caught up with waits, unprogrammed;
   other nodes' pods from their IPAM allocations joined with their records.
 - mesh peers from the node registry; which pools give the tunnel devices their
   addresses (``tunnel_pools``).
@@ -76,6 +77,7 @@ class Workload:
     host_ifname: str
     namespace: str = "default"      # the pod's identity the CNI was given (K8S_POD_*)
     pod: str = ""                   # "" = unknown: the container id stands for it
+    endpoint_revision: int = 0      # etcd revision of the WorkloadEndpoint the CNI wrote
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class PolicyView:
     namespaces: tuple[policy_model.Namespace, ...] = ()
     endpoints: tuple[policy_model.WorkloadEndpoint, ...] = ()
     pod_addresses: tuple[PodAddress, ...] = ()
+    endpoints_revision: int = 0     # how far the endpoints' watch got (etcd revision)
 
 
 @dataclass(frozen=True)
@@ -138,12 +141,19 @@ class Desired:
 def policy_endpoints(node: str, workloads: tuple[Workload, ...],
                      records: tuple[policy_model.WorkloadEndpoint, ...],
                      pod_addresses: tuple[PodAddress, ...] = (),
+                     endpoints_revision: int | None = None,
                      ) -> tuple[policy_model.WorkloadEndpoint, ...]:
     """This node's workloads as policy endpoints, then the other nodes' pods.
 
-    A local workload takes labels and named ports from the record of its (namespace,
-    pod) on this node; its interface and address always come from the CNI record (the
-    kernel's truth). Records of this node with no workload are stale and left out:
+    One source of truth per fact: a local pod exists, with its interface and address,
+    because the CNI's workload record says so (the kernel's truth, also what routes
+    it); who it is -- labels, named ports -- is its WorkloadEndpoint in etcd, keyed by
+    the (namespace, pod) in that record, written by CNI ADD (``args.cni.labels`` and
+    ``.ports``) and changed by ``noderouter workload label``. A workload whose record
+    names a WorkloadEndpoint revision the watch has not reached yet
+    (``endpoints_revision``, None = do not wait) is left out: its interface stays
+    unprogrammed, so it passes nothing (fail closed) rather than run for a moment
+    without the labels a policy selects it by. Records of this node with no workload are stale and left out:
     their pod is gone. Another node's pod is known from its IPAM allocation (node,
     namespace, pod, address) and/or its record (labels, named ports, maybe IPs): one
     endpoint per (node, namespace, pod) with the addresses of both. Without a record it
@@ -151,6 +161,8 @@ def policy_endpoints(node: str, workloads: tuple[Workload, ...],
     mine = {(r.namespace, r.pod): r for r in records if r.node == node}
     out = []
     for w in sorted(workloads, key=lambda w: w.host_ifname):
+        if endpoints_revision is not None and w.endpoint_revision > endpoints_revision:
+            continue
         pod = w.pod or w.name
         rec = mine.get((w.namespace, pod))
         out.append(policy_model.WorkloadEndpoint(
@@ -180,7 +192,7 @@ def policy_inputs(inp: Inputs) -> PolicyInputsUpdate | None:
         policies=tuple(sorted(inp.policy.policies, key=key)),
         namespaces=tuple(sorted(inp.policy.namespaces, key=lambda n: n.name)),
         endpoints=policy_endpoints(inp.own.name, inp.workloads, inp.policy.endpoints,
-                                   inp.policy.pod_addresses))
+                                   inp.policy.pod_addresses, inp.policy.endpoints_revision))
 
 
 def learned_context(inp: Inputs) -> LearnedContext:

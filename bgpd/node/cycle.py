@@ -194,7 +194,8 @@ class Cycle:
                          if a.attrs.get("pod"))    # tunnel addresses carry no pod
             policy = PolicyView(tuple(st.networkpolicies.values()),
                                 tuple(st.namespaces.values()),
-                                tuple(st.workloadendpoints.values()), pods)
+                                tuple(st.workloadendpoints.values()), pods,
+                                st.revisions["workloadendpoints"])
         return Inputs(own=self.node_info(), uplink=cfg.underlay.interface, pools=pools,
                       blocks=blocks, nodes=dict(st.nodes), workloads=self.workloads.workloads(),
                       borrowed=borrowed, mesh=cfg.bgp.mesh, policy=policy)

@@ -1,6 +1,8 @@
 """Network policy resources in etcd (issue 14): key layout, encoding, and the writes.
 
-Layout under the config's ``etcd.prefix`` (default ``/noderouter``)::
+Layout under the config's ``etcd.prefix`` (default ``/noderouter``; the layout itself
+lives in ``config.policy_layout``, shared with the CNI plugin, which writes a pod's
+WorkloadEndpoint on ADD and removes it on DEL)::
 
     <prefix>/policy/v1/networkpolicies/<namespace>/<name>       a NetworkPolicy
     <prefix>/policy/v1/namespaces/<name>                        a Namespace (its labels)
@@ -25,8 +27,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
+from config.policy_layout import (
+    ENDPOINT_API,
+    NAMESPACE_API,
+    POLICY_KINDS,
+    encode,
+    policy_root,
+)
+from config.policy_layout import PolicyKeys as _LayoutKeys
+from config.policy_layout import endpoint_document as _endpoint_document
 from felix_like.policy_model import (
     Namespace,
     NetworkPolicy,
@@ -37,35 +47,12 @@ from felix_like.policy_model import (
 )
 from ipam.store import Delete, Put, Store
 
-POLICY_KINDS = ("networkpolicies", "namespaces", "workloadendpoints")
-_SEGMENTS = {"networkpolicies": 2, "namespaces": 1, "workloadendpoints": 3}
-NAMESPACE_API = ("v1", "Namespace")
-ENDPOINT_API = ("noderouter.io/v1", "WorkloadEndpoint")
+__all__ = ["ENDPOINT_API", "NAMESPACE_API", "POLICY_KINDS", "PolicyKeys", "PolicyStore",
+           "decode", "encode", "endpoint_document", "namespace_document", "policy_root"]
 
 
-def policy_root(prefix: str) -> str:
-    return f"{prefix.rstrip('/')}/policy/v1/"
-
-
-@dataclass(frozen=True)
-class PolicyKeys:
-    """Key names under one etcd prefix (the config's ``etcd.prefix``)."""
-
-    prefix: str = "/noderouter"
-
-    def kind(self, kind: str) -> str:
-        if kind not in POLICY_KINDS:
-            raise ValueError(f"unknown policy kind {kind!r}; known: {POLICY_KINDS}")
-        return f"{policy_root(self.prefix)}{kind}/"
-
-    def policy(self, namespace: str, name: str) -> str:
-        return f"{self.kind('networkpolicies')}{namespace}/{name}"
-
-    def namespace(self, name: str) -> str:
-        return f"{self.kind('namespaces')}{name}"
-
-    def endpoint(self, node: str, namespace: str, pod: str) -> str:
-        return f"{self.kind('workloadendpoints')}{node}/{namespace}/{pod}"
+class PolicyKeys(_LayoutKeys):
+    """The shared key layout (``config.policy_layout``) plus placing a resource."""
 
     def key_of(self, resource: Resource) -> str:
         if isinstance(resource, NetworkPolicy):
@@ -76,11 +63,6 @@ class PolicyKeys:
             raise PolicyError([f"WorkloadEndpoint {resource.namespace}/{resource.pod}: "
                                "spec.node: required to store it (the key names the node)"])
         return self.endpoint(resource.node, resource.namespace, resource.pod)
-
-
-def encode(document: Mapping) -> bytes:
-    """The stored value: the document as given (plain JSON, keys sorted)."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
 def decode(key: str, value: bytes) -> Resource:
@@ -113,16 +95,10 @@ def namespace_document(name: str, labels: Mapping[str, str]) -> dict:
 
 
 def endpoint_document(ep: WorkloadEndpoint) -> dict:
-    spec: dict = {"node": ep.node, "ips": list(ep.ips)}
-    if ep.host_interface:
-        spec["interface"] = ep.host_interface
-    if ep.named_ports:
-        spec["ports"] = [{"name": p.name, "protocol": p.protocol, "port": p.port}
-                         for p in ep.named_ports]
-    return {"apiVersion": ENDPOINT_API[0], "kind": ENDPOINT_API[1],
-            "metadata": {"name": ep.pod, "namespace": ep.namespace,
-                         "labels": dict(ep.labels)},
-            "spec": spec}
+    return _endpoint_document(ep.namespace, ep.pod, ep.node, ep.labels, ep.ips,
+                              ep.host_interface,
+                              [(p.name, p.protocol, p.port) for p in ep.named_ports],
+                              ep.container_id)
 
 
 def _strip_lines(doc):

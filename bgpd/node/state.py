@@ -53,6 +53,10 @@ class NodeState:
         self.namespaces: dict = {}
         self.workloadendpoints: dict = {}
         self.synced = dict.fromkeys(ALL_KINDS, False)
+        # The etcd revision each kind's cache has reached (snapshot revision, then each
+        # event's): a pod's workload record names the revision of its WorkloadEndpoint,
+        # and its policy waits until ``revisions["workloadendpoints"]`` got there.
+        self.revisions = dict.fromkeys(ALL_KINDS, 0)
 
     @property
     def in_sync(self) -> bool:
@@ -67,16 +71,18 @@ class NodeState:
         ("event", kind, event), ("sync_error", kind, text); anything else is ignored."""
         kind = msg[0]
         if kind == "snapshot":
-            _, name, _rev, kvs = msg
+            _, name, rev, kvs = msg
             target = self._target(name)
             new = dict(filter(None, (self._parse(name, kv.key, kv.value) for kv in kvs)))
             target.clear()
             target.update(new)
             self.synced[name] = True
+            self.revisions[name] = max(self.revisions[name], int(rev or 0))
             return Applied(changed=True)
         if kind == "event":
             _, name, ev = msg
             self._patch(name, ev)
+            self.revisions[name] = max(self.revisions[name], int(ev.mod_revision or 0))
             return Applied(changed=True)
         if kind == "sync_error":
             _, name, err = msg

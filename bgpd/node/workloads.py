@@ -48,9 +48,12 @@ class WorkloadDir:
     def workloads(self) -> tuple[Workload, ...]:
         # The pod's identity comes from CNI_ARGS (K8S_POD_NAMESPACE / K8S_POD_NAME, in
         # ``attrs``); without it the pod is its container id in namespace default.
+        # Since issue 14 the CNI records the pod's identity (``pod_identity``) and the
+        # etcd revision of the WorkloadEndpoint it wrote for it.
         return tuple(Workload(r.container_id, r.ip, r.host_ifname,
                               namespace=r.attrs.get("namespace") or "default",
-                              pod=r.attrs.get("pod") or r.container_id)
+                              pod=r.attrs.get("pod") or r.container_id,
+                              endpoint_revision=r.endpoint_revision)
                      for r in self.records)
 
     def live_handles(self) -> set[str]:
