@@ -434,6 +434,10 @@ class Dataplane:
         """Every route source is complete: stale routes of ours may now be deleted."""
         self.routes.mark_in_sync()
 
+    def policy_stats(self):
+        """The policy manager's ``PolicyStats`` (None without network policy)."""
+        return self.policy.manager.stats() if self.policy is not None else None
+
     @property
     def policy_error(self) -> str:
         """The last policy apply's error ("" when it worked or there is no policy)."""

@@ -20,6 +20,11 @@ WorkloadEndpoint upserts; ``Removed`` deletes) and marks dirty;
   and when a drift check (every ``drift_check_interval``) finds the kernel's
   chains differ from ours (a hand-flushed or deleted chain, a deleted table).
 
+Metrics (``stats()``): packets and bytes denied per policy and direction, read from
+the drop rules' counters (``policy_counters``) every ``counter_read_interval`` and
+right before an apply that replaces rules; rules and sets in the table; the last
+apply's duration and the number of applies of each kind.
+
 nft applies a script whole or not at all, so a failed apply leaves the previous
 ruleset in place; the manager then forgets what it applied and replaces the whole
 table next time. ``now`` is a parameter: only the caller reads the clock.
@@ -30,13 +35,15 @@ from __future__ import annotations
 import errno
 import re
 import subprocess
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 import structlog
 
 from felix_like.errors import DataplaneError
 from felix_like.policy_calc import PolicyPlan, calculate, plan_allows
+from felix_like.policy_counters import DenyCounters, DenyKey, attribution, parse_drop_counters
 from felix_like.policy_model import Namespace, NetworkPolicy, Resource, WorkloadEndpoint
 from felix_like.policy_nft import (
     TABLE,
@@ -44,12 +51,28 @@ from felix_like.policy_nft import (
     render_full,
     render_structure,
     render_update,
+    ruleset_size,
 )
 
 log = structlog.get_logger("felix_like.policy")
 
 DEFAULT_RESYNC_INTERVAL = 180.0
 DEFAULT_DRIFT_CHECK_INTERVAL = 10.0
+# How often the drop counters are read (one `nft -j -t list table`): the freshness of
+# the denied-packets metrics. Also read right before any apply that replaces rules.
+DEFAULT_COUNTER_READ_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class PolicyStats:
+    """What the policy dataplane did, for the node's metrics (a copy: other threads
+    may read it)."""
+
+    denied: Mapping[DenyKey, tuple[int, int]] = field(default_factory=dict)  # packets, bytes
+    rules: int = 0                 # rules in our table now (0: no table)
+    sets: int = 0                  # named sets in our table now
+    last_apply_seconds: float = 0.0
+    applies: Mapping[str, int] = field(default_factory=dict)    # full | incremental
 
 
 class PolicyApplyError(DataplaneError, RuntimeError):
@@ -88,6 +111,13 @@ class NftCli:
         if res.returncode != 0:
             raise PolicyApplyError(f"nft refused the policy script for table inet {TABLE}: "
                                    f"{res.stderr.strip()}")
+
+    def list_table_json(self) -> str | None:
+        """The table as nft JSON without set elements (its rules' counters), or None
+        when there is no table."""
+        res = subprocess.run(self._argv("-j", "-t", "list", "table", "inet", TABLE),
+                             capture_output=True, text=True)
+        return res.stdout if res.returncode == 0 else None
 
     def list_table_terse(self) -> str | None:
         # -t leaves set elements out: cheap even with 100k elements (POLICY.md section 3).
@@ -185,7 +215,9 @@ class PolicyManager:
                  drift_check_interval: float = DEFAULT_DRIFT_CHECK_INTERVAL,
                  prefix: str = WORKLOAD_PREFIX,
                  nft: NftCli | None = None, conntrack: ConntrackCutter | None = None,
-                 cut_denied_flows: bool = True) -> None:
+                 cut_denied_flows: bool = True,
+                 counter_read_interval: float = DEFAULT_COUNTER_READ_INTERVAL,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
         self.node = node
         self.prefix = prefix
         self.resync_interval = resync_interval
@@ -207,6 +239,19 @@ class PolicyManager:
         self._next_resync = 0.0
         self._next_drift_check = 0.0
         self.last_action = ""
+        # Metrics: denied packets per policy (from the drop rules' counters), the
+        # table's size, how long the last nft apply took and how many of each kind ran.
+        self.counter_read_interval = counter_read_interval
+        self._next_counter_read = 0.0
+        self._timer = timer                 # durations only; ``now`` stays the caller's
+        self.deny = DenyCounters()
+        # The plan the kernel's table was last loaded from: it names the chains whose
+        # counters we read. Kept across queue_resync (which only forgets the plan to
+        # diff against) and failed applies (nft applied nothing of them).
+        self._in_kernel: PolicyPlan | None = None
+        self.rules = self.sets = 0
+        self.last_apply_seconds = 0.0
+        self.applies = {"full": 0, "incremental": 0}
 
     # --- recording (no I/O) ---------------------------------------------------------
     def on_update(self, msg: Resource | Removed) -> None:
@@ -233,6 +278,27 @@ class PolicyManager:
                          node=self.node)
 
     # --- kernel work ----------------------------------------------------------------
+    def read_counters(self) -> bool:
+        """Add what the drop rules counted since the last reading (one nft listing).
+        Only once we loaded the table (its chains name the policies; a table left by
+        an earlier run is replaced before it is read); False when nothing was read."""
+        if self._in_kernel is None:
+            return False
+        listing = self.nft.list_table_json()
+        if listing is None:
+            return False
+        try:
+            readings = parse_drop_counters(listing)
+        except ValueError as exc:
+            log.warning("policy_counters_unreadable", error=str(exc))
+            return False
+        self.deny.absorb(readings, attribution(self._in_kernel))
+        return True
+
+    def stats(self) -> PolicyStats:
+        return PolicyStats(dict(self.deny.totals), self.rules, self.sets,
+                           self.last_apply_seconds, dict(self.applies))
+
     def _drifted(self, plan: PolicyPlan) -> bool:
         listing = self.nft.list_table_terse()
         if listing is None:
@@ -243,6 +309,10 @@ class PolicyManager:
         """Apply what changed; returns 'full' / 'incremental' / None (nothing to do)."""
         full = self._applied is None or now >= self._next_resync
         drifted = False
+        read = False
+        if now >= self._next_counter_read:
+            self._next_counter_read = now + self.counter_read_interval
+            read = self.read_counters()
         if not full and now >= self._next_drift_check:
             self._next_drift_check = now + self.drift_check_interval
             if self._drifted(self._applied):
@@ -258,14 +328,23 @@ class PolicyManager:
             script, action = render_full(plan, self.prefix), "full"
         else:
             script, action = render_update(self._applied, plan), "incremental"
+        if not read and (full or "flush chain" in script or "delete chain" in script):
+            # Those rules' counters are about to go: take what they counted first.
+            self.read_counters()
         try:
             if script:
+                t0 = self._timer()
                 self.nft.apply(script)
+                self.last_apply_seconds = self._timer() - t0
+                self.applies[action] += 1
         except PolicyApplyError:
             self._applied = None          # replace the whole table next time
             log.error("policy_apply_failed", action=action)
             raise
-        self._applied = plan
+        if full:
+            self.deny.forget_rules()      # a new table: every rule counts from zero
+        self._applied = self._in_kernel = plan
+        self.rules, self.sets = ruleset_size(plan, self.prefix)
         self._dirty = False
         # A drifted kernel (a hand-flushed chain, a deleted table) may have admitted
         # flows our plan denies, even when the plan itself did not change: cut then too.
@@ -289,6 +368,9 @@ class PolicyManager:
 
     def remove(self) -> None:
         """Delete our table (and only it); idempotent."""
+        self.read_counters()              # what it dropped until now still counts
         self.nft.apply(f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n")
-        self._applied = None
+        self.deny.forget_rules()
+        self._applied = self._in_kernel = None
+        self.rules = self.sets = 0
         self._dirty = True

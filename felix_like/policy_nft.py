@@ -17,6 +17,9 @@ Layout (Felix's, in nftables form; shared/POLICY.md section 2)::
                   RETURNS (Calico's RETURN-on-allow), so a same-node packet runs the
                   sender's egress chain and then the receiver's ingress chain; Deny drops.
 
+Every drop rule has a counter (Deny rules, the end-of-tier drops, the fail-closed
+dispatch drops): ``policy_counters`` reads them as denied packets per policy.
+
 Every address set exists in both families (``<name>-4``/``<name>-6``) and every
 rule that uses one is rendered once per family, so set contents can change by
 element updates alone (``render_update``) without touching a chain.
@@ -75,8 +78,9 @@ def _set_decl(name: str, type_: str, elements: list[str], interval: bool) -> str
 
 
 def _rule_lines(m: RuleMatch) -> list[str]:
+    # Deny rules count what they drop: the per-policy denied metrics (policy_counters).
     verdict = (f"meta mark set meta mark | {ACCEPT_MARK:#x} return" if m.action == ALLOW
-               else "drop")
+               else "counter drop")
     port = ""
     if m.protocol:
         port = f"meta l4proto {m.protocol}"
@@ -278,3 +282,24 @@ def render_update(old: PolicyPlan, new: PolicyPlan) -> str:
     out.extend(f"delete chain {t} {name}\n" for name in removed)
     out.extend(f"delete set {t} {name}\n" for name in old_sets if name not in new_sets)
     return "".join(out)
+
+
+def ruleset_size(plan: PolicyPlan, prefix: str = WORKLOAD_PREFIX) -> tuple[int, int]:
+    """(rules, sets) the table of ``plan`` holds: every rule of every chain, base chains
+    included, and every named set (both families; the two dispatch maps not counted).
+    Equal to counting ``render_structure``'s rules, without rendering the sets."""
+    base = _base_rules(prefix)
+    return (base + sum(len(rules) for _, rules in chains(plan).values()),
+            len(set_types(plan)))
+
+
+_BASE_RULES: dict[str, int] = {}
+
+
+def _base_rules(prefix: str) -> int:
+    if prefix not in _BASE_RULES:
+        empty = PolicyPlan((), (), (), ())
+        _BASE_RULES[prefix] = sum(
+            1 for line in render_structure(empty, prefix).splitlines()
+            if line.startswith("    ") and not line.strip().startswith(("type filter hook", "#")))
+    return _BASE_RULES[prefix]

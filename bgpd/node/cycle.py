@@ -318,6 +318,9 @@ class Cycle:
             m.ipam_blocks.set(len(self.desired.own_blocks))
         own = [b for b in self.state.blocks.values() if b.affinity == self.cfg.node.name]
         m.ipam_addresses.set(sum(len(b.allocations) for b in own))
+        policy_stats = self.dataplane.policy_stats()
+        if policy_stats is not None:
+            m.export_policy_stats(policy_stats)
         m.export_exabgp_starts(self.speaker.starts)
         m.export_peer_counters(self.speaker.peer_counters())
         ready, _ = h.ready()

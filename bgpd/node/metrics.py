@@ -56,6 +56,28 @@ class Metrics:
         self.loop_iterations = Counter("noderouter_loop_iterations_total",
                                        "Main loop iterations", registry=r)
 
+        # Network policy (issue 14): denied traffic per policy and direction, read from
+        # the counters of our nftables drop rules (felix_like.policy_counters). Policy
+        # "<end-of-tier>": a policy selected the pod and none allowed the packet
+        # (labelled with the pod's namespace); "<not-programmed>": the fail-closed drop
+        # of a workload interface the node has not programmed yet.
+        deny_labels = ["namespace", "policy", "direction"]
+        self.policy_denied_packets = Counter(
+            "noderouter_policy_denied_packets_total",
+            "Packets dropped by network policy", deny_labels, registry=r)
+        self.policy_denied_bytes = Counter(
+            "noderouter_policy_denied_bytes_total",
+            "Bytes dropped by network policy", deny_labels, registry=r)
+        self.policy_rules = Gauge("noderouter_policy_rules",
+                                  "Rules in the node's nftables policy table", registry=r)
+        self.policy_sets = Gauge("noderouter_policy_sets",
+                                 "Named sets in the node's nftables policy table", registry=r)
+        self.policy_last_apply_seconds = Gauge(
+            "noderouter_policy_last_apply_seconds",
+            "Duration of the last nft apply of the policy table", registry=r)
+        self.policy_applies = Counter("noderouter_policy_applies_total",
+                                      "nft applies of the policy table", ["kind"], registry=r)
+
         # What the counters above last exported per label set: the speaker keeps the
         # monotonic totals (bgpd.bgp.peers.PeerCounters); we add only the difference.
         self._exported: dict[tuple, int] = {}
@@ -75,6 +97,19 @@ class Metrics:
             self._advance(self.prefixes_received, (peer,), c.received)
             for reason, n in c.rejected.items():
                 self._advance(self.prefixes_rejected, (peer, reason), n)
+
+    def export_policy_stats(self, stats) -> None:
+        """The policy dataplane's ``felix_like.policy.PolicyStats`` (monotonic totals
+        kept by the policy manager; we add only the difference)."""
+        for key, (packets, nbytes) in stats.denied.items():
+            labels = (key.namespace, key.policy, key.direction)
+            self._advance(self.policy_denied_packets, labels, packets)
+            self._advance(self.policy_denied_bytes, labels, nbytes)
+        for kind, count in stats.applies.items():
+            self._advance(self.policy_applies, (kind,), count)
+        self.policy_rules.set(stats.rules)
+        self.policy_sets.set(stats.sets)
+        self.policy_last_apply_seconds.set(stats.last_apply_seconds)
 
     def export_exabgp_starts(self, starts: int) -> None:
         """ExaBGP restarts after a crash: every start after the first."""

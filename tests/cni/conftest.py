@@ -53,9 +53,13 @@ class CniBench:
     extra_conf: dict = field(default_factory=dict)
 
     def conf(self, **over: Any) -> dict:
+        # daemon_socket null: the direct path unless a test names its server. The
+        # default socket (/run/noderouter/cni.sock) is in the shared mount namespace,
+        # where any daemon a concurrent run starts would answer -- for its own etcd.
         c = {"cniVersion": self.version, "name": "k8s-pod-network", "type": "noderouter-cni",
              "etcd_endpoints": [self.etcd.endpoint], "node_name": "node-a",
-             "state_dir": self.state_dir, "etcd_timeout": 2.0, **self.extra_conf}
+             "state_dir": self.state_dir, "etcd_timeout": 2.0, "daemon_socket": None,
+             **self.extra_conf}
         c.update(over)
         return c
 

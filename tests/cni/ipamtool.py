@@ -6,6 +6,8 @@ listens): the test process itself lives in the root namespace and cannot reach i
     python -m tests.cni.ipamtool ENDPOINT handle-ips HANDLE
     python -m tests.cni.ipamtool ENDPOINT handles
     python -m tests.cni.ipamtool ENDPOINT release-handle HANDLE
+    python -m tests.cni.ipamtool ENDPOINT get-prefix PREFIX     {key: JSON value}
+    python -m tests.cni.ipamtool ENDPOINT put KEY JSON
 
 Prints one JSON document.
 """
@@ -40,6 +42,13 @@ def main(argv: list[str]) -> int:
     elif op == "release-handle":
         # cooldown=0 above: the address is free for the next allocation at once.
         out = ipam.release_handle(rest[0])
+    elif op == "get-prefix":
+        _, kvs = ipam.store.range(rest[0])
+        out = {kv.key: json.loads(kv.value) for kv in kvs}
+    elif op == "put":
+        from ipam.store import Put
+
+        out = ipam.store.txn([], [Put(rest[0], rest[1].encode())]).revision
     elif op == "handles":
         out = {h: sorted(rec.ips) for h, (rec, _mod) in ipam.dump().handles.items()}
     else:

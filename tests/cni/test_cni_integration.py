@@ -76,9 +76,15 @@ def lock_files(bench: CniBench) -> list[str]:
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
+def endpoints(bench: CniBench) -> dict:
+    """Every WorkloadEndpoint in etcd (key -> document), as the CNI wrote them."""
+    return bench.ipam("get-prefix", "/noderouter/policy/v1/workloadendpoints/")
+
+
 def assert_nothing_left(bench: CniBench, cid: str = "c1") -> None:
     """No veth, no route of ours, no record (temp files included), no lock file, no
-    address."""
+    address, no WorkloadEndpoint."""
+    assert endpoints(bench) == {}
     assert host_veth_name("nrw", cid) not in links(bench)
     assert not [link for link in links(bench) if link.startswith("nrw")]
     assert our_routes(bench) == []
@@ -366,7 +372,7 @@ def test_failure_mid_add_leaves_nothing(cni: CniBench):
     assert "cannot write workload record" in res.doc["msg"]
     undo = [json.loads(line) for line in res.stderr.splitlines()
             if "cni_add_failed_undoing" in line]
-    assert undo and undo[0]["steps"] == ["release", "veth"]
+    assert undo and undo[0]["steps"] == ["release", "veth", "endpoint"]
     assert_nothing_left(cni)
     assert len(json.loads(pod_sh(netns, "ip", "-j", "link", "show"))) == 1   # only lo
 
