@@ -431,12 +431,18 @@ class Lab:
                               input=json.dumps(conf or self.cni_conf(node)), env=env,
                               capture_output=True, text=True, timeout=60)
 
-    def add_pod(self, node: str, pod: str) -> dict:
-        """A pod namespace on ``node`` wired by the CNI plugin; returns the pod's facts."""
+    def add_pod(self, node: str, pod: str, labels: dict[str, str] | None = None) -> dict:
+        """A pod namespace on ``node`` wired by the CNI plugin; returns the pod's facts.
+        ``labels`` go to the plugin as the network config's ``args.cni.labels`` (CNI
+        conventions), which ADD writes into the pod's WorkloadEndpoint (issue 14)."""
         short = node.removeprefix("node-")
         ns = self.netns_set.add(self.ns(f"p{short}-{pod}"))
         cid = f"{self.prefix}{short}{pod}".ljust(16, "0")
-        res = self.cni(node, "ADD", cid, ns,
+        conf = self.cni_conf(node)
+        if labels:
+            conf["args"] = {"cni": {"labels": [{"key": k, "value": v}
+                                               for k, v in sorted(labels.items())]}}
+        res = self.cni(node, "ADD", cid, ns, conf=conf,
                        extra_env={"CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"})
         if res.returncode != 0:
             raise LabError(f"CNI ADD for pod {pod} on {node} failed: {res.stdout} {res.stderr}")
@@ -448,7 +454,8 @@ class Lab:
 
     def del_pod(self, node: str, pod: str) -> None:
         info = self.pods.pop(f"{node}/{pod}")
-        res = self.cni(node, "DEL", info["container_id"], info["netns"])
+        res = self.cni(node, "DEL", info["container_id"], info["netns"],
+                       extra_env={"CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"})
         if res.returncode != 0:
             raise LabError(f"CNI DEL for pod {pod} on {node} failed: {res.stdout} {res.stderr}")
         sh(["ip", "netns", "delete", info["netns"]])

@@ -4,6 +4,8 @@ the pod again. Real daemons, real CNI plugin, real etcd, BGP through the ToRs.""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lab.procs import wait_for
@@ -100,3 +102,44 @@ def test_deny_all_ingress_cuts_one_pod_off_and_delete_restores_it(lab, tmp_path)
     # With no policy left the node keeps no table at all.
     res = lab.exec(a, ["nft", "list", "table", "inet", "noderouter"], check=False)
     assert res.returncode != 0
+
+
+DENY_LOCKED_INGRESS = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-locked-ingress
+  namespace: default
+spec:
+  podSelector:
+    matchLabels: {role: locked}
+  policyTypes: [Ingress]
+"""
+
+
+def test_label_from_the_cni_conf_is_enforced_and_del_removes_the_endpoint(lab, tmp_path):
+    """A pod started with ``args.cni.labels`` (through the daemon's CNI fast path): its
+    WorkloadEndpoint carries the label, a policy selecting that label isolates the pod,
+    and DEL removes the endpoint from etcd."""
+    a, b = (n.name for n in lab.nodes)
+    locked = lab.add_pod(a, "locked", labels={"role": "locked"})
+    client = f"{b}/p1"
+    rows = json.loads(nr_ok(lab, b, "workload", "list", "--node", a, "-o", "json"))
+    mine = [r for r in rows if r["pod"] == "locked"]
+    assert [(r["namespace"], r["labels"], r["ips"]) for r in mine] == [
+        ("default", ["role=locked"], [locked["ip"]])], rows
+    wait_for(lambda: lab.ping(lab.pods[client]["netns"], locked["ip"], count=1, timeout=1),
+             30, what=f"{client} to reach the new pod before any policy")
+
+    f = tmp_path / "deny-locked.yaml"
+    f.write_text(DENY_LOCKED_INGRESS)
+    nr_ok(lab, b, "policy", "apply", "-f", str(f))
+    try:
+        wait_for(lambda: not lab.ping(lab.pods[client]["netns"], locked["ip"], count=1,
+                                      timeout=1), 20, what="the role=locked pod to be cut off")
+        assert reaches(lab, client, f"{a}/p1")          # pods without the label: open
+    finally:
+        nr_ok(lab, b, "policy", "delete", "deny-locked-ingress")
+    lab.del_pod(a, "locked")
+    rows = json.loads(nr_ok(lab, b, "workload", "list", "--node", a, "-o", "json"))
+    assert [r for r in rows if r["pod"] == "locked"] == []

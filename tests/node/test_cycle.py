@@ -526,6 +526,9 @@ class RecordingNft(NftCli):
     def list_table_terse(self):
         return None
 
+    def list_table_json(self):
+        return None          # never the real nft: this test's "kernel" is the recording
+
 
 class NoConntrack(ConntrackCutter):
     def __init__(self) -> None:
@@ -660,6 +663,43 @@ def test_label_change_new_pod_and_last_policy_deleted():
     n = len(nft.scripts)
     rig.cycle.run(5.0)
     assert len(nft.scripts) == n                      # removed once, not every cycle
+
+
+def test_a_pod_waits_unprogrammed_until_the_watch_has_its_endpoint():
+    """Issue 14: the CNI wrote p1's WorkloadEndpoint at etcd revision 7 before its
+    workload record. Until the node's watch reaches revision 7, p1 is left out of the
+    plan -- its interface falls to the fail-closed drop -- instead of running for a
+    moment without the label a policy selects it by."""
+    rig, nft, manager = policy_rig()
+    p1, p2 = rig.cycle.workloads.pods
+    rig.cycle.workloads.pods[0] = Workload(p1.name, p1.ip, p1.host_ifname, p1.namespace,
+                                           p1.pod, endpoint_revision=7)
+    sync_policy(rig, policies=[DENY_P1])               # snapshots at revision 1
+    rig.cycle.run(1.0)
+    assert [e.pod for e in rig.dp.policy.inputs.endpoints] == ["p2"]
+    assert "nrwaaaa1" not in {ep.interface for ep in manager.plan().endpoints}
+
+    ev = policy_kv(P1_RECORD)
+    rig.state.apply(("event", "workloadendpoints", WatchEvent("put", ev.key, ev.value, 7)))
+    rig.cycle.mark_dirty()
+    rig.cycle.run(2.0)
+    assert [(e.pod, e.labels) for e in rig.dp.policy.inputs.endpoints] == [
+        ("p1", (("role", "db"),)), ("p2", ())]
+    assert '"nrwaaaa1" : goto tw-nrwaaaa1' in nft.scripts[-1]
+
+
+def test_policy_table_metrics_are_exported_by_the_cycle():
+    from felix_like.policy_nft import ruleset_size
+
+    rig, nft, manager = policy_rig()
+    sync_policy(rig, policies=[DENY_P1], endpoints=[P1_RECORD])
+    rig.cycle.run(1.0)
+    value = rig.metrics.registry.get_sample_value
+    rules, sets = ruleset_size(manager.plan())
+    assert value("noderouter_policy_rules") == rules > 0
+    assert value("noderouter_policy_sets") == sets
+    assert value("noderouter_policy_applies_total", {"kind": "full"}) == 1
+    assert value("noderouter_policy_last_apply_seconds") > 0
 
 
 def test_a_failed_policy_apply_does_not_stop_the_routes():
