@@ -94,17 +94,15 @@ def workload_links(lab: Lab, node: str) -> list[str]:
     return [n for n in links(lab, node) if n.startswith(DEFAULT_WORKLOAD_PREFIX)]
 
 
-def routes_to_workloads(lab: Lab, node: str) -> list[str]:
-    """Routes of the node that lead to a workload: a pool /32 or a workload veth."""
+def routes_to_workloads(lab: Lab, node: str) -> list[dict]:
+    """Routes of the node that lead to a workload: a pool host route or a workload veth."""
     pool = ipaddress.ip_network(lab.pool_cidr)
-    out = []
-    for line in sh(["ip", "-4", "-o", "route", "show"], netns=lab.node(node).netns
-                   ).stdout.splitlines():
-        dst, _, rest = line.partition(" ")
-        host = "/" not in dst and ipaddress.ip_address(dst) in pool
-        if host or f" dev {DEFAULT_WORKLOAD_PREFIX}" in f" {rest}":
-            out.append(line)
-    return out
+    routes = json.loads(sh(["ip", "-j", "-4", "route", "show"], netns=lab.node(node).netns
+                           ).stdout)
+    return [r for r in routes
+            if r.get("dev", "").startswith(DEFAULT_WORKLOAD_PREFIX)
+            or (r["dst"] != "default" and ipaddress.ip_network(r["dst"]).prefixlen == 32
+                and ipaddress.ip_network(r["dst"]).subnet_of(pool))]
 
 
 def cni_records(lab: Lab, node: str) -> list[str]:
