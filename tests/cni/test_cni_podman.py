@@ -37,13 +37,8 @@ def podman(cni: CniBench, tmp_path):
         runtime.stop()
 
 
-def container(podman: Podman, *argv: str, script: str,
-              check: bool = True):
-    return podman.run(*argv, script=script, check=check)
-
-
 def test_podman_run_with_ip_through_libcni(cni: CniBench, podman):
-    res = container(podman, "--ip", WANT, script="ip -4 addr show eth0; ip -4 route; "
+    res = podman.run("--ip", WANT, script="ip -4 addr show eth0; ip -4 route; "
                     f"ping -c1 -W5 {NODE_ADDR} >/dev/null && echo reached")
     assert f"inet {WANT}/32" in res.stdout, res.stdout + res.stderr
     assert "default via 169.254.1.1 dev eth0" in res.stdout
@@ -57,11 +52,11 @@ def test_podman_run_with_ip_through_libcni(cni: CniBench, podman):
 
 
 def test_podman_run_without_ip_allocates_and_refuses_an_address_in_no_pool(cni: CniBench, podman):
-    res = container(podman, script="ip -4 -o addr show eth0")
+    res = podman.run(script="ip -4 -o addr show eth0")
     assert " inet 198.19." in res.stdout and "/32 " in res.stdout, res.stdout + res.stderr
     assert_nothing_left(cni)
     # An address in no pool: podman fails and shows the plugin's error, no container runs.
-    bad = container(podman, "--ip", "198.18.200.1", script="echo ran", check=False)
+    bad = podman.run("--ip", "198.18.200.1", script="echo ran", check=False)
     assert bad.returncode != 0 and "ran" not in bad.stdout
     assert "requested address 198.18.200.1 is in no IP pool" in bad.stderr, bad.stderr
     assert_nothing_left(cni)

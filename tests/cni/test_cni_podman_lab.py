@@ -32,6 +32,7 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLE = os.path.join(REPO, "packaging", "deb", "10-noderouter.conflist.example")
 A, B = "node-a1", "node-b1"
+DAEMON_LOG = ("noderouter.log",)
 
 
 def conflist(lab: Lab, node: str) -> dict:
@@ -110,6 +111,26 @@ def cni_records(lab: Lab, node: str) -> list[str]:
     found = []
     for root, _dirs, files in os.walk(lab.cni_state_dir(node)):
         found += [os.path.join(root, f) for f in files]
+    return found
+
+
+def cni_events(lab: Lab, node: str, event: str, cid: str | None,
+               logs: tuple[str, ...] = ("noderouter.log", "cni.log")) -> list[dict]:
+    """``event`` for container ``cid`` (None: any) from the daemon's log (fast
+    path) and the plugin's own (direct path)."""
+    found = []
+    for log in logs:
+        path = os.path.join(lab.node_dir(node), log)
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            for line in f:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if doc.get("event") == event and cid in (None, doc.get("container")):
+                    found.append(doc)
     return found
 
 
@@ -209,6 +230,14 @@ def test_podman_rm_releases_the_address_route_and_veth(lab: Lab, podman):
     # libcni's DEL carried the ADD's result as prevResult (the cached result).
     (delete,) = podman[A].requests_of("DEL", cid)
     assert [i["address"] for i in delete["prevResult"]["ips"]] == [f"{ip}/32"]
+    # Our DEL removed each piece itself (podman deletes the netns after DEL, which
+    # would take the veth and its route along anyway: the event tells them apart).
+    # The daemon served both (its fast path): podman's netns mount exists only in
+    # podman's mount namespace, so the plugin handed it the netns (SCM_RIGHTS).
+    assert [e["ip"] for e in cni_events(lab, A, "cni_added", cid, DAEMON_LOG)] == [ip]
+    (deleted,) = cni_events(lab, A, "cni_deleted", cid, DAEMON_LOG)
+    assert (deleted["route"], deleted["veth"], deleted["released"], deleted["record"]) == (
+        True, True, [ip], True), deleted
     assert ipam_tool(lab, "handle-ips", handle) == []
     assert handle not in ipam_tool(lab, "handles")
     assert sh(["ip", "-4", "-o", "route", "show", f"{ip}/32"], netns=node_ns).stdout == ""
@@ -240,6 +269,10 @@ def test_a_hundred_containers_leave_the_pool_and_the_node_clean(lab: Lab, podman
     print(f"\n{n} containers: started in {started:.1f} s, all removed after {elapsed:.1f} s")
 
     assert podman[A]("ps", "-aq").stdout.strip() == ""
+    # Each DEL removed its route and veth and released its address itself.
+    deleted = {e["container"]: e for e in cni_events(lab, A, "cni_deleted", None)}
+    assert {c: (deleted[c]["route"], deleted[c]["veth"], deleted[c]["released"])
+            for c in cids} == {c: (True, True, [ip]) for c, ip in zip(cids, ips, strict=True)}
     # The pool: no lease or handle left, and `ipam check` (no live workload) clean.
     assert ipam_tool(lab, "handles") == {}
     live_file = os.path.join(lab.workdir, "live-none.json")
