@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -248,9 +249,11 @@ def test_podman_rm_releases_the_address_route_and_veth(lab: Lab, podman):
 def test_a_hundred_containers_leave_the_pool_and_the_node_clean(lab: Lab, podman):
     n, batch = 100, 25
     t0 = time.monotonic()
-    cids: list[str] = []
-    for _ in range(n):
-        cids.append(podman[A].run(script="sleep 600", detach=True).stdout.strip())
+    # Two starts at a time (two cores): ~20% faster than one by one here, and the
+    # node's daemon serves overlapping ADDs as a busy node's would.
+    with ThreadPoolExecutor(2) as pool:
+        cids = list(pool.map(lambda _: podman[A].run(script="sleep 600", detach=True
+                                                     ).stdout.strip(), range(n)))
     started = time.monotonic() - t0
     facts = json.loads(podman[A]("inspect", *cids).stdout)
     ips = [f["NetworkSettings"]["Networks"][podman[A].network]["IPAddress"] for f in facts]
