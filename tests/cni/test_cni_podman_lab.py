@@ -231,11 +231,11 @@ def test_podman_rm_releases_the_address_route_and_veth(lab: Lab, podman):
     # libcni's DEL carried the ADD's result as prevResult (the cached result).
     (delete,) = podman[A].requests_of("DEL", cid)
     assert [i["address"] for i in delete["prevResult"]["ips"]] == [f"{ip}/32"]
-    # Our DEL removed each piece itself (podman deletes the netns after DEL, which
-    # would take the veth and its route along anyway: the event tells them apart).
-    # The daemon served both (its fast path): podman's netns mount exists only in
-    # podman's mount namespace, so the plugin handed it the netns (SCM_RIGHTS).
+    # The daemon served ADD and DEL (its fast path): podman's netns mount exists only
+    # in podman's mount namespace, so the plugin handed it the netns (SCM_RIGHTS).
     assert [e["ip"] for e in cni_events(lab, A, "cni_added", cid, DAEMON_LOG)] == [ip]
+    # DEL removed each piece itself (podman deletes the netns after DEL, which would
+    # take the veth and its route along anyway: only the event tells them apart).
     (deleted,) = cni_events(lab, A, "cni_deleted", cid, DAEMON_LOG)
     assert (deleted["route"], deleted["veth"], deleted["released"], deleted["record"]) == (
         True, True, [ip], True), deleted
