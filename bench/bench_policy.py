@@ -46,6 +46,7 @@ Ratios are ours / reference: for times lower is better, for throughput higher.
 from __future__ import annotations
 
 import argparse
+import array
 import ipaddress
 import json
 import os
@@ -338,6 +339,19 @@ def full_ruleset(docs: list[dict], repeat: int, tmp: str) -> dict:
         keep("render_iptables_s", time.perf_counter() - t0)
     if plan.conflicts:
         raise RuntimeError(f"workload has interface conflicts: {plan.conflicts[:3]}")
+    # Where one change's time goes (pure parts; the manager does these on every change):
+    # the whole plan recalculated, then the delta rendered against the applied plan.
+    from felix_like.policy_nft import render_update
+
+    edited = [_policy_with_port(CLOSED_PORT) if p.name == "bench-server" else p for p in pols]
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        plan_edited = calculate(edited, nss, eps, node=NODE)
+        keep("change_calc_s", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        delta = render_update(plan, plan_edited)
+        keep("change_render_update_s", time.perf_counter() - t0)
+    best["change_delta_lines"] = delta.count("\n")
     files = {"nft": script, "ipset": ipset_text, "iptables": ipt_text}
     for name, text in files.items():
         with open(os.path.join(tmp, name), "w") as f:
@@ -345,7 +359,7 @@ def full_ruleset(docs: list[dict], repeat: int, tmp: str) -> dict:
 
     variants = iptables_variants()
     owned = NetnsSet()
-    prefix = run_prefix("nrk")
+    prefix = run_prefix("nrpb")
     try:
         for r in range(repeat):
             # Each load goes into a fresh, empty namespace: the first programming of a
@@ -393,16 +407,19 @@ def full_ruleset(docs: list[dict], repeat: int, tmp: str) -> dict:
 # ----------------------------------------------------------------- parts 2-4: live node
 
 # Runs inside a pod namespace (``ip netns exec``); stdlib only. ``recv PORT``: records
-# (tag, send time) of every datagram until stdin closes, then prints them as JSON.
-# ``send TAG DST PORT SPORT INTERVAL``: one datagram per interval from one fixed socket
-# (no reply ever comes: its conntrack entry stays NEW and each datagram meets the policy)
-# until stdin closes.
+# (tag, send time) of every datagram until stdin closes, then prints them as JSON (a
+# large receive buffer: a starved receiver must not lose datagrams the policy passed).
+# ``send TAG DST PORT SPORT INTERVAL LOG``: one datagram per interval from one fixed
+# socket (no reply ever comes: its conntrack entry stays NEW and each datagram meets the
+# policy) until stdin closes; then writes every send time to LOG (doubles) and prints the
+# count. The send log tells which datagrams the kernel dropped, and when they were sent.
 PROBE_SCRIPT = r"""
-import json, socket, struct, sys, threading, time
+import array, json, socket, struct, sys, threading, time
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 if sys.argv[1] == "recv":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.bind(("0.0.0.0", int(sys.argv[2])))
     s.settimeout(0.1)
     print("ready", flush=True)
@@ -412,21 +429,22 @@ if sys.argv[1] == "recv":
             data = s.recv(64)
         except socket.timeout:
             continue
-        tag, ts = struct.unpack("!Bd", data[:9])
-        got.append((tag, ts))
+        got.append(struct.unpack("!Bd", data[:9]))
     print(json.dumps(got), flush=True)
 else:
-    tag, dst, port, sport, interval = (int(sys.argv[2]), sys.argv[3], int(sys.argv[4]),
-                                       int(sys.argv[5]), float(sys.argv[6]))
+    tag, dst, port, sport, interval, logfile = (int(sys.argv[2]), sys.argv[3],
+                                                int(sys.argv[4]), int(sys.argv[5]),
+                                                float(sys.argv[6]), sys.argv[7])
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", sport))
     print("ready", flush=True)
-    sent = 0
+    sent = array.array("d")
     nxt = time.monotonic()
     while not stop.is_set():
+        ts = time.monotonic()
         try:
-            s.sendto(struct.pack("!Bd", tag, time.monotonic()), (dst, port))
-            sent += 1
+            s.sendto(struct.pack("!Bd", tag, ts), (dst, port))
+            sent.append(ts)
         except OSError:
             pass
         nxt += interval
@@ -435,7 +453,9 @@ else:
             time.sleep(delay)
         else:
             nxt = time.monotonic()
-    print(sent, flush=True)
+    with open(logfile, "wb") as f:
+        sent.tofile(f)
+    print(len(sent), flush=True)
 """
 TAG_A, TAG_C = 1, 3
 
@@ -484,29 +504,47 @@ def build_node(owned, prefix: str) -> dict[str, str]:
     return out
 
 
-def _fate_latencies(trials: list[dict], received: list[float], window_end: list[float]) -> list:
-    """Per trial: ms from the hand-over (t0) until the probe's fate changed, from the send
-    times of the datagrams that arrived. ``None`` when the fate never changed."""
-    out = []
+def _fate_latencies(trials: list[dict], sent: list[float], received: list[float],
+                    window_end: list[float]) -> tuple[list, list]:
+    """Per trial: ms from the hand-over (t0) until the probe's fate had changed, from the
+    sender's log and the receiver's, and the uncertainty of each figure (ms).
+
+    Deny: the send time of the first datagram dropped after the last one that still
+    passed; uncertainty = the gap back to that last passed one. Allow: the first that
+    passed after t0; uncertainty = the gap back to the datagram before it (dropped).
+    Conservative: a sender starved by a loaded machine sends late, which can only make
+    the figure larger, never hide a slow enforcement. ``None`` when the fate did not
+    change as expected (a deny that never dropped, an allow that never passed or that
+    was passing already before the change)."""
+    rec = set(received)
+    lat: list = []
+    gaps: list = []
     for trial, end in zip(trials, window_end, strict=True):
         t0 = trial["t0"]
-        inside = [ts for ts in received if t0 <= ts < end]
-        before = [ts for ts in received if trial.get("since", t0) <= ts < t0]
+        window = [ts for ts in sent if t0 <= ts < end]
+        before = [ts for ts in sent if trial["since"] <= ts < t0]
+        passed = [ts for ts in window if ts in rec]
         if trial["expect"] == "deny":
-            # The last datagram that still passed; none at all after t0 = denied by the
-            # time the first one was sent (within one probe interval).
-            passed = [ts for ts in inside if ts >= t0]
-            late = [ts for ts in passed if ts > trial["t_applied"] + 0.05]
-            if late:            # still passing well after the manager returned
-                out.append(None)
+            last_pass = max(passed, default=None)
+            dropped = [ts for ts in window if ts not in rec
+                       and (last_pass is None or ts > last_pass)]
+            if not dropped:
+                lat.append(None)
+                gaps.append(None)
                 continue
-            out.append(((max(passed) - t0) if passed else 0.0) * 1000)
+            first_drop = min(dropped)
+            lat.append((first_drop - t0) * 1000)
+            gaps.append((first_drop - (last_pass if last_pass is not None else t0)) * 1000)
         else:
-            if before:          # passing already before the change: no fate change
-                out.append(None)
+            if any(ts in rec for ts in before) or not passed:
+                lat.append(None)
+                gaps.append(None)
                 continue
-            out.append(((min(inside) - t0) * 1000) if inside else None)
-    return out
+            first_pass = min(passed)
+            prior = [ts for ts in window if ts < first_pass]
+            lat.append((first_pass - t0) * 1000)
+            gaps.append((first_pass - max(prior, default=t0)) * 1000)
+    return lat, gaps
 
 
 def _policy_with_port(port: int):
@@ -526,8 +564,9 @@ def live_node(docs: list[dict], changes: int, adds: int, iperf_seconds: float,
     owned = NetnsSet()
     probes: list[ProbeProc] = []
     res: dict = {}
+    tmp = tempfile.mkdtemp(prefix="nr-bench-policy-")
     try:
-        ns = build_node(owned, run_prefix("nrk"))
+        ns = build_node(owned, run_prefix("nrpb"))
         resources = load_documents(docs, "<bench workload>")
         mgr = PolicyManager(NODE, netns=ns["node"])
         mgr.replace_all(resources)
@@ -537,9 +576,10 @@ def live_node(docs: list[dict], changes: int, adds: int, iperf_seconds: float,
 
         recv = ProbeProc(ns["srv"], ["recv", str(PROBE_PORT)])
         probes.append(recv)
+        logs = {tag: os.path.join(tmp, f"sent-{tag}") for tag in (TAG_A, TAG_C)}
         for tag, pod, sport in ((TAG_A, "cla", 30001), (TAG_C, "clc", 30003)):
             probes.append(ProbeProc(ns[pod], ["send", str(tag), SERVER_IP, str(PROBE_PORT),
-                                              str(sport), str(PROBE_INTERVAL)]))
+                                              str(sport), str(PROBE_INTERVAL), logs[tag]]))
         time.sleep(0.3)
 
         # Part 2: one policy edited back and forth (deny = the probe port taken out).
@@ -575,26 +615,34 @@ def live_node(docs: list[dict], changes: int, adds: int, iperf_seconds: float,
                                "since": since, "action": action})
             time.sleep(0.25)
         end = time.monotonic()
-        sent = [int(p.finish()) for p in probes[1:]]
+        for p in probes[1:]:
+            p.finish()
         got = json.loads(probes[0].finish())
         probes.clear()
-        rx_a = sorted(ts for tag, ts in got if tag == TAG_A)
-        rx_c = sorted(ts for tag, ts in got if tag == TAG_C)
+        sent = {}
+        for tag, path in logs.items():
+            arr = array.array("d")
+            with open(path, "rb") as f:
+                arr.frombytes(f.read())
+            sent[tag] = arr.tolist()
+        rx = {tag: [ts for t, ts in got if t == tag] for tag in (TAG_A, TAG_C)}
 
         def windows(trials: list[dict], last: float) -> list[float]:
             return [t["since"] for t in trials[1:]] + [last]
-        change_kernel = _fate_latencies(change_trials, rx_a, windows(change_trials,
-                                                                     add_trials[0]["since"]
-                                                                     if add_trials else end))
-        add_kernel = _fate_latencies(add_trials, rx_c, windows(add_trials, end))
-        res["probes"] = {"sent_a": sent[0], "sent_c": sent[1], "received_a": len(rx_a),
-                         "received_c": len(rx_c), "interval_ms": PROBE_INTERVAL * 1000}
+        change_kernel, change_gap = _fate_latencies(
+            change_trials, sent[TAG_A], rx[TAG_A],
+            windows(change_trials, add_trials[0]["since"] if add_trials else end))
+        add_kernel, add_gap = _fate_latencies(add_trials, sent[TAG_C], rx[TAG_C],
+                                              windows(add_trials, end))
+        res["probes"] = {"sent_a": len(sent[TAG_A]), "sent_c": len(sent[TAG_C]),
+                         "received_a": len(rx[TAG_A]), "received_c": len(rx[TAG_C]),
+                         "interval_ms": PROBE_INTERVAL * 1000}
         res["change"] = {
-            "kernel_ms": change_kernel,
+            "kernel_ms": change_kernel, "kernel_uncertainty_ms": change_gap,
             "apply_ms": [(t["t_applied"] - t["t0"]) * 1000 for t in change_trials],
             "actions": [t["action"] for t in change_trials]}
         res["add"] = {
-            "kernel_ms": add_kernel,
+            "kernel_ms": add_kernel, "kernel_uncertainty_ms": add_gap,
             "apply_ms": [(t["t_applied"] - t["t0"]) * 1000 for t in add_trials],
             "actions": [t["action"] for t in add_trials]}
 
@@ -620,6 +668,7 @@ def live_node(docs: list[dict], changes: int, adds: int, iperf_seconds: float,
     finally:
         for p in probes:
             p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
         errors = owned.delete_all()
         if errors:
             raise RuntimeError(f"namespace cleanup failed: {errors}")
@@ -682,6 +731,12 @@ def figures(r: dict) -> list[dict]:
                            f"ipset restore + iptables-{v}-restore"))
     figs.append(figure("policy.manager_full", f"Policy ({size}): manager first apply "
                        "(calc+render+nft -f)", "s", live["manager_full_apply_s"]))
+    figs += [
+        figure("policy.change.calc", f"Policy ({size}): one policy edit, plan recalculated "
+               "(pure)", "ms", f["change_calc_s"] * 1000),
+        figure("policy.change.render_update", f"Policy ({size}): one policy edit, delta "
+               "rendered (pure)", "ms", f["change_render_update_s"] * 1000),
+    ]
     for part, label in (("change", "policy change → enforcement"),
                         ("add", "CNI ADD → pod's rules in place")):
         d = live[part]
@@ -730,6 +785,12 @@ def bench(quick: bool) -> dict:
     live = r["live"]
     samples = {"policy change→fate": [v for v in live["change"]["kernel_ms"] if v is not None],
                "CNI ADD→fate": [v for v in live["add"]["kernel_ms"] if v is not None]}
+    for part in ("change", "add"):
+        gaps = [g for g in live[part]["kernel_uncertainty_ms"] if g is not None]
+        if gaps:
+            notes.append(f"policy: {part} probe fate: each figure is an upper bound, at most "
+                         f"{max(gaps):.1f} ms (median {_median(gaps):.1f} ms) after the last "
+                         "datagram of the old fate")
     missing = sum(v is None for v in live["change"]["kernel_ms"] + live["add"]["kernel_ms"])
     if missing:
         notes.append(f"policy: {missing} trial(s) where the probe's fate did not change as "

@@ -28,20 +28,26 @@ def _plan(docs):
 
 
 @pytest.mark.unit
-def test_fate_latencies_from_arrivals():
+def test_fate_latencies_from_send_and_receive_logs():
     deny = {"t0": 10.0, "t_applied": 10.03, "expect": "deny", "since": 9.9}
     allow = {"t0": 20.0, "t_applied": 20.03, "expect": "allow", "since": 19.9}
-    # Deny: the last datagram that still passed was sent 12 ms after the hand-over.
-    arrivals = [9.95, 9.99, 10.005, 10.012, 20.021, 20.022]
-    lat = bp._fate_latencies([deny, allow], arrivals, [19.9, 30.0])
-    assert lat == pytest.approx([12.0, 21.0])
-    # Nothing passed after t0: denied within the first probe interval.
-    assert bp._fate_latencies([deny], [9.95], [19.9]) == [0.0]
-    # Still passing long after the manager returned: the fate never changed.
-    assert bp._fate_latencies([deny], [10.2], [19.9]) == [None]
-    # Allow: already passing before the change, or never passing: no fate change.
-    assert bp._fate_latencies([allow], [19.95, 20.01], [30.0]) == [None]
-    assert bp._fate_latencies([allow], [], [30.0]) == [None]
+    sent = [9.95, 9.99, 10.005, 10.012, 10.013, 10.014, 19.95, 20.01, 20.021, 20.022]
+    received = [9.95, 9.99, 10.005, 10.012, 20.021, 20.022]
+    lat, gap = bp._fate_latencies([deny, allow], sent, received, [19.9, 30.0])
+    # Deny: the first datagram dropped after the last that passed (sent 13 ms after the
+    # hand-over, 1 ms after that last pass); allow: the first that passed again (21 ms,
+    # 11 ms after the dropped one before it).
+    assert lat == pytest.approx([13.0, 21.0]) and gap == pytest.approx([1.0, 11.0])
+    # Nothing passed after t0: the first send after t0 already met the deny.
+    assert bp._fate_latencies([deny], [9.95, 10.004], [9.95], [19.9])[0] == pytest.approx([4.0])
+    # A datagram dropped early but later ones passing: only the drop after the last pass
+    # counts (a lost datagram is not the policy).
+    assert bp._fate_latencies([deny], [10.001, 10.002, 10.02], [10.002],
+                              [19.9])[0] == pytest.approx([20.0])
+    # The fate did not change as expected: None.
+    assert bp._fate_latencies([deny], [10.1, 10.2], [10.1, 10.2], [19.9])[0] == [None]
+    assert bp._fate_latencies([allow], [19.95, 20.01], [19.95, 20.01], [30.0])[0] == [None]
+    assert bp._fate_latencies([allow], [20.01], [], [30.0])[0] == [None]
 
 
 @pytest.mark.unit
