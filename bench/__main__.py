@@ -161,7 +161,7 @@ BENCHMARKS: dict[str, Callable[[bool], dict]] = {
 }
 # Rough wall time of one full-size run (s), for the child's timeout.
 TIMEOUTS = {"routes": 600, "bgp": 900, "convergence": 1200, "ipam": 900, "pods": 1800,
-            "footprint": 900, "dataplane": 900, "scale": 900, "policy": 1200}
+            "footprint": 900, "dataplane": 900, "scale": 900, "policy": 1800}
 
 
 # ----------------------------------------------------------------- child process

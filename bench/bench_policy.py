@@ -590,11 +590,13 @@ def live_node(docs: list[dict], changes: int, adds: int, iperf_seconds: float,
             since = time.monotonic()
             time.sleep(0.05)            # the previous state holds in [since, t0)
             t0 = time.monotonic()
+            drift_due = mgr._next_drift_check     # instrumentation only: see _drift_checked
             mgr.on_update(closed if expect == "deny" else opened)
             action = mgr.complete_deferred_work(time.monotonic())
             t_applied = time.monotonic()
             change_trials.append({"t0": t0, "t_applied": t_applied, "expect": expect,
-                                  "since": since, "action": action})
+                                  "since": since, "action": action,
+                                  "drift_checked": mgr._next_drift_check != drift_due})
             time.sleep(0.25)
         # Part 3: the client pod C's endpoint goes (fail-closed) and comes back as a new pod.
         ep_c = next(r for r in resources
@@ -608,11 +610,13 @@ def live_node(docs: list[dict], changes: int, adds: int, iperf_seconds: float,
             time.sleep(0.15)
             new = replace(ep_c, pod=f"bench-client-c{i + 1}")
             t0 = time.monotonic()
+            drift_due = mgr._next_drift_check
             mgr.on_update(new)
             action = mgr.complete_deferred_work(time.monotonic())
             t_applied = time.monotonic()
             add_trials.append({"t0": t0, "t_applied": t_applied, "expect": "allow",
-                               "since": since, "action": action})
+                               "since": since, "action": action,
+                               "drift_checked": mgr._next_drift_check != drift_due})
             time.sleep(0.25)
         end = time.monotonic()
         for p in probes[1:]:
@@ -640,11 +644,15 @@ def live_node(docs: list[dict], changes: int, adds: int, iperf_seconds: float,
         res["change"] = {
             "kernel_ms": change_kernel, "kernel_uncertainty_ms": change_gap,
             "apply_ms": [(t["t_applied"] - t["t0"]) * 1000 for t in change_trials],
-            "actions": [t["action"] for t in change_trials]}
+            "actions": [t["action"] for t in change_trials],
+            # The manager's periodic drift check (``nft -t list table``, every 10 s) ran
+            # inside these changes: it lists the whole table first.
+            "drift_checked": [t["drift_checked"] for t in change_trials]}
         res["add"] = {
             "kernel_ms": add_kernel, "kernel_uncertainty_ms": add_gap,
             "apply_ms": [(t["t_applied"] - t["t0"]) * 1000 for t in add_trials],
-            "actions": [t["action"] for t in add_trials]}
+            "actions": [t["action"] for t in add_trials],
+            "drift_checked": [t["drift_checked"] for t in add_trials]}
 
         # Part 4: throughput, loaded vs no table, interleaved (a shared 2-core machine
         # drifts: alternate which goes first).
@@ -791,6 +799,12 @@ def bench(quick: bool) -> dict:
             notes.append(f"policy: {part} probe fate: each figure is an upper bound, at most "
                          f"{max(gaps):.1f} ms (median {_median(gaps):.1f} ms) after the last "
                          "datagram of the old fate")
+    for part in ("change", "add"):
+        checked = sum(live[part]["drift_checked"])
+        if checked:
+            notes.append(f"policy: {checked} of {len(live[part]['drift_checked'])} {part} "
+                         "trials ran the manager's periodic drift check (nft -t list table) "
+                         "before applying: those are the slow tail")
     missing = sum(v is None for v in live["change"]["kernel_ms"] + live["add"]["kernel_ms"])
     if missing:
         notes.append(f"policy: {missing} trial(s) where the probe's fate did not change as "
