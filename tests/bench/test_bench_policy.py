@@ -168,7 +168,8 @@ def test_bench_policy_quick_run(tmp_path):
     rows = {row["id"]: row for row in data["table"]}
     for fid in ("policy.calc", "policy.render", "policy.manager_full",
                 "policy.change.kernel_p99", "policy.change.apply_p99",
-                "policy.add.kernel_p99", "policy.add.apply_p99", "policy.tcp"):
+                "policy.add.kernel_p99", "policy.add.apply_p99", "policy.tcp",
+                "policy.tcp_vs_empty"):
         assert rows[fid]["ours"] is not None and rows[fid]["ours"]["median"] > 0, fid
     assert any(fid.startswith("policy.load_") for fid in rows)
     assert rows["policy.tcp"]["ref"]["median"] > 0
