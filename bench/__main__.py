@@ -157,10 +157,11 @@ BENCHMARKS: dict[str, Callable[[bool], dict]] = {
     "footprint": _module("bench_footprint"),
     "dataplane": _module("bench_dataplane"),
     "scale": _module("bench_scale"),
+    "policy": _module("bench_policy"),
 }
 # Rough wall time of one full-size run (s), for the child's timeout.
 TIMEOUTS = {"routes": 600, "bgp": 900, "convergence": 1200, "ipam": 900, "pods": 1800,
-            "footprint": 900, "dataplane": 900, "scale": 900}
+            "footprint": 900, "dataplane": 900, "scale": 900, "policy": 1800}
 
 
 # ----------------------------------------------------------------- child process
