@@ -2,7 +2,8 @@
 
 Felix pattern: ``on_update(msg)`` only records (a NetworkPolicy, Namespace or
 WorkloadEndpoint upserts; ``Removed`` deletes) and marks dirty;
-``complete_deferred_work(now)`` calculates the plan (pure) and applies it with one
+``complete_deferred_work(now)`` takes the plan (``policy_incremental``: the pure
+calculation's result, kept up to date per update) and applies it with one
 ``nft -f -`` inside the node's network namespace:
 
 - incremental normally: the differences between the applied plan and the new
@@ -42,8 +43,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from felix_like.errors import DataplaneError
-from felix_like.policy_calc import PolicyPlan, calculate, plan_allows
+from felix_like.policy_calc import PolicyPlan, plan_allows
 from felix_like.policy_counters import DenyCounters, DenyKey, attribution, parse_drop_counters
+from felix_like.policy_incremental import IncrementalPolicyCalculator
 from felix_like.policy_model import Namespace, NetworkPolicy, Resource, WorkloadEndpoint
 from felix_like.policy_nft import (
     TABLE,
@@ -234,6 +236,7 @@ class PolicyManager:
         self.cut_denied_flows = cut_denied_flows
         self._last_plan: PolicyPlan | None = None
         self._resources: dict[tuple[type, object], Resource] = {}
+        self._calc = IncrementalPolicyCalculator(node)
         self._dirty = True
         self._applied: PolicyPlan | None = None
         self._next_resync = 0.0
@@ -255,27 +258,45 @@ class PolicyManager:
 
     # --- recording (no I/O) ---------------------------------------------------------
     def on_update(self, msg: Resource | Removed) -> None:
+        calc = self._calc
         if isinstance(msg, Removed):
+            remove = {NetworkPolicy: calc.remove_policy, Namespace: calc.remove_namespace,
+                      WorkloadEndpoint: calc.remove_endpoint}.get(msg.kind)
+            if remove is None:
+                raise TypeError(f"PolicyManager cannot remove a {msg.kind.__name__}")
             self._resources.pop((msg.kind, msg.key), None)
+            remove(msg.key)
         elif isinstance(msg, (NetworkPolicy, Namespace, WorkloadEndpoint)):
             self._resources[(type(msg), _key(msg))] = msg
+            if isinstance(msg, NetworkPolicy):
+                calc.upsert_policy(msg)
+            elif isinstance(msg, Namespace):
+                calc.upsert_namespace(msg)
+            else:
+                calc.upsert_endpoint(msg)
         else:
             raise TypeError(f"PolicyManager cannot handle {type(msg).__name__}")
         self._dirty = True
 
     def replace_all(self, resources: Iterable[Resource]) -> None:
-        self._resources = {(type(r), _key(r)): r for r in resources}
+        """The whole input at once (the daemon hands over every resource on each
+        change): applied as the differences from what we hold, so one changed policy
+        costs one update, not a recalculation. The last record of a key wins."""
+        latest = {(type(r), _key(r)): r for r in resources}
+        for kind, key in [k for k in self._resources if k not in latest]:
+            self.on_update(Removed(kind, key))
+        for key, res in latest.items():
+            if self._resources.get(key) != res:
+                self.on_update(res)
         self._dirty = True
 
     def queue_resync(self) -> None:
         self._applied = None
 
     def plan(self) -> PolicyPlan:
-        by_kind: dict[type, list] = {NetworkPolicy: [], Namespace: [], WorkloadEndpoint: []}
-        for (kind, _), res in self._resources.items():
-            by_kind[kind].append(res)
-        return calculate(by_kind[NetworkPolicy], by_kind[Namespace], by_kind[WorkloadEndpoint],
-                         node=self.node)
+        """The plan for the resources recorded so far: ``policy_calc.calculate``'s,
+        kept up to date per update (``policy_incremental``)."""
+        return self._calc.plan()
 
     # --- kernel work ----------------------------------------------------------------
     def read_counters(self) -> bool:

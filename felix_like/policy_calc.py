@@ -95,6 +95,30 @@ def policy_chain_name(policy: NetworkPolicy, direction: str) -> str:
     return f"p{'i' if direction == 'Ingress' else 'e'}-{_digest(*policy.key)}"
 
 
+def peer_set_name(policy: NetworkPolicy, peer: Peer) -> str:
+    """The address set of a peer: named by what decides its contents, so two rules
+    with the same peer share one set and a chain never changes when members do."""
+    if peer.ip_block is not None:
+        return f"b-{_digest('block', peer.ip_block.ranges())}"
+    scope = policy.namespace if peer.namespace_selector is None else None
+    return f"s-{_digest('sel', scope, peer.namespace_selector and peer.namespace_selector.canonical(), peer.pod_selector and peer.pod_selector.canonical())}"  # noqa: E501
+
+
+def named_set_name(policy: NetworkPolicy, direction: str, peer: Peer | None,
+                   port: PortSpec) -> str:
+    """The (address, protocol, port) set of a named port in a rule (see ``_Builder.named_set``
+    for its candidates)."""
+    if direction == "Ingress":
+        key: tuple = ("in", policy.key)
+    elif peer is not None and peer.ip_block is None:
+        key = ("out", policy.namespace,
+               peer.namespace_selector and peer.namespace_selector.canonical(),
+               peer.pod_selector and peer.pod_selector.canonical())
+    else:
+        key = ("any",)
+    return f"n-{_digest('np', key, port.port, port.protocol)}"
+
+
 class _Builder:
     def __init__(self, namespaces: Iterable[Namespace], endpoints: Iterable[WorkloadEndpoint]):
         self.ns_labels = {ns.name: ns.label_map for ns in namespaces}
@@ -124,19 +148,25 @@ class _Builder:
                 if ep.namespace == policy.namespace and policy.pod_selector.matches(ep.label_map)]
 
     def peer_set(self, policy: NetworkPolicy, peer: Peer) -> str:
+        name = peer_set_name(policy, peer)
         if peer.ip_block is not None:
-            ranges = peer.ip_block.ranges()
-            name = f"b-{_digest('block', ranges)}"
-            self.address_sets[name] = frozenset(ranges)
+            self.address_sets[name] = frozenset(peer.ip_block.ranges())
             return name
-        scope = policy.namespace if peer.namespace_selector is None else None
-        name = f"s-{_digest('sel', scope, peer.namespace_selector and peer.namespace_selector.canonical(), peer.pod_selector and peer.pod_selector.canonical())}"  # noqa: E501
         self.address_sets[name] = frozenset(
             ip for ep in self.peer_endpoints(policy, peer) for ip in ep.ips)
         return name
 
-    def named_set(self, key: tuple, candidates: list[WorkloadEndpoint], port: PortSpec) -> str:
-        name = f"n-{_digest('np', key, port.port, port.protocol)}"
+    def named_set(self, policy: NetworkPolicy, direction: str, peer: Peer | None,
+                  port: PortSpec) -> str:
+        if direction == "Ingress":
+            # The destination is the selected pod itself.
+            candidates = self.selected(policy)
+        elif peer is not None and peer.ip_block is None:
+            candidates = self.peer_endpoints(policy, peer)
+        else:
+            # Any destination / an ipBlock: only pods can have named ports.
+            candidates = self.endpoints
+        name = named_set_name(policy, direction, peer, port)
         self.named_sets[name] = frozenset(
             (ip, np.protocol.lower(), np.port)
             for ep in candidates for np in ep.named_ports
@@ -159,20 +189,7 @@ class _Builder:
                     if isinstance(port.port, int):
                         kw["port_range"] = (port.port, port.end_port or port.port)
                     elif isinstance(port.port, str):
-                        if direction == "Ingress":
-                            # The destination is the selected pod itself.
-                            candidates = self.selected(policy)
-                            key = ("in", policy.key)
-                        elif peer is not None and peer.ip_block is None:
-                            candidates = self.peer_endpoints(policy, peer)
-                            key = ("out", policy.namespace,
-                                   peer.namespace_selector and peer.namespace_selector.canonical(),
-                                   peer.pod_selector and peer.pod_selector.canonical())
-                        else:
-                            # Any destination / an ipBlock: only pods can have named ports.
-                            candidates = self.endpoints
-                            key = ("any",)
-                        kw["named_port_set"] = self.named_set(key, candidates, port)
+                        kw["named_port_set"] = self.named_set(policy, direction, peer, port)
                 out.append(RuleMatch(action, **kw))
         return out
 
