@@ -111,7 +111,10 @@ def endpoint_chain_name(direction: str, ifname: str) -> str:
 
 
 def _endpoint_rules(ep: EndpointPlan, direction: str) -> list[str]:
-    policies = ep.ingress if direction == "Ingress" else ep.egress
+    return _endpoint_chain_rules(ep.ingress if direction == "Ingress" else ep.egress)
+
+
+def _endpoint_chain_rules(policies: tuple[str, ...] | None) -> list[str]:
     lines = ["ct state established,related accept", "ct state invalid drop",
              f"meta mark set meta mark & {~ACCEPT_MARK & 0xFFFFFFFF:#x}"]
     for name in policies or ():
@@ -231,39 +234,84 @@ def render_full(plan: PolicyPlan, prefix: str = WORKLOAD_PREFIX) -> str:
             f"{elements}")
 
 
+def _chain_sources(plan: PolicyPlan) -> dict[str, tuple[str, ...] | None | tuple[RuleMatch, ...]]:
+    """Every non-base chain, in ``chains``' order: name -> what its rules are rendered
+    from (an endpoint's policy chain names in that direction, or a policy chain's
+    matches). Equal sources render equal rules, so a delta renders only the chains
+    whose source changed."""
+    out: dict = {}
+    for ep in plan.endpoints:
+        out[endpoint_chain_name("Ingress", ep.interface)] = ("ep", ep.ingress)
+        out[endpoint_chain_name("Egress", ep.interface)] = ("ep", ep.egress)
+    for chain in plan.chains:
+        out[chain.name] = ("policy", chain.rules)
+    return out
+
+
+def _render_chain(source) -> list[str]:
+    kind, value = source
+    if kind == "ep":
+        return _endpoint_chain_rules(value)
+    return [line for m in value for line in _rule_lines(m)]
+
+
+def _family_elements(name: str, items, named: bool) -> dict[str, list[str]]:
+    render = _named_elements if named else _address_elements
+    return {f"{name}-{fam}": render(items, fam) for fam, _, _ in _FAMILIES}
+
+
 def render_update(old: PolicyPlan, new: PolicyPlan) -> str:
     """One transaction that turns ``old``'s table into ``new``'s by changes only:
     set elements, map entries, and the chains and sets that appear, change or go.
     An empty string means nothing to do. The order makes every reference valid at
     each step: new sets and chains exist before a rule or map entry points at them;
     a chain or set is deleted only after every rule and entry naming it is gone.
-    (The base chains depend only on the prefix, which a manager never changes.)"""
+    (The base chains depend only on the prefix, which a manager never changes.)
+
+    Only what changed is rendered (issue 14: rendering both whole plans to diff them
+    cost ~0.3 s at 1,000 pods x 1,000 policies): sets whose contents differ, chains
+    whose source (``_chain_sources``) differs."""
     t = f"inet {TABLE}"
     out: list[str] = []
     old_sets, new_sets = set_types(old), set_types(new)
-    old_elems, new_elems = set_elements(old), set_elements(new)
     for name, (type_, interval) in new_sets.items():
         if old_sets.get(name) != (type_, interval) and name in old_sets:
             raise RenderError(f"set {name} changed type")  # names are content hashes
         if name not in old_sets:
             flags = " flags interval;" if interval else ""
             out.append(f"add set {t} {name} {{ type {type_};{flags} }}\n")
-    for name in sorted(new_sets):
+    old_elems: dict[str, list[str]] = {}
+    new_elems: dict[str, list[str]] = {}
+    for named, old_contents, new_contents in (
+            (False, dict(old.address_sets), new.address_sets),
+            (True, dict(old.named_port_sets), new.named_port_sets)):
+        for name, items in new_contents:
+            before = old_contents.get(name)
+            if before is items or before == items:
+                continue
+            new_elems.update(_family_elements(name, items, named))
+            if before is not None:
+                old_elems.update(_family_elements(name, before, named))
+    for name in sorted(new_elems):
         gone = sorted(set(old_elems.get(name, ())) - set(new_elems[name]))
         if gone:
             out.append(f"delete element {t} {name} {{ {', '.join(gone)} }}\n")
-    for name in sorted(new_sets):
+    for name in sorted(new_elems):
         added = sorted(set(new_elems[name]) - set(old_elems.get(name, ())))
         if added:
             out.append(f"add element {t} {name} {{ {', '.join(added)} }}\n")
-    old_chains, new_chains = chains(old), chains(new)
+    old_chains, new_chains = _chain_sources(old), _chain_sources(new)
     for name in new_chains:
         if name not in old_chains:
             out.append(f"add chain {t} {name}\n")
-    for name, (_, rules) in new_chains.items():
-        if name in old_chains and old_chains[name][1] == rules:
+    for name, source in new_chains.items():
+        before = old_chains.get(name)
+        if before is not None and (before[1] is source[1] or before == source):
             continue
-        if name in old_chains:
+        rules = _render_chain(source)
+        if before is not None:
+            if _render_chain(before) == rules:
+                continue
             out.append(f"flush chain {t} {name}\n")
         out.extend(f"add rule {t} {name} {rule}\n" for rule in rules)
     old_maps, new_maps = vmap_entries(old), vmap_entries(new)

@@ -1,6 +1,7 @@
 """The incremental calculator against the reference: after every update of a random
 sequence (policies, namespaces and endpoints added, changed, removed), its plan
-must equal ``calculate`` over the same resources."""
+must equal ``calculate`` over the same resources. And the delta renderer, which
+renders only what changed, against the one that rendered both plans whole."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from felix_like.policy_model import (
     WorkloadEndpoint,
     load_documents,
 )
+from felix_like.policy_nft import render_update
+from tests.policy.render_reference import render_update_reference
 from tests.policy.test_policy_truth import _policy
 
 pytestmark = pytest.mark.unit
@@ -155,3 +158,18 @@ def test_manager_replace_all_is_incremental_and_equal(data, rounds):
                 state.pop((update[1], update[2]), None)
         mgr.replace_all(list(state.values()))
         assert mgr.plan() == reference(state), f"after round {i}"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data(), st.integers(min_value=1, max_value=20))
+def test_delta_render_equals_rendering_everything(data, steps):
+    """render_update renders only changed chains and sets: its script must be the one
+    the whole-plan diff (the previous implementation) gives, between every two plans."""
+    calc = IncrementalPolicyCalculator(NODE)
+    state: dict = {}
+    before = calc.plan()
+    for i in range(steps):
+        apply_update(calc, state, data.draw(_update(state), label=f"update {i}"))
+        after = calc.plan()
+        assert render_update(before, after) == render_update_reference(before, after)
+        before = after
