@@ -23,7 +23,7 @@ most the packets of those milliseconds are missed.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from felix_like.policy_calc import PolicyPlan
@@ -104,10 +104,14 @@ class DenyCounters:
         self._last: dict[tuple[str, int], tuple[int, int]] = {}
         self.totals: dict[DenyKey, tuple[int, int]] = {}
 
-    def absorb(self, readings: Iterable[RuleCounter], names: Mapping[str, DenyKey]) -> None:
+    def absorb(self, readings: Iterable[RuleCounter], names: Mapping[str, DenyKey],
+               chains: Collection[str] | None = None) -> None:
         """Add what each rule counted since the last reading. ``names``: the
         ``attribution`` of the plan the kernel holds; a chain it does not name is
-        not ours to count (a hand-added one) and is skipped."""
+        not ours to count (a hand-added one) and is skipped. ``chains``: the
+        readings cover only these chains (read right before they are flushed);
+        what is known of the other chains' rules is kept, or their next reading
+        would count everything again. None: the readings cover the whole table."""
         seen: dict[tuple[str, int], tuple[int, int]] = {}
         for r in readings:
             key = (r.chain, r.handle)
@@ -123,7 +127,12 @@ class DenyCounters:
                 p, b = self.totals.get(label, (0, 0))
                 self.totals[label] = (p + packets, b + nbytes)
         # Rules that are gone are forgotten: their handles are never seen again.
-        self._last = seen
+        if chains is None:
+            self._last = seen
+        else:
+            kept = {k: v for k, v in self._last.items() if k[0] not in chains}
+            kept.update(seen)
+            self._last = kept
 
     def forget_rules(self) -> None:
         """The table was recreated: its rules count from zero, handles may repeat."""

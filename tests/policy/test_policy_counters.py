@@ -143,6 +143,24 @@ def test_totals_are_monotonic_over_resets_and_new_rules():
     assert c.totals == {key: (18, 1512)}
 
 
+def test_a_reading_of_some_chains_keeps_what_is_known_of_the_others():
+    """Right before an incremental apply flushes a chain, only that chain is read;
+    the next whole-table reading must not count the other chains' packets again."""
+    deny, tier = DenyKey("shop", "deny-web", "ingress"), DenyKey("shop", END_OF_TIER, "ingress")
+    names = {"pi-abc": deny, "tw-nrw1": tier}
+    c = DenyCounters()
+    c.absorb([RuleCounter("pi-abc", 6, 7, 588), RuleCounter("tw-nrw1", 9, 4, 336)], names)
+    c.absorb([RuleCounter("tw-nrw1", 9, 5, 420)], names, chains=["tw-nrw1"])        # +1
+    assert c.totals == {deny: (7, 588), tier: (5, 420)}
+    # tw-nrw1 flushed and refilled (new handle); pi-abc counted 1 more meanwhile.
+    c.absorb([RuleCounter("pi-abc", 6, 8, 672), RuleCounter("tw-nrw1", 14, 2, 168)], names)
+    assert c.totals == {deny: (8, 672), tier: (7, 588)}
+    # A chain read one by one that is gone: its rules are forgotten, not the others'.
+    c.absorb([], names, chains=["tw-nrw1"])
+    c.absorb([RuleCounter("pi-abc", 6, 8, 672), RuleCounter("tw-nrw1", 14, 3, 252)], names)
+    assert c.totals == {deny: (8, 672), tier: (10, 840)}
+
+
 def test_ruleset_size_is_what_the_renderer_produced():
     p = plan()
     rules, sets = ruleset_size(p)
