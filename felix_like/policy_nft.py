@@ -336,9 +336,15 @@ def ruleset_size(plan: PolicyPlan, prefix: str = WORKLOAD_PREFIX) -> tuple[int, 
     """(rules, sets) the table of ``plan`` holds: every rule of every chain, base chains
     included, and every named set (both families; the two dispatch maps not counted).
     Equal to counting ``render_structure``'s rules, without rendering the sets."""
-    base = _base_rules(prefix)
-    return (base + sum(len(rules) for _, rules in chains(plan).values()),
-            len(set_types(plan)))
+    # Counted, not rendered (rendering every chain cost ~40 ms per apply at 1,000
+    # pods x 1,000 policies): an endpoint chain has 3 rules, 2 per policy chain it
+    # jumps to and a last one; a policy rule is one rule, or one per family when it
+    # uses a set (``_rule_lines``).
+    endpoint_rules = sum(
+        8 + 2 * (len(ep.ingress or ()) + len(ep.egress or ())) for ep in plan.endpoints)
+    policy_rules = sum(len(_FAMILIES) if m.src_set or m.dst_set or m.named_port_set else 1
+                       for chain in plan.chains for m in chain.rules)
+    return (_base_rules(prefix) + endpoint_rules + policy_rules, len(set_types(plan)))
 
 
 _BASE_RULES: dict[str, int] = {}

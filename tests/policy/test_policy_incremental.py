@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from felix_like.policy import chain_rule_counts
 from felix_like.policy_calc import calculate
 from felix_like.policy_incremental import IncrementalPolicyCalculator
 from felix_like.policy_model import (
@@ -18,7 +19,7 @@ from felix_like.policy_model import (
     WorkloadEndpoint,
     load_documents,
 )
-from felix_like.policy_nft import render_update
+from felix_like.policy_nft import render_structure, render_update, ruleset_size
 from tests.policy.render_reference import render_update_reference
 from tests.policy.test_policy_truth import _policy
 
@@ -164,7 +165,8 @@ def test_manager_replace_all_is_incremental_and_equal(data, rounds):
 @given(st.data(), st.integers(min_value=1, max_value=20))
 def test_delta_render_equals_rendering_everything(data, steps):
     """render_update renders only changed chains and sets: its script must be the one
-    the whole-plan diff (the previous implementation) gives, between every two plans."""
+    the whole-plan diff (the previous implementation) gives, between every two plans.
+    And ruleset_size, which counts rules without rendering, the rendered count."""
     calc = IncrementalPolicyCalculator(NODE)
     state: dict = {}
     before = calc.plan()
@@ -172,4 +174,6 @@ def test_delta_render_equals_rendering_everything(data, steps):
         apply_update(calc, state, data.draw(_update(state), label=f"update {i}"))
         after = calc.plan()
         assert render_update(before, after) == render_update_reference(before, after)
+        # ruleset_size counts without rendering: it must count what is rendered.
+        assert ruleset_size(after)[0] == sum(chain_rule_counts(render_structure(after)).values())
         before = after
