@@ -599,7 +599,11 @@ def live_node(docs: list[dict], changes: int, adds: int, iperf_seconds: float,
         for tag, pod, sport in ((TAG_A, "cla", 30001), (TAG_C, "clc", 30003)):
             probes.append(ProbeProc(ns[pod], ["send", str(tag), SERVER_IP, str(PROBE_PORT),
                                               str(sport), str(PROBE_INTERVAL), logs[tag]]))
-        time.sleep(0.3)
+        # Warm-up: the senders run at full rate before the first change. With changes
+        # enforced in tens of ms the first trial's window is ~0.3 s, and a sender just
+        # started sent 31 datagrams in it once (none in another run: that trial's fate
+        # came out None); 0.3 s sufficed while a change took seconds.
+        time.sleep(1.0)
 
         # Part 2: a Deny policy created and deleted in turn.
         deny = deny_policy()
