@@ -31,7 +31,8 @@ enters the dirty set; only prefixes that already had paths are re-ranked in ``_r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import NamedTuple
 
 from bgpd.bgp.events import Attributes
@@ -64,6 +65,10 @@ class Rib:
         self._stale: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
         self._best: dict[str, Route] = {}
+        # routes() hands out a read-only view of _best itself (the node's status snapshot
+        # keeps it): the next change copies it first (copy-on-write, issue 17), instead of
+        # routes() copying 100k entries for every snapshot.
+        self._best_shared = False
         self._changes: dict[str, Route | None] = {}  # since the last take_changes()
         self._routes: dict[Route, Route] = {}  # intern table
 
@@ -114,7 +119,7 @@ class Rib:
             if self._dirty:
                 fresh = [p for p in fresh if p not in self._dirty]
             settled = dict.fromkeys(fresh, self._intern((nexthop,), (peer,)))
-            self._best.update(settled)
+            self._writable_best().update(settled)
             self._changes.update(settled)
         if gained:
             self._counts[peer] = self._counts.get(peer, 0) + gained
@@ -209,10 +214,18 @@ class Rib:
         return self._intern(tuple(sorted({nh for _, nh in chosen})),
                             tuple(sorted(peer for peer, _ in chosen)))
 
-    def routes(self) -> dict[str, Route]:
-        """The current best routes (a copy; change tracking is not affected)."""
+    def routes(self) -> Mapping[str, Route]:
+        """The current best routes: a read-only view that never changes afterwards (the
+        RIB copies its map before the next change); change tracking is not affected."""
         self._refresh()
-        return dict(self._best)
+        self._best_shared = True
+        return MappingProxyType(self._best)
+
+    def _writable_best(self) -> dict[str, Route]:
+        if self._best_shared:
+            self._best = dict(self._best)
+            self._best_shared = False
+        return self._best
 
     def __len__(self) -> int:
         return len(self._table)
@@ -228,7 +241,7 @@ class Rib:
         if not self._dirty:
             return
         changes = self._changes
-        best_map = self._best
+        best_map = self._writable_best()
         for prefix in self._dirty:
             new = self.best(prefix)
             old = best_map.get(prefix)

@@ -627,7 +627,7 @@ class Speaker:
         with self.lock:
             return self.core.take_route_changes()
 
-    def routes(self) -> dict[str, Route]:
+    def routes(self) -> Mapping[str, Route]:
         with self.lock:
             return self.core.routes()
 
