@@ -146,6 +146,7 @@ def _check(learned: LearnedRoutes, table: RouteTable, blocks: Blocks, best, ctx)
     assert blocks.blocks == remote
     assert dict(learned.pending()) == pending
     assert {b.cidr for b in learned.remote_blocks()} == set(remote)
+    assert len(learned) == len(plain) + len(remote) + len(pending)
 
 
 @settings(max_examples=200, deadline=None)
