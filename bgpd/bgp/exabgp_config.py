@@ -209,6 +209,9 @@ def environment(cfg: SpeakerConfig, run_dir: str, listen: bool = True) -> dict[s
         "exabgp.log.short": "true",
         "exabgp.log.packets": "false",
         "exabgp.log.routes": "false",
+        # Its reactor logs one INFO line per message received ("statistics for receive-update
+        # counter N"): a LogRecord and a write per UPDATE (issue 18 point 5).
+        "exabgp.log.statistics": "false",
         "exabgp.api.ack": "true",
         "exabgp.api.encoder": "json",
         "exabgp.api.respawn": "false",  # a dead relay means resync: the supervisor restarts all
