@@ -374,6 +374,10 @@ class RouteTable:
     # (``desired_snapshot``) is made only when something changed.
     _version: int = field(default=0, init=False)
     _snapshot: DesiredRoutes | None = field(default=None, init=False)
+    # Classes whose dict the last snapshot holds (copy-on-write, issue 17): the snapshot
+    # shares the live dict instead of copying 100k routes; the next change to that class
+    # copies it first, so a published snapshot never changes.
+    _shared: set[str] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.protocol <= 255:
@@ -427,6 +431,7 @@ class RouteTable:
             if not self._in_sync:
                 self._withdrawn.update(removed)
         self._desired[route_class] = new
+        self._shared.discard(route_class)
         self._version += 1
 
     def _want_for(self, t: Target) -> _Want:
@@ -456,7 +461,7 @@ class RouteTable:
         if route_class not in self._order:
             self._order.append(route_class)
         self._version += 1
-        cls = self._desired.setdefault(route_class, {})
+        cls = self._writable(route_class)
         get = cls.get
         dirty = self._dirty
         parse_dst = _parse_dst
@@ -484,9 +489,9 @@ class RouteTable:
 
     def remove_many(self, route_class: str, dsts: Iterable[str], table: int = RT_TABLE_MAIN,
                     metric: int = 0) -> None:
-        cls = self._desired.get(route_class)
-        if not cls:
+        if not self._desired.get(route_class):
             return
+        cls = self._writable(route_class)
         self._version += 1
         dirty = self._dirty
         for dst in dsts:
@@ -497,6 +502,16 @@ class RouteTable:
                 if not self._in_sync:
                     self._withdrawn.add(key)
 
+    def _writable(self, route_class: str) -> dict[RouteKey, _Want]:
+        """The class's dict, ready to change in place: a copy if a snapshot shares it."""
+        cls = self._desired.get(route_class)
+        if cls is None:
+            cls = self._desired[route_class] = {}
+        elif route_class in self._shared:
+            cls = self._desired[route_class] = dict(cls)
+            self._shared.discard(route_class)
+        return cls
+
     def desired_targets(self, route_class: str) -> list[Target]:
         return [_target_of(key, want) for key, want in self._desired.get(route_class, {}).items()]
 
@@ -506,14 +521,16 @@ class RouteTable:
     def desired_snapshot(self) -> DesiredRoutes:
         """An immutable copy of the desired routes, safe to read from another thread
         (the status API) while this table keeps changing. Copied only when the desired
-        routes changed since the last call (a dict copy per class, no Target built)."""
+        routes changed since the last call. No copy: the snapshot shares each class's dict
+        and the table copies a class before it next changes it (``_writable``), so at rest
+        100k routes are held once, not twice (issue 17)."""
         snap = self._snapshot
         if snap is None or snap.version != self._version:
             order = tuple(self._order) + tuple(c for c in self._desired if c not in self._order)
             snap = self._snapshot = DesiredRoutes(
                 self._version, order,
-                MappingProxyType({c: MappingProxyType(dict(d))
-                                  for c, d in self._desired.items()}))
+                MappingProxyType({c: MappingProxyType(d) for c, d in self._desired.items()}))
+            self._shared = set(self._desired)
         return snap
 
     # --- sync control --------------------------------------------------------------

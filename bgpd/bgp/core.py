@@ -36,7 +36,7 @@ Rules it implements:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -167,7 +167,7 @@ class SpeakerCore:
     def take_route_changes(self) -> dict[str, Route | None]:
         return self.rib.take_changes()
 
-    def routes(self) -> dict[str, Route]:
+    def routes(self) -> Mapping[str, Route]:
         return self.rib.routes()
 
     def status(self, now: float) -> list[PeerStatus]:

@@ -209,6 +209,9 @@ def environment(cfg: SpeakerConfig, run_dir: str, listen: bool = True) -> dict[s
         "exabgp.log.short": "true",
         "exabgp.log.packets": "false",
         "exabgp.log.routes": "false",
+        # Its reactor logs one INFO line per message received ("statistics for receive-update
+        # counter N"): a LogRecord and a write per UPDATE (issue 18 point 5).
+        "exabgp.log.statistics": "false",
         "exabgp.api.ack": "true",
         "exabgp.api.encoder": "json",
         "exabgp.api.respawn": "false",  # a dead relay means resync: the supervisor restarts all
@@ -217,7 +220,12 @@ def environment(cfg: SpeakerConfig, run_dir: str, listen: bool = True) -> dict[s
         # also restarts ExaBGP when the relay connection drops (speaker.py).
         "exabgp.api.terminate": "true",
         "exabgp.cache.attributes": "false",
-        "exabgp.reactor.speed": "0.5",
+        # Its reactor's idle poll() timeout is speed/100 s (reactor/loop.py); sockets and
+        # our API pipe wake it at once, so this only paces timers and accept(). 0.5 (a 5 ms
+        # poll, 200 wake-ups/s) cost ExaBGP 3.7 % of a core at idle; 5.0 (50 ms): 0.5 %
+        # (bench.bench_footprint --routes 0; issue 17: idle <= 2 % for all three processes),
+        # with no change in time to 100k routes (bench.bench_bgp --reactor-speed).
+        "exabgp.reactor.speed": "5.0",
         "exabgp.tcp.bind": cfg.local_address if listen else "",
         "exabgp.tcp.port": "179",
     }

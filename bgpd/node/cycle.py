@@ -44,6 +44,7 @@ from bgpd.node.calculator import (
     calculate,
     learned_context,
 )
+from bgpd.node.heap import release_free_heap, should_trim
 from bgpd.node.metrics import Health, Metrics
 from bgpd.node.peering import import_policy, speaker_config
 from bgpd.node.registry import NodeInfo
@@ -267,6 +268,8 @@ class Cycle:
             .observe(time.perf_counter() - t0)
         if result.failed:
             self.metrics.reconcile_errors.inc(len(result.failed))
+        if should_trim(result.added + result.replaced + result.deleted):
+            release_free_heap()  # the burst's freed buffers back to the kernel (RSS)
         if dp.policy_error:
             # Routes went in; policy did not (retried every cycle): say so in status.
             self.last_error = f"network policy: {dp.policy_error}"
