@@ -88,21 +88,21 @@ def default_exabgp(prefix: str | None = None, executable: str | None = None,
                    path: str | None = None) -> str:
     """The ExaBGP executable the speaker runs when the config names none, in this order:
 
-    1. ``exabgp`` next to our interpreter: the CPython install from setup.cfg. Run through
-       ``exabgp_launch.py``, which skips ExaBGP's per-prefix NLRI objects, it uses less
-       CPU than ExaBGP under PyPy did (100k routes, bench/bench_bgp.py, one run: 0.31-0.62 s
-       vs 0.81-0.93 s) at 30 MB RSS instead of ~102 MB (issue 17: PyPy's own library
-       alone keeps ~50 MB resident);
-    2. ``<prefix>/exabgp-pypy/bin/exabgp``: ExaBGP under PyPy (``scripts/setup``), when
-       the CPython one is missing (``bgp.exabgp_path`` selects it explicitly);
+    1. ``<prefix>/exabgp-pypy/bin/exabgp``: ExaBGP under PyPy (``scripts/setup``), the
+       project's fixed default (the brief: "ExaBGP ... under PyPy by default");
+    2. ``exabgp`` next to our interpreter: the CPython install from setup.cfg (fallback, and
+       what ``bgp.exabgp_path`` selects for a small node). Both run through
+       ``exabgp_launch.py``, which skips ExaBGP's per-prefix NLRI objects. Measured at 100k
+       routes (bench/bench_footprint.py, issue 17): CPython + launcher 30 MB RSS and
+       0.31-0.62 s CPU; PyPy ~93 MB before any route (its own library keeps ~50 MB resident).
     3. ``exabgp`` on ``path`` (default: $PATH).
 
     ``prefix``/``executable`` default to ``sys.prefix``/``sys.executable`` (our venv).
     """
     prefix = sys.prefix if prefix is None else prefix
     executable = sys.executable if executable is None else executable
-    for cand in (os.path.join(os.path.dirname(executable), "exabgp"),
-                 os.path.join(prefix, PYPY_VENV, "bin", "exabgp")):
+    for cand in (os.path.join(prefix, PYPY_VENV, "bin", "exabgp"),
+                 os.path.join(os.path.dirname(executable), "exabgp")):
         if _is_executable_file(cand):
             return cand
     return shutil.which("exabgp", path=path) or "exabgp"

@@ -1,5 +1,5 @@
-"""Which ExaBGP the speaker runs (CPython next to our interpreter first, PyPy's venv
-when that is missing, $PATH last) and the
+"""Which ExaBGP the speaker runs (PyPy's venv first -- the brief's fixed default --, CPython
+next to our interpreter when that is missing, $PATH last) and the
 environment PyPy gets. Unit tests on fake venv layouts in temp dirs (no root, no daemons)."""
 
 from __future__ import annotations
@@ -42,25 +42,24 @@ def choose(lay) -> str:
     return default_exabgp(prefix=lay["prefix"], executable=lay["executable"], path=lay["path"])
 
 
-def test_cpython_exabgp_is_preferred(layout):
-    """Issue 17: ExaBGP under CPython through the launcher (30 MB) instead of PyPy (~102 MB)."""
+def test_pypy_exabgp_is_preferred(layout):
+    assert choose(layout) == layout["pypy"]
+
+
+def test_cpython_exabgp_when_pypy_is_missing(layout):
+    os.unlink(layout["pypy"])
     assert choose(layout) == layout["cpython"]
 
 
-def test_pypy_exabgp_when_cpython_is_missing(layout):
-    os.unlink(layout["cpython"])
-    assert choose(layout) == layout["pypy"]
-
-
-def test_pypy_exabgp_when_cpython_is_not_executable(layout):
-    os.chmod(layout["cpython"], 0o644)
-    assert choose(layout) == layout["pypy"]
+def test_cpython_exabgp_when_pypy_is_not_executable(layout):
+    os.chmod(layout["pypy"], 0o644)
+    assert choose(layout) == layout["cpython"]
 
 
 def test_a_directory_named_exabgp_is_not_taken(layout):
-    os.unlink(layout["cpython"])
-    os.mkdir(layout["cpython"])
-    assert choose(layout) == layout["pypy"]
+    os.unlink(layout["pypy"])
+    os.mkdir(layout["pypy"])
+    assert choose(layout) == layout["cpython"]
 
 
 def test_path_when_neither_venv_has_it(layout):
