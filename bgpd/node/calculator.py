@@ -198,7 +198,9 @@ def learned_context(inp: Inputs) -> LearnedContext:
 def tunnel_pools(pools: tuple[PoolView, ...]) -> tuple[str | None, str | None]:
     """(VXLAN pool, IPIP pool): the first active pool that needs each tunnel device,
     whose range the device's address comes from; None when no pool needs it."""
-    active = [p for p in pools if not p.disabled]
+    # IPv4 pools only: the IPIP and VXLAN devices carry an IPv4 address, and taking it from
+    # an IPv6 pool (allowed in the config since issue 15) would break IPv4 encapsulation.
+    active = [p for p in pools if not p.disabled and ":" not in p.cidr]
     return (next((p.cidr for p in active if p.vxlan_mode != "Never"), None),
             next((p.cidr for p in active if p.ipip_mode != "Never"), None))
 
