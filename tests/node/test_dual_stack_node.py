@@ -77,3 +77,41 @@ def test_tunnel_devices_take_ipv4_pools_only():
              PoolView("198.19.0.0/16", vxlan_mode="CrossSubnet"))
     assert tunnel_pools(pools) == ("198.19.0.0/16", None)
     assert tunnel_pools(pools[:1]) == (None, None)
+
+
+def test_own_v6_blocks_get_blackholes_and_are_not_announced_over_ipv4():
+    from bgpd.node.calculator import BlockView, Inputs, Workload, calculate, learned_context
+    from felix_like.classify import OWN_BLOCK_REASON, classify
+    from felix_like.managers import BlackholeManager
+    from felix_like.routetable import RouteTable
+    from felix_like.updates import OwnBlocksUpdate
+    from tests.dataplane.fakenetlink import FakeKernel
+
+    a1 = NodeInfo("node-a1", "198.18.1.11", "198.18.1.0/24", 64601,
+                  ipv6_address="2001:2:1::11", ipv6_subnet="2001:2:1::/64")
+    inp = Inputs(own=a1, uplink="eth0", nodes={"node-a1": a1},
+                 pools=(PoolView("198.19.0.0/16"), PoolView("2001:2:19::/64")),
+                 blocks=(BlockView("2001:2:19::40/122", "node-a1", True),
+                         BlockView("198.19.1.0/26", "node-a1", True),
+                         BlockView("2001:2:19::/122", "node-a1", True)),
+                 workloads=(Workload("p6", "2001:2:19::41", "nrw1"),
+                            Workload("p4", "198.19.1.5", "nrw2")),
+                 borrowed=("2001:2:19::85", "198.19.3.7"))
+    d = calculate(inp)
+    assert d.own_blocks == ("198.19.1.0/26", "2001:2:19::/122", "2001:2:19::40/122")
+    assert [w.addresses for w in d.workloads] == [("198.19.1.5",), ("2001:2:19::41",)]
+    assert d.announce == frozenset({"198.19.1.0/26", "198.19.3.7/32"})
+    # Learned routes: a /128 inside our own IPv6 block is ours, not routed; the IPv4
+    # range checks do not mistake an IPv6 prefix for an IPv4 one.
+    ctx = learned_context(inp)
+    assert classify("2001:2:19::45/128", ("198.18.1.1",), ctx) == OWN_BLOCK_REASON
+    assert classify("::c613:105/128", ("198.18.1.1",), ctx) != OWN_BLOCK_REASON
+    # ... and the blackhole manager blackholes every own block, both families.
+    kernel = FakeKernel()
+    rt = RouteTable(driver=kernel, protocol=73)
+    bm = BlackholeManager(rt)
+    bm.on_update(OwnBlocksUpdate(d.own_blocks))
+    bm.complete_deferred_work()
+    assert rt.apply().added == 3
+    assert sorted(t.dst for t in rt.desired_targets("blackhole")) == [
+        "198.19.1.0/26", "2001:2:19::/122", "2001:2:19::40/122"]
