@@ -55,7 +55,12 @@ class CniBench:
     def conf(self, **over: Any) -> dict:
         c = {"cniVersion": self.version, "name": "k8s-pod-network", "type": "noderouter-cni",
              "etcd_endpoints": [self.etcd.endpoint], "node_name": "node-a",
-             "state_dir": self.state_dir, "etcd_timeout": 2.0, **self.extra_conf}
+             "state_dir": self.state_dir, "etcd_timeout": 2.0,
+             # The plugin on its own unless a test names a daemon: the default socket
+             # (/run/noderouter/cni.sock) is machine-wide, and a daemon another test or
+             # lab runs there would take the ADD into its own node (seen: an address of
+             # another lab's pool, the veth made in another namespace).
+             "daemon_socket": None, **self.extra_conf}
         c.update(over)
         return c
 
