@@ -78,7 +78,7 @@ def compute_remote_routes(pools: Mapping[str, PoolEncap], blocks: Iterable[Remot
                           nodes: Mapping[str, RemoteNode], local: LocalUnderlay,
                           vxlan_device: str, ipip_device: str) -> RemoteRoutes:
     """Route + VTEP set for remote blocks (pure)."""
-    nets = [(ipaddress.IPv4Network(c), enc) for c, enc in pools.items()]
+    nets = [(ipaddress.ip_network(c), enc) for c, enc in pools.items()]
     targets: list[Target] = []
     vteps: dict[str, Vtep] = {}
     pending: list[str] = []
@@ -87,8 +87,9 @@ def compute_remote_routes(pools: Mapping[str, PoolEncap], blocks: Iterable[Remot
         if node is None:
             pending.append(f"{b.cidr}: node {b.node} unknown")
             continue
-        net = ipaddress.IPv4Network(b.cidr)
-        enc = next((e for n, e in nets if net.subnet_of(n)), PoolEncap())
+        net = ipaddress.ip_network(b.cidr)
+        enc = next((e for n, e in nets if n.version == net.version and net.subnet_of(n)),
+                   PoolEncap())
         try:
             spec = route_for_block(b.cidr, enc, local, node.address, node.vtep,
                                    ipip_device=ipip_device, vxlan_device=vxlan_device)

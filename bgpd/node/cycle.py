@@ -71,6 +71,10 @@ LEARNED_SETTLE_SECONDS = 5.0
 MIN_CYCLE_GAP = 0.02
 
 
+def _str_or_none(value) -> str | None:
+    return None if value is None else str(value)
+
+
 def burst_wait(since_last_cycle: float, in_burst: bool,
                gap: float = MIN_CYCLE_GAP) -> tuple[float, bool]:
     """How long the loop waits before the next cycle, and whether it is in a burst now.
@@ -176,7 +180,9 @@ class Cycle:
         return NodeInfo(c.node.name, str(c.underlay.address), str(c.underlay.subnet),
                         c.node.as_number, tunnel_address=self.tunnels.ipip,
                         vtep_address=vtep[0] if vtep else None,
-                        vtep_mac=vtep[1] if vtep else None)
+                        vtep_mac=vtep[1] if vtep else None,
+                        ipv6_address=_str_or_none(c.underlay.ipv6_address),
+                        ipv6_subnet=_str_or_none(c.underlay.ipv6_subnet))
 
     # ------------------------------------------------------------------ the run
     def _inputs(self) -> Inputs:
