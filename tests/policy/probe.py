@@ -10,6 +10,12 @@ earlier probe's 5-tuple. (An ephemeral port is random: one equal to an earlier
 probe's port met that flow's conntrack entry, ``ct state established`` let a
 now-denied probe through, and a late echo to it counted for the wrong probe;
 seen as one wrong UDP cell in a loaded run.)
+``agent``: ``serve`` plus a prober that stays up (the lab's policy matrix, where a
+Python start per probe round would cost more than the probes): each stdin line
+``{"targets": [[addr, port, proto], ...], "timeout": t}`` is answered by one line,
+the JSON list of booleans, all targets tried in parallel. UDP probes take their
+source ports from a counter of the agent's own (10000-32767, below the kernel's
+ephemeral range that TCP uses), so no probe of one run repeats an earlier 5-tuple.
 ``hold timeout``: one UDP socket per destination, kept across requests (same
 5-tuple = same conntrack entry); each stdin line ``addr port`` sends a ping on
 it and prints 1 (the echo of that ping came back) or 0.
@@ -96,6 +102,27 @@ def probe(targets: list, timeout: float, udp_port_base: int | None = None) -> li
         return list(pool.map(lambda t, p: _probe(t, timeout, p), targets, ports))
 
 
+AGENT_UDP_PORTS = (10000, 32768)
+
+
+def agent() -> None:
+    threads = [threading.Thread(target=f, args=(p,), daemon=True)
+               for p in PORTS for f in (_tcp_server, _udp_server)]
+    for t in threads:
+        t.start()
+    print("ready", flush=True)
+    low, high = AGENT_UDP_PORTS
+    next_port = low
+    for line in sys.stdin:
+        request = json.loads(line)
+        targets = request["targets"]
+        if next_port + len(targets) > high:
+            next_port = low
+        results = probe(targets, float(request["timeout"]), next_port)
+        next_port += len(targets)
+        print(json.dumps(results), flush=True)
+
+
 def hold(timeout: float) -> None:
     sockets: dict[tuple[str, int], socket.socket] = {}
     for line in sys.stdin:
@@ -114,6 +141,8 @@ def hold(timeout: float) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve()
+    elif sys.argv[1] == "agent":
+        agent()
     elif sys.argv[1] == "hold":
         hold(float(sys.argv[2]))
     else:
