@@ -160,6 +160,7 @@ class PolicyMatrix:
             for name in POD_NAMES:
                 self.add_pod(nodes[i % len(nodes)], ns, name, label_now=False, agent=False)
                 i += 1
+        self.lab.save_state()            # `noderouter-lab down` must find the pods too
         for pod in self.pods:            # nine Python starts at once, not one by one
             start_agent(pod, wait=False)
         for pod in self.pods:
@@ -180,6 +181,7 @@ class PolicyMatrix:
     def add_pod(self, node: str, namespace: str, name: str, label_now: bool = True,
                 labels: dict | None = None, agent: bool = True) -> ModelPod:
         pod = create_model_pod(self.lab, node, namespace, name, agent)
+        self.lab.save_state()
         self.pods.append(pod)
         self.pod_labels[pod.id] = dict(labels or {"pod": name})
         self.named_ports[pod.id] = default_named_ports(name)
