@@ -373,8 +373,6 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
     """
     unpack_hdr = _HDR.unpack_from
     unpack_rt = _RTMSG.unpack_from
-    u32 = struct.Struct("=I").unpack_from
-    uhh = struct.Struct("=HH").unpack_from
     fast = _fast_route
     off = 0
     done = False
@@ -406,27 +404,7 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
                 if got is not None:
                     table, dst, metric, gw, oif = got
                 else:
-                    table, dst, metric, gw, oif = rtable, b"\0\0\0\0", 0, b"", 0
-                    a = off + 28
-                    end = off + mlen
-                    while a + 4 <= end:
-                        alen, atype = uhh(buf, a)
-                        if alen < 4:
-                            break
-                        if atype == RTA_TABLE:
-                            table = u32(buf, a + 4)[0]
-                        elif atype == RTA_DST:
-                            dst = bytes(buf[a + 4:a + 8])
-                        elif atype == RTA_GATEWAY:
-                            gw = bytes(buf[a + 4:a + 8])
-                        elif atype == RTA_OIF:
-                            oif = u32(buf, a + 4)[0]
-                        elif atype == RTA_PRIORITY:
-                            metric = u32(buf, a + 4)[0]
-                        elif atype == RTA_MULTIPATH:
-                            gw = parse_multipath(buf, a + 4, a + alen)  # type: ignore[assignment]
-                            oif = MULTIPATH_OIF
-                        a += (alen + 3) & ~3
+                    table, dst, metric, gw, oif = _route_attrs(buf, off, mlen, rtable, 4)
                 if tables is None or table in tables:
                     if oif == MULTIPATH_OIF:
                         # Route-level flags of a multipath route say nothing about
@@ -439,16 +417,13 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
     return done, interrupted
 
 
-_V6_ANY = bytes(16)
 
-
-def _route_v6(buf: bytes, off: int, mlen: int, rtable: int, rtype: int, rflags: int
-              ) -> tuple[RouteKey, RouteForm]:
-    """(key, form) of one IPv6 RTM_NEWROUTE (generic attribute walk)."""
+def _route_attrs(buf, off: int, mlen: int, rtable: int, width: int):
+    """(table, dst, metric, gateway, oif) of one RTM_NEWROUTE by the generic attribute walk
+    (``width``: 4 or 16 address bytes); the IPv4 dump tries its fixed-layout fast path first."""
     uhh = struct.Struct("=HH").unpack_from
     u32 = struct.Struct("=I").unpack_from
-    plen = buf[off + 17]
-    table, dst, metric, gw, oif = rtable, _V6_ANY, 0, b"", 0
+    table, dst, metric, gw, oif = rtable, bytes(width), 0, b"", 0
     a = off + 28
     end = off + mlen
     while a + 4 <= end:
@@ -458,9 +433,9 @@ def _route_v6(buf: bytes, off: int, mlen: int, rtable: int, rtype: int, rflags: 
         if atype == RTA_TABLE:
             table = u32(buf, a + 4)[0]
         elif atype == RTA_DST:
-            dst = bytes(buf[a + 4:a + 20])
+            dst = bytes(buf[a + 4:a + 4 + width])
         elif atype == RTA_GATEWAY:
-            gw = bytes(buf[a + 4:a + 20])
+            gw = bytes(buf[a + 4:a + 4 + width])
         elif atype == RTA_OIF:
             oif = u32(buf, a + 4)[0]
         elif atype == RTA_PRIORITY:
@@ -469,6 +444,14 @@ def _route_v6(buf: bytes, off: int, mlen: int, rtable: int, rtype: int, rflags: 
             gw = parse_multipath(buf, a + 4, a + alen)  # type: ignore[assignment]
             oif = MULTIPATH_OIF
         a += (alen + 3) & ~3
+    return table, dst, metric, gw, oif
+
+
+def _route_v6(buf: bytes, off: int, mlen: int, rtable: int, rtype: int, rflags: int
+              ) -> tuple[RouteKey, RouteForm]:
+    """(key, form) of one IPv6 RTM_NEWROUTE (generic attribute walk)."""
+    plen = buf[off + 17]
+    table, dst, metric, gw, oif = _route_attrs(buf, off, mlen, rtable, 16)
     key = (table, dst, plen, v6_metric(metric))
     if oif == MULTIPATH_OIF:
         return key, (rtype, gw, oif, False)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from tests.e2e.conftest import build_lab
 from tests.e2e.policy_lab import NAMESPACES, POD_NAMES, PolicyMatrix
 from tests.policy.model import k8s, ours
+from tests.policy.strategies import policy, port_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -339,52 +340,11 @@ def _peer(draw):
     return peer
 
 
-@st.composite
-def _port(draw):
-    proto = draw(st.sampled_from([None, "TCP", "UDP"]))
-    kind = draw(st.sampled_from(["none", "80", "81", "range", "named"]))
-    spec = {}
-    if proto:
-        spec["protocol"] = proto
-    if kind in ("80", "81"):
-        spec["port"] = int(kind)
-    elif kind == "range":
-        spec["port"], spec["endPort"] = 80, 81
-    elif kind == "named":
-        spec["port"] = draw(st.sampled_from(["web", "serve-80-tcp", "serve-81-udp", "missing"]))
-    return spec
+_port = port_spec([None, "TCP", "UDP"], ["web", "serve-80-tcp", "serve-81-udp", "missing"])
 
 
-@st.composite
-def _rule(draw, peer_key, extended):
-    rule = {}
-    if draw(st.booleans()):
-        rule[peer_key] = draw(st.lists(_peer(), min_size=1, max_size=2))
-    if draw(st.booleans()):
-        rule["ports"] = draw(st.lists(_port(), min_size=1, max_size=2))
-    if extended and draw(st.booleans()):
-        rule["action"] = draw(st.sampled_from(["Allow", "Deny"]))
-    return rule
-
-
-@st.composite
-def _policy(draw, index):
-    extended = draw(st.booleans())
-    spec = {"podSelector": draw(_pod_sel)}
-    if draw(st.booleans()):
-        spec["ingress"] = draw(st.lists(_rule("from", extended), max_size=2))
-    if draw(st.booleans()):
-        spec["egress"] = draw(st.lists(_rule("to", extended), max_size=2))
-    types = draw(st.sampled_from([None, ["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
-    if types:
-        spec["policyTypes"] = types
-    ns = draw(st.sampled_from(NAMESPACES))
-    if extended:
-        order = draw(st.sampled_from([None, 1, 1000, 1500]))
-        if order is not None:
-            spec["order"] = order
-        return ours(f"r{index}", ns, spec)
-    return k8s(f"r{index}", ns, spec)
+def _policy(index):
+    return policy(f"r{index}", _pod_sel, _peer(), _port, NAMESPACES, [None, 1, 1000, 1500])
 
 
 @st.composite
