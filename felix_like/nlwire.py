@@ -417,7 +417,6 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
     return done, interrupted
 
 
-
 def _route_attrs(buf, off: int, mlen: int, rtable: int, width: int):
     """(table, dst, metric, gateway, oif) of one RTM_NEWROUTE by the generic attribute walk
     (``width``: 4 or 16 address bytes); the IPv4 dump tries its fixed-layout fast path first."""
