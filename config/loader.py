@@ -79,9 +79,9 @@ def _either_family(tp):
 def _describe(tp) -> str:
     origin = typing.get_origin(tp)
     if _either_family(tp) is ipaddress.ip_address:
-        return "an IPv4 or IPv6 address such as 198.18.1.10 or 2001:2:1::10"
+        return "an IPv4 or IPv6 address such as 198.18.1.10 or 2001:2:0:1::10"
     if _either_family(tp) is not None:
-        return "an IPv4 or IPv6 CIDR such as 198.19.0.0/16 or 2001:2:19::/64 (no host bits set)"
+        return "an IPv4 or IPv6 CIDR such as 198.19.0.0/16 or 2001:2:0:19::/64 (no host bits set)"
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_describe(a) for a in inner) + " (or null)"
@@ -95,8 +95,8 @@ def _describe(tp) -> str:
         bool: "true or false", int: "an integer", float: "a number", str: "a string",
         Secret: "a string", ipaddress.IPv4Address: "an IPv4 address such as 198.18.1.10",
         ipaddress.IPv4Network: "an IPv4 CIDR such as 198.19.0.0/16 (no host bits set)",
-        ipaddress.IPv6Address: "an IPv6 address such as 2001:2:1::11",
-        ipaddress.IPv6Network: "an IPv6 CIDR such as 2001:2:1::/64 (no host bits set)",
+        ipaddress.IPv6Address: "an IPv6 address such as 2001:2:0:1::11",
+        ipaddress.IPv6Network: "an IPv6 CIDR such as 2001:2:0:1::/64 (no host bits set)",
     }.get(tp, getattr(tp, "__name__", str(tp)))
 
 

@@ -52,7 +52,7 @@ class NextHop:
 class Target:
     """One desired IPv4 or IPv6 route.
 
-    ``dst`` is a CIDR with no host bits ("198.19.1.0/26", "2001:2:19::/122"); a
+    ``dst`` is a CIDR with no host bits ("198.19.1.0/26", "2001:2:0:19::/122"); a
     gateway is of the same family (``routetable`` refuses a mix); ``ifname`` is resolved
     to an index at apply time so a target may name a device that appears later.
     ``nexthops`` (instead of gateway/ifname/onlink) makes an ECMP route; their

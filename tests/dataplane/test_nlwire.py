@@ -257,16 +257,16 @@ def _v6(text: str) -> bytes:
 
 def test_packed_v6_adds_interleaved_with_v4_parse_back_to_the_same_routes():
     ops = [
-        (OP_ADD, (254, _v6("2001:2:19::40"), 122, 0),
-         (RTN_UNICAST, _v6("2001:2:1::12"), 2, False)),
+        (OP_ADD, (254, _v6("2001:2:0:19::40"), 122, 0),
+         (RTN_UNICAST, _v6("2001:2:0:1::12"), 2, False)),
         (OP_ADD, (254, socket.inet_aton("198.19.1.0"), 26, 0),
          (RTN_UNICAST, socket.inet_aton("198.18.1.12"), 2, False)),
-        (OP_REPLACE, (1000, _v6("2001:2:19::80"), 122, 5),
-         (RTN_UNICAST, _v6("2001:2:7::11"), 9, True)),
-        (OP_ADD, (254, _v6("2001:2:19::"), 122, 0), (RTN_BLACKHOLE, b"", 0, False)),
-        (OP_ADD, (254, _v6("2001:2:19::7"), 128, 0), (RTN_UNICAST, b"", 4, False)),
-        (OP_ADD, (254, _v6("2001:2:30::"), 64, 0),
-         (RTN_UNICAST, ((_v6("2001:2:1::2"), 2, False), (_v6("2001:2:2::2"), 3, True)),
+        (OP_REPLACE, (1000, _v6("2001:2:0:19::80"), 122, 5),
+         (RTN_UNICAST, _v6("2001:2:0:7::11"), 9, True)),
+        (OP_ADD, (254, _v6("2001:2:0:19::"), 122, 0), (RTN_BLACKHOLE, b"", 0, False)),
+        (OP_ADD, (254, _v6("2001:2:0:19::7"), 128, 0), (RTN_UNICAST, b"", 4, False)),
+        (OP_ADD, (254, _v6("2001:2:0:30::"), 64, 0),
+         (RTN_UNICAST, ((_v6("2001:2:0:1::2"), 2, False), (_v6("2001:2:0:2::2"), 3, True)),
           MULTIPATH_OIF, False)),
     ]
     buf = bytes(pack_route_ops(ops, 73, first_seq=100))
@@ -287,18 +287,18 @@ def test_v6_read_back_folds_the_kernels_metric_1024_and_blackhole_via_lo():
                 + struct.pack("=HHI", 8, 15, 254) + struct.pack("=HH", 20, 1) + dst
                 + struct.pack("=HHI", 8, 6, metric) + struct.pack("=HHI", 8, 4, oif))
         return HDR.pack(16 + len(body), RTM_NEWROUTE, NLM_F_MULTI, 9, 0) + body
-    buf = (msg(RTN_BLACKHOLE, _v6("2001:2:19::"), 122, 1024, 1)
-           + msg(RTN_UNICAST, _v6("2001:2:19::7"), 128, 1024, 4)
-           + msg(RTN_UNICAST, _v6("2001:2:19::8"), 128, 50, 4))
+    buf = (msg(RTN_BLACKHOLE, _v6("2001:2:0:19::"), 122, 1024, 1)
+           + msg(RTN_UNICAST, _v6("2001:2:0:19::7"), 128, 1024, 4)
+           + msg(RTN_UNICAST, _v6("2001:2:0:19::8"), 128, 50, 4))
     out: dict = {}
     parse_route_dump(buf, len(buf), out, 73, None, seq=9)
-    assert out == {(254, _v6("2001:2:19::"), 122, 0): (RTN_BLACKHOLE, b"", 0, False),
-                   (254, _v6("2001:2:19::7"), 128, 0): (RTN_UNICAST, b"", 4, False),
-                   (254, _v6("2001:2:19::8"), 128, 50): (RTN_UNICAST, b"", 4, False)}
+    assert out == {(254, _v6("2001:2:0:19::"), 122, 0): (RTN_BLACKHOLE, b"", 0, False),
+                   (254, _v6("2001:2:0:19::7"), 128, 0): (RTN_UNICAST, b"", 4, False),
+                   (254, _v6("2001:2:0:19::8"), 128, 50): (RTN_UNICAST, b"", 4, False)}
 
 
 def test_v6_delete_names_our_protocol_and_the_stored_metric():
-    buf = bytes(pack_route_ops([(OP_DELETE, (254, _v6("2001:2:19::"), 122, 0), None)], 73,
+    buf = bytes(pack_route_ops([(OP_DELETE, (254, _v6("2001:2:0:19::"), 122, 0), None)], 73,
                                first_seq=1))
     (mtype, _f, _s, msg), = split(buf)
     assert mtype == RTM_DELROUTE and msg[16] == socket.AF_INET6 and msg[16 + 5] == 73

@@ -453,18 +453,18 @@ def test_v6_targets_round_trip_and_metric_1024_is_the_kernels_0():
     # kernel stores 0 as 1024), so asking for either is one route, not two.
     k = FakeKernel()
     rt = make(k)
-    targets = [Target("2001:2:19::40/122", gateway="2001:2:1::12", ifname="eth0"),
-               Target("2001:2:19::/122", type="blackhole"),
-               Target("2001:2:30::/64", nexthops=(NextHop("2001:2:1::2", "eth0"),
-                                                  NextHop("2001:2:2::2", "eth0"))),
+    targets = [Target("2001:2:0:19::40/122", gateway="2001:2:0:1::12", ifname="eth0"),
+               Target("2001:2:0:19::/122", type="blackhole"),
+               Target("2001:2:0:30::/64", nexthops=(NextHop("2001:2:0:1::2", "eth0"),
+                                                  NextHop("2001:2:0:2::2", "eth0"))),
                Target("198.19.1.0/26", gateway="198.18.1.12", ifname="eth0")]
     rt.set_routes("bgp", targets)
     assert sorted(rt.desired_targets("bgp"), key=lambda t: t.dst) == sorted(
         targets, key=lambda t: t.dst)
     assert rt.apply().added == 4
-    rt.set_routes("bgp", [Target("2001:2:19::40/122", gateway="2001:2:1::12", ifname="eth0",
+    rt.set_routes("bgp", [Target("2001:2:0:19::40/122", gateway="2001:2:0:1::12", ifname="eth0",
                                  metric=1024)])
     res = rt.apply()
     assert (res.added, res.replaced, res.deleted) == (0, 0, 3)
-    rt.remove_many("bgp", ["2001:2:19::40/122"], metric=1024)
+    rt.remove_many("bgp", ["2001:2:0:19::40/122"], metric=1024)
     assert rt.apply().deleted == 1 and k.of_protocol(OURS) == {}

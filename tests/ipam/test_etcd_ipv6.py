@@ -20,7 +20,7 @@ from tests.ipam.test_etcd_faults import _consistent, _replay, _worker
 
 pytestmark = pytest.mark.integration
 V4 = "198.19.0.0/16"
-V6 = "2001:2:19::/64"
+V6 = "2001:2:0:19::/64"
 
 
 def test_v6_allocation_comes_from_122_blocks_in_order(make_ipam):
@@ -64,7 +64,7 @@ def test_default_family_stays_v4_and_a_handle_holds_one_per_family(make_ipam):
 def test_block_limit_counts_per_family(make_ipam):
     a = make_ipam("node-a", max_blocks_per_node=1, strict_affinity=True)
     a.add_pool("198.19.0.0/28", 30)             # one v4 block of 4 fills the limit...
-    a.add_pool("2001:2:19::/120", 126)          # ...for IPv4 only
+    a.add_pool("2001:2:0:19::/120", 126)          # ...for IPv4 only
     for i in range(4):
         a.allocate(f"k8s-pod-network.v4-{i}")
     with pytest.raises(IpamExhausted, match="maximum of 1 blocks"):
@@ -73,14 +73,14 @@ def test_block_limit_counts_per_family(make_ipam):
     assert len(set(v6)) == 4
     with pytest.raises(IpamExhausted) as e:
         a.allocate("k8s-pod-network.v6-4", family=6)
-    assert "2001:2:19::/120" in str(e.value) and "strict affinity" in str(e.value)
+    assert "2001:2:0:19::/120" in str(e.value) and "strict affinity" in str(e.value)
     assert "198.19.0.0/28" not in str(e.value)      # the other family's pool is not a reason
 
 
 def test_v6_borrowing_release_stale_lease_and_gc(make_ipam):
     a = make_ipam("node-a")
     b = make_ipam("node-b")
-    a.add_pool("2001:2:19::/121", 122)          # 2 blocks of 64
+    a.add_pool("2001:2:0:19::/121", 122)          # 2 blocks of 64
     a.allocate("k8s-pod-network.a0", family=6)
     b.allocate("k8s-pod-network.b0", family=6)
     got = [a.allocate(f"k8s-pod-network.a{i}", family=6) for i in range(1, 70)]
@@ -118,12 +118,12 @@ def test_cli_pool_add_list_show_both_families_and_bad_v6_input(etcd_server, make
     out = json.loads(run("pool", "add", V6, "--vxlan-mode", "CrossSubnet", "-o", "json"))
     assert out["cidr"] == V6 and out["block_size"] == 122 and out["family"] == 6
     run("pool", "add", V4)
-    err = run("pool", "add", "2001:2:19::/48", "--block-size", "112", code=2)
+    err = run("pool", "add", "2001:2:0:30::/64", "--block-size", "112", code=2)
     assert "IPv6 block size /112 must lie between /116 and /128" in err
-    err = run("pool", "add", "2001:2:20::/64", "--ipip-mode", "Always", code=2)
-    assert "not possible for an IPv6 pool" in err and "2001:2:20::/64" in err
-    assert "overlaps existing pool(s) 2001:2:19::/64" in run("pool", "add", "2001:2:19::/96", code=1)
-    err = run("pool", "add", "2001:2:21::1/64", code=2)
+    err = run("pool", "add", "2001:2:0:20::/64", "--ipip-mode", "Always", code=2)
+    assert "not possible for an IPv6 pool" in err and "2001:2:0:20::/64" in err
+    assert "overlaps existing pool(s) 2001:2:0:19::/64" in run("pool", "add", "2001:2:0:19::/96", code=1)
+    err = run("pool", "add", "2001:2:0:21::1/64", code=2)
     assert "not a valid network" in err
     rows = json.loads(run("pool", "list", "-o", "json"))
     assert [(r["cidr"], r["family"]) for r in rows] == [(V4, 4), (V6, 6)]
@@ -144,7 +144,7 @@ def test_cli_pool_add_list_show_both_families_and_bad_v6_input(etcd_server, make
 
 def test_contention_8_processes_on_a_v6_pool_never_duplicates(etcd_server, make_ipam, tmp_path):
     admin = make_ipam("admin")
-    admin.add_pool("2001:2:19::/116", 122)      # 64 blocks of 64, ~3 claimed per node
+    admin.add_pool("2001:2:0:19::/116", 122)      # 64 blocks of 64, ~3 claimed per node
     nodes = [f"node-{i}" for i in range(8)]
     count = 250
     files = [open(tmp_path / f"{n}.jsonl", "w") for n in nodes]

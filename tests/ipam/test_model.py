@@ -44,9 +44,9 @@ def test_pool_defaults_and_block_math():
 
 
 def test_pool_v6_default_block_size():
-    p = Pool.new("2001:2:10::/116")
+    p = Pool.new("2001:2:0:10::/116")
     assert p.block_size == 122 and p.n_blocks == 64
-    assert p.block_for(ip("2001:2:10::105")) == net("2001:2:10::100/122")
+    assert p.block_for(ip("2001:2:0:10::105")) == net("2001:2:0:10::100/122")
 
 
 @pytest.mark.parametrize("cidr,size,msg", [
@@ -241,10 +241,10 @@ def test_v6_block_sizes_116_to_128_are_accepted(size):
 
 
 def test_v6_pool_defaults_to_122_blocks_of_64():
-    p = Pool.new("2001:2:1::/64")
+    p = Pool.new("2001:2:0:1::/64")
     assert p.block_size == 122 and p.block_len == 64
-    assert p.block_at(1) == net("2001:2:1::40/122")
-    assert p.block_for(ip("2001:2:1::7f")) == net("2001:2:1::40/122")
+    assert p.block_at(1) == net("2001:2:0:1::40/122")
+    assert p.block_for(ip("2001:2:0:1::7f")) == net("2001:2:0:1::40/122")
 
 
 @pytest.mark.parametrize("mode", ["Always", "CrossSubnet"])
