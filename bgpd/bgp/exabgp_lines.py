@@ -42,7 +42,7 @@ import json
 
 from bgpd.bgp import wire as bgp_wire
 from bgpd.bgp.events import (
-    FAMILY,
+    FAMILIES,
     ORIGINS,
     Ack,
     Answer,
@@ -96,6 +96,22 @@ def _nlris(items: list) -> tuple[str, ...]:
     return out
 
 
+def _global_nexthops(groups: list[tuple[str, tuple[str, ...]]]) -> list:
+    """A global + link-local next hop (RFC 2545) arrives as each prefix twice, once per next
+    hop: the link-local copies go (issue 15; ``bgpd.bgp.wire`` keeps the global one too).
+    A link-local next hop alone is kept (the import policy refuses it as martian)."""
+    if len(groups) < 2:
+        return groups
+    out = [(nh, ps) for nh, ps in groups if not nh.lower().startswith("fe80:")]
+    if not out:
+        return groups
+    # Only copies: a link-local group's prefixes all have a global next hop too.
+    covered = {p for _, ps in out for p in ps}
+    out += [(nh, ps) for nh, ps in groups if nh.lower().startswith("fe80:")
+            and not covered.issuperset(ps)]
+    return out
+
+
 def _attributes(attr: dict) -> Attributes:
     path: list[int] = []
     length = 0
@@ -134,7 +150,8 @@ def _from_json(msg: dict) -> Event:
         gr = None
         caps = o.get("capabilities", {})
         cap = caps.get("64")
-        if cap and "ipv4/unicast" in cap.get("address-family-flags", {}):
+        flags = cap.get("address-family-flags", {}) if cap else {}
+        if "ipv4/unicast" in flags or "ipv6/unicast" in flags:
             gr = int(cap.get("time", 0))
         asn4 = (caps.get("65") or {}).get("asn4")
         return PeerOpen(peer, int(o["asn"] if asn4 is None else asn4), int(o["hold_time"]),
@@ -145,10 +162,14 @@ def _from_json(msg: dict) -> Event:
             eor = m["eor"]
             return EndOfRib(peer, f"{eor['afi']} {eor['safi']}")
         upd = m["update"]
-        announced = tuple(
-            (nh, _nlris(items)) for nh, items in (upd.get("announce", {}).get(FAMILY) or {}).items()
-        )
-        withdrawn = _nlris(upd.get("withdraw", {}).get(FAMILY) or [])
+        announced = []
+        withdrawn = []
+        for family in FAMILIES:
+            groups = [(nh, _nlris(items))
+                      for nh, items in (upd.get("announce", {}).get(family) or {}).items()]
+            announced += _global_nexthops(groups)
+            withdrawn += _nlris(upd.get("withdraw", {}).get(family) or [])
+        announced, withdrawn = tuple(announced), tuple(withdrawn)
         return RouteUpdate(peer, _attributes(upd.get("attribute", {})), announced, withdrawn)
     if kind == "notification":
         n = nb["notification"]
