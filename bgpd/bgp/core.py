@@ -541,6 +541,14 @@ class SpeakerCore:
         count = self.rib.count(rec.address)
         if count <= pc.max_prefix:
             return
+        family = ""
+        if len(pc.families) > 1:
+            # The limit is per family (as BIRD's and FRR's per-AFI limits; issue 15): count
+            # the IPv6 ones, only once the total is over (one family: no count needed).
+            v6 = sum(1 for p in self.rib.prefixes_of(rec.address) if ":" in p)
+            count, family = max((count - v6, "ipv4 unicast "), (v6, "ipv6 unicast "))
+            if count <= pc.max_prefix:
+                return
         was_up = rec.state in ("established", "max-prefix")
         dropped = self.rib.drop_peer(rec.address)
         rec.max_prefix_hit = True
@@ -548,8 +556,8 @@ class SpeakerCore:
         rec.rejected_now.clear()
         self._reject(rec, "max-prefix", dropped)
         self._inc("max_prefix_events")
-        rec.max_prefix_error = (f"max-prefix {pc.max_prefix} exceeded ({count} accepted); "
-                                "routes dropped")
+        rec.max_prefix_error = (f"max-prefix {pc.max_prefix} exceeded ({count} {family}"
+                                "accepted); routes dropped")
         rec.last_error = rec.max_prefix_error
         rec.set_state("max-prefix", now)
         self.log.warning("max_prefix_exceeded", peer=rec.address, limit=pc.max_prefix,
