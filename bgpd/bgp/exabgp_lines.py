@@ -96,22 +96,6 @@ def _nlris(items: list) -> tuple[str, ...]:
     return out
 
 
-def _global_nexthops(groups: list[tuple[str, tuple[str, ...]]]) -> list:
-    """A global + link-local next hop (RFC 2545) arrives as each prefix twice, once per next
-    hop: the link-local copies go (issue 15; ``bgpd.bgp.wire`` keeps the global one too).
-    A link-local next hop alone is kept (the import policy refuses it as martian)."""
-    if len(groups) < 2:
-        return groups
-    out = [(nh, ps) for nh, ps in groups if not nh.lower().startswith("fe80:")]
-    if not out:
-        return groups
-    # Only copies: a link-local group's prefixes all have a global next hop too.
-    covered = {p for _, ps in out for p in ps}
-    out += [(nh, ps) for nh, ps in groups if nh.lower().startswith("fe80:")
-            and not covered.issuperset(ps)]
-    return out
-
-
 def _attributes(attr: dict) -> Attributes:
     path: list[int] = []
     length = 0
@@ -167,7 +151,7 @@ def _from_json(msg: dict) -> Event:
         for family in FAMILIES:
             groups = [(nh, _nlris(items))
                       for nh, items in (upd.get("announce", {}).get(family) or {}).items()]
-            announced += _global_nexthops(groups)
+            announced += bgp_wire.global_nexthops(groups)
             withdrawn += _nlris(upd.get("withdraw", {}).get(family) or [])
         announced, withdrawn = tuple(announced), tuple(withdrawn)
         return RouteUpdate(peer, _attributes(upd.get("attribute", {})), announced, withdrawn)

@@ -18,10 +18,9 @@ What is read, and how ExaBGP 5.0.15 (as installed, with its RFC 7606 patches) re
   for ipv4 unicast and ipv6 unicast routes and End-of-RIB. Routes of any other family
   are not decoded.
 - ipv6 unicast (RFC 4760, RFC 2545; issue 15): prefixes as ``inet_ntop`` prints them (RFC
-  5952, as ExaBGP does); a 32-byte next hop (global + link-local) keeps only the global
-  one. ExaBGP's parsed form lists such a prefix twice, once per next hop; the link-local
-  copy is dropped there too (``bgpd.bgp.exabgp_lines``): a node must forward to the
-  peer's global address, which every node can reach (calico#10321, #5971).
+  5952, as ExaBGP does); of a 32-byte next hop (global + link-local) the global one is
+  kept: ``global_nexthops``, which ``bgpd.bgp.exabgp_lines`` applies to ExaBGP's parsed
+  form too (it lists such a prefix twice, once per next hop).
 - End-of-RIB: an UPDATE with nothing in it (ipv4 unicast), the 11-byte MP_UNREACH form
   of any family, or an UPDATE whose only attribute is an MP_UNREACH without NLRI.
 - RFC 7606 treat-as-withdraw exactly where ExaBGP applies it (a malformed ORIGIN, AS_PATH,
@@ -347,15 +346,42 @@ def _mp_reach(v: bytes, s: Session):
         raise _Reset("MP_REACH_NLRI without NLRI")
     if fam not in _DECODED:
         return fam, None
-    # A 32-byte next hop is global + link-local (RFC 2545 3): the global one only. ExaBGP
-    # decodes every prefix once per next hop; exabgp_lines drops the link-local copies.
-    hop = _nexthop(v[4 + rd:4 + rd + 16] if nhlen == 32 else v[4 + rd:4 + nhlen])
-    if hop is None:
-        raise _Reset("MP_REACH_NLRI next hop neither 4 nor 16 bytes")
+    nhs = v[4 + rd:4 + nhlen]
+    hops = []
+    for k in range(0, len(nhs), 16):
+        hop = _nexthop(nhs[k:k + 16])
+        if hop is None:
+            raise _Reset("MP_REACH_NLRI next hop neither 4 nor 16 bytes")
+        hops.append(hop)
     prefixes = _family_prefixes(fam, nlri, s)
     if isinstance(prefixes, str):
         raise _Reset(f"MP_REACH_NLRI: {prefixes}")
-    return fam, [(hop, prefixes)]
+    if len(hops) == 1:
+        return fam, [(hops[0], prefixes)]
+    # ExaBGP decodes every prefix once per next hop (global + link-local), in turn;
+    # global_nexthops drops the link-local copies afterwards, as for its parsed form.
+    return fam, [(h, [p]) for p in prefixes for h in hops]
+
+
+def _link_local(hop: str) -> bool:
+    return hop[:4].lower() == "fe80"
+
+
+def global_nexthops(groups: list) -> list:
+    """[(next hop, prefixes)] without the link-local copies (issue 15).
+
+    A global + link-local next hop (32 bytes, RFC 2545 3) arrives as each prefix twice,
+    once per next hop (ExaBGP's parsed form, and our decode of the same bytes): a group
+    whose next hop is link-local goes when all its prefixes also have a non-link-local next
+    hop. A node must forward to the peer's global address, which every node can reach
+    (calico#10321, #5971); a link-local next hop alone stays (the import policy refuses it
+    as martian)."""
+    if len(groups) < 2 or not any(_link_local(nh) for nh, _ in groups):
+        return groups
+    kept = [(nh, ps) for nh, ps in groups if not _link_local(nh)]
+    covered = {p for _, ps in kept for p in ps}
+    return [(nh, ps) for nh, ps in groups
+            if not _link_local(nh) or not covered.issuperset(ps)]
 
 
 def _mp_unreach(v: bytes, s: Session):
@@ -561,18 +587,23 @@ def _update(peer, body, wlen, astart, aend, s: Session):
         gone += mp_withdrawn
         for _, prefixes in mp_announced:
             gone += prefixes
+        if reach is not None and reach[0] == IPV6_UNICAST or \
+                unreach is not None and unreach[0] == IPV6_UNICAST:
+            gone.sort(key=_is_v6)  # ExaBGP's parsed form: ipv4 unicast first (stable)
         return RouteUpdate(peer, attrs, (), tuple(gone))
     if mp_announced:
-        groups: dict[str, list[str]] = {}
+        # Grouped per family, then next hop, as ExaBGP's parsed form: ipv4 unicast first.
+        v6 = reach[0] == IPV6_UNICAST
+        groups: dict[tuple[bool, str], list[str]] = {}
         if announced_v4:
-            groups[nexthop if 3 in present else _NO_NEXTHOP] = announced_v4
+            groups[False, nexthop if 3 in present else _NO_NEXTHOP] = announced_v4
         for hop, prefixes in mp_announced:
-            got = groups.get(hop)
+            got = groups.get((v6, hop))
             if got is None:
-                groups[hop] = list(prefixes)
+                groups[v6, hop] = list(prefixes)
             else:
                 got += prefixes
-        announced = tuple((hop, tuple(p)) for hop, p in groups.items())
+        announced = tuple(global_nexthops([(hop, tuple(p)) for (_, hop), p in groups.items()]))
     elif announced_v4:
         announced = ((nexthop if 3 in present else _NO_NEXTHOP, tuple(announced_v4)),)
         nlri = body[aend:]
@@ -588,6 +619,10 @@ def _update(peer, body, wlen, astart, aend, s: Session):
     if mp_withdrawn:
         withdrawn = withdrawn + mp_withdrawn
     return RouteUpdate(peer, attrs, announced, tuple(withdrawn))
+
+
+def _is_v6(prefix: str) -> bool:
+    return ":" in prefix
 
 
 def _prefixes_v4(data: bytes, s: Session):
