@@ -165,9 +165,15 @@ class Rib:
         self._dirty.update(prefixes)  # a stale path may leave an ECMP set
         return len(prefixes)
 
-    def sweep_stale(self, peer: str) -> int:
-        stale = self._stale.pop(peer, set())
-        return self.remove(peer, list(stale))
+    def sweep_stale(self, peer: str, family: int | None = None) -> int:
+        """Remove the peer's stale paths; ``family`` 4 or 6: only those of that IP version
+        (End-of-RIB is per family, RFC 4724 4.2; issue 15)."""
+        if family is None:
+            stale = self._stale.pop(peer, set())
+            return self.remove(peer, list(stale))
+        v6 = family == 6
+        gone = [p for p in self._stale.get(peer, ()) if (":" in p) == v6]
+        return self.remove(peer, gone)
 
     def stale_count(self, peer: str) -> int:
         return len(self._stale.get(peer, ()))
