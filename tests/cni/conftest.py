@@ -55,7 +55,11 @@ class CniBench:
     def conf(self, **over: Any) -> dict:
         c = {"cniVersion": self.version, "name": "k8s-pod-network", "type": "noderouter-cni",
              "etcd_endpoints": [self.etcd.endpoint], "node_name": "node-a",
-             "state_dir": self.state_dir, "etcd_timeout": 2.0, **self.extra_conf}
+             "state_dir": self.state_dir, "etcd_timeout": 2.0,
+             # The direct path unless a test names its own server: the default socket
+             # (/run/noderouter/cni.sock) may belong to a lab daemon running on the same
+             # machine, which would then serve this test's pods from its own etcd.
+             "daemon_socket": None, **self.extra_conf}
         c.update(over)
         return c
 
