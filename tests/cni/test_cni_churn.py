@@ -1,0 +1,88 @@
+"""Issue 17, pod churn: what an ADD or a DEL costs must not grow with the node's routes.
+
+A node holds thousands of learned routes; a DEL used to dump the whole main table
+through pyroute2 (~0.8 s with 5,000 routes, parsed in Python) to find the pod's one
+/32. These tests run the daemon's side of a call (``serve_request``) in the node
+namespace with a spy on pyroute2's route requests and assert which requests were
+made — and that the kernel state afterwards is what DEL promises. Nothing is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bgpd.cni.protocol import host_veth_name
+
+from .conftest import REPO, CniBench
+from .test_cni_integration import assert_nothing_left, assert_valid_result, links, our_routes
+
+pytestmark = pytest.mark.integration
+
+# Runs inside the node namespace: one CNI command through the daemon's code path, with
+# every IPRoute.route() request recorded (its first argument: add/del/dump/...).
+SPY = """
+import json, os, sys
+from bgpd.cni import netns
+from bgpd.cni.commands import Datastore, serve_request
+
+calls = []
+real_init = netns.Kernel.__init__
+def init(self, *a, **kw):
+    real_init(self, *a, **kw)
+    for ipr in (self.node, self.pod):
+        if ipr is not None:
+            real = ipr.route
+            def route(command, *a, real=real, **kw):
+                calls.append(command)
+                return real(command, *a, **kw)
+            ipr.route = route
+netns.Kernel.__init__ = init
+
+env = json.loads(sys.argv[1])
+fd = os.open(env["CNI_NETNS"], os.O_RDONLY) if env["CNI_COMMAND"] == "ADD" else None
+code, out = serve_request(env, sys.argv[2].encode(), "node-a", Datastore, netns_fd=fd)
+print(json.dumps({"code": code, "out": out, "route_calls": calls}))
+"""
+
+
+def _serve(cni: CniBench, command: str, cid: str, netns: str, conf: dict) -> dict:
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": netns,
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+    res = subprocess.run(["ip", "netns", "exec", cni.node, sys.executable, "-c", SPY,
+                          json.dumps(env), json.dumps(conf)], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": REPO})
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _learned_routes(cni: CniBench, tmp_path, count: int) -> None:
+    batch = tmp_path / "routes.batch"
+    batch.write_text("".join(f"route add 198.18.{64 + i // 250}.{1 + i % 250}/32 via "
+                             f"198.18.9.2 dev nrup0 proto 73 onlink\n" for i in range(count)))
+    cni.node_sh("ip", "-batch", str(batch))
+
+
+def test_del_deletes_the_host_route_without_dumping_the_route_table(cni: CniBench, tmp_path):
+    _learned_routes(cni, tmp_path, 300)
+    netns = cni.pod()
+    conf = cni.conf(daemon_socket=None)
+    add = _serve(cni, "ADD", "c1", netns, conf)
+    assert add["code"] == 0, add
+    ip = assert_valid_result(json.loads(add["out"]), "1.0.0", netns)
+    host = host_veth_name("nrw", "c1")
+    assert (ip, host) in [(r["dst"], r.get("dev")) for r in our_routes(cni)]
+
+    gone = _serve(cni, "DEL", "c1", netns, conf)
+    assert gone["code"] == 0, gone
+    assert "dump" not in gone["route_calls"], gone["route_calls"]
+    assert gone["route_calls"] == ["del", "del"]          # ours, then ESRCH: no more
+    assert host not in links(cni)
+    assert [r for r in our_routes(cni) if r["dst"] == ip] == []
+    assert len(our_routes(cni)) == 300                    # the learned routes stay
+    cni.node_sh("ip", "route", "flush", "proto", "73")
+    assert_nothing_left(cni)
