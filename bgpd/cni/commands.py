@@ -376,8 +376,9 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
         rec = _state(lambda: read_record(conf.state_dir, cid))
         if rec is not None:
             return _add_again(env, conf, ds, k, rec, blog, wanted)
-        others = [(pod_if, h) for pod_if, h in k.attachments_in_pod(pod_fd, conf.workload_prefix)
-                  if h != host]
+        pod_links = k.pod_links()
+        others = [(pod_if, h) for pod_if, h
+                  in k.attachments_in_pod(pod_fd, conf.workload_prefix, pod_links) if h != host]
         if others:
             pod_if, other_host = others[0]
             owner = _owner_of(conf, other_host)
@@ -386,7 +387,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
                            f"container {owner or '(no record)'} (host veth {other_host})",
                            "refused before any change: a second attachment would replace "
                            "that pod's default route; CNI_NETNS must be this container's")
-        if k.pod_link(env.ifname) is not None:
+        if any(link.name == env.ifname for link in pod_links):
             raise CniError(Code.ALREADY_ATTACHED,
                            f"interface {env.ifname} already exists in {env.netns}",
                            "another plugin or an earlier attachment uses this name; "
@@ -433,7 +434,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
             mark("veth")
             pod_link = k.configure_pod(env.ifname, ip, conf.mtu)
             mark("pod")
-            host_link = k.configure_host(host, conf.mtu)
+            host_link = k.configure_host(created, conf.mtu)
             mark("host")
             rec = WorkloadRecord(container_id=cid, ifname=env.ifname, netns=env.netns,
                                  host_ifname=host, ip=ip, handle=handle, mtu=conf.mtu,

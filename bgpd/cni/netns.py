@@ -261,17 +261,26 @@ class Kernel:
             raise _kernel_error(f"looking up link #{index}", exc) from None
         return _link_info(msgs[0]) if msgs else None
 
-    def attachments_in_pod(self, pod_netns_fd: int, prefix: str) -> list[tuple[str, str]]:
-        """(pod interface, host veth) for every veth in the pod namespace whose node
-        end is one of ours (name starts with ``prefix``). A fresh pod namespace has
-        only ``lo``: this costs one link dump there."""
+    def pod_links(self) -> list[LinkInfo]:
+        """Every link in the pod namespace (one dump: a fresh pod has only ``lo``)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         assert self.pod is not None
         try:
-            pod_links = [_link_info(m) for m in self.pod.link("dump")]
+            return [_link_info(m) for m in self.pod.link("dump")]
         except NetlinkError as exc:
             raise _kernel_error("listing the pod's interfaces", exc) from None
+
+    def attachments_in_pod(self, pod_netns_fd: int, prefix: str,
+                           pod_links: list[LinkInfo] | None = None) -> list[tuple[str, str]]:
+        """(pod interface, host veth) for every veth in the pod namespace whose node
+        end is one of ours (name starts with ``prefix``). ``pod_links``: the pod's
+        links when the caller already listed them (ADD does: it also checks its
+        interface name against them, issue 17: one request fewer)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        if pod_links is None:
+            pod_links = self.pod_links()
         found: list[tuple[str, str]] = []
         pod_nsid: int | None = None
         for pl in pod_links:
@@ -331,14 +340,14 @@ class Kernel:
             raise _kernel_error(f"configuring {ifname} ({ip}/32) in the pod", exc) from None
         return link
 
-    def configure_host(self, host: str, mtu: int) -> LinkInfo:
-        """Host side: proxy ARP (answers the pod's ARP for 169.254.1.1), no proxy
-        delay (the default 0-0.8 s random delay stalls a pod's first packet), up."""
+    def configure_host(self, link: LinkInfo, mtu: int) -> LinkInfo:
+        """Host side of the veth ``create_veth`` returned: proxy ARP (answers the
+        pod's ARP for 169.254.1.1), no proxy delay (the default 0-0.8 s random delay
+        stalls a pod's first packet), up. By the index read at creation (issue 17:
+        no second lookup); a veth deleted meanwhile makes the sysctl or the set fail."""
         from pyroute2.netlink.exceptions import NetlinkError
 
-        link = self.host_link(host)
-        if link is None:
-            raise CniError(Code.KERNEL, f"host veth {host} vanished after creation")
+        host = link.name
         write_sysctl(f"net/ipv4/conf/{host}/proxy_arp", "1")
         # Proxy ARP only answers on an interface that forwards (arp_process checks
         # IN_DEV_FORWARD); set it per interface so a node with ip_forward=0 still works
