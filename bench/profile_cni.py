@@ -105,9 +105,9 @@ def inner(args) -> None:
 
     table: dict = defaultdict(lambda: [0, 0.0])
     install_timers(table)
-    server = CniServer.__new__(CniServer)         # only its per-thread Datastore cache
+    server = CniServer.__new__(CniServer)         # only its shared Datastore cache
     import threading
-    server._local, server._stores, server._lock = threading.local(), [], threading.Lock()
+    server._stores, server._lock = {}, threading.Lock()
     conf = args.conf
     out: dict = {}
     for command in ("ADD", "DEL"):
@@ -135,7 +135,7 @@ def inner(args) -> None:
                                              in first.items()},
                         "items": {label: [round(c / n, 2), round(s / n * 1e3, 2)]
                                   for label, (c, s) in table.items()}}
-    for ds in server._stores:
+    for ds in server._stores.values():
         ds.close()
     print(json.dumps(out))
 

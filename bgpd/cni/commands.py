@@ -54,7 +54,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import structlog
@@ -194,11 +194,15 @@ def _ipam_errors(what: str, exc: Exception) -> CniError:
 
 
 class Datastore:
-    """The IPAM over etcd, opened on first use (VERSION/DEL-without-etcd never pay)."""
+    """The IPAM over etcd, opened on first use (VERSION/DEL-without-etcd never pay).
 
-    def __init__(self, conf: NetConf) -> None:
+    ``lock``: given when threads share this Datastore (the daemon's CNI server): every
+    ``call`` and the connection itself are made under it, one at a time."""
+
+    def __init__(self, conf: NetConf, lock: AbstractContextManager | None = None) -> None:
         self.conf = conf
         self._ipam = None
+        self._lock = lock if lock is not None else nullcontext()
 
     def ipam(self):
         if self._ipam is None:
@@ -219,10 +223,15 @@ class Datastore:
     def call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         from ipam.errors import IpamError
 
-        try:
-            return fn(self.ipam())
-        except IpamError as exc:
-            raise _ipam_errors(what, exc) from None
+        with self._lock:
+            try:
+                return fn(self.ipam())
+            except IpamError as exc:
+                raise _ipam_errors(what, exc) from None
+
+    def ipam_stats(self) -> dict[str, int]:
+        """The IPAM's counters (allocations, conflicts, ...); empty if never opened."""
+        return dict(self._ipam.stats) if self._ipam is not None else {}
 
     def close(self) -> None:
         if self._ipam is not None:

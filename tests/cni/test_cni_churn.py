@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from bgpd.cni.protocol import host_veth_name
 
-from .conftest import REPO, CniBench
+from .conftest import REPO, CniBench, Server
 from .test_cni_integration import assert_nothing_left, assert_valid_result, links, our_routes
 
 pytestmark = pytest.mark.integration
@@ -112,4 +114,33 @@ def test_add_looks_each_link_up_once(cni: CniBench):
                           "pod link set",       # up
                           "node link set"], add["calls"]   # up
     assert _serve(cni, "DEL", "c1", netns, conf)["code"] == 0
+    assert_nothing_left(cni)
+
+
+def test_concurrent_adds_in_the_daemon_share_one_ipam(cni: CniBench, tmp_path):
+    """The server's worker threads used to keep an IPAM (and an etcd connection) each:
+    concurrent ADDs then lost compare-and-swaps to each other on the node's block
+    (measured: 88 conflicts for 40 ADDs 8 at a time) and retried. They now share one,
+    taking turns: no conflict among themselves, one connection, distinct addresses."""
+    srv = Server(cni, str(tmp_path / "cni.sock"), str(tmp_path / "server.log"), workers=8)
+    try:
+        conf = cni.conf(daemon_socket=srv.path)
+        pods = [cni.pod(f"q{i}") for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: cni.run("ADD", f"q{i}", pods[i], conf=conf),
+                                    range(8)))
+        ips = [assert_valid_result(r.doc, "1.0.0", pods[i]) for i, r in enumerate(results)]
+        assert len(set(ips)) == 8
+        with ThreadPoolExecutor(8) as pool:
+            dels = list(pool.map(lambda i: cni.run("DEL", f"q{i}", pods[i], conf=conf),
+                                 range(8)))
+        assert [d.code for d in dels] == [0] * 8
+    finally:
+        srv.stop()
+    # The server's own line (its logger renders key=value, not JSON).
+    (stopped,) = [line for line in open(srv.log_path) if "cni_server_stopped" in line]
+    figures = dict(re.findall(r"(\w+)=(\S+)", stopped))
+    assert figures["served"] == "16"
+    assert figures["etcd_connections"] == "1"
+    assert figures["ipam_conflicts"] == "0"
     assert_nothing_left(cni)
