@@ -42,11 +42,21 @@ def loads(text: str):
     s = text.strip(_WHITESPACE)
     try:
         value, end = _scan(s, 0)
-    except StopIteration:
-        raise ValueError("expecting a JSON value at the start") from None
+    except (StopIteration, SystemError):
+        # Bad input. The C scanner reports errors inside a value with
+        # json.decoder.JSONDecodeError, looked up in sys.modules only: without the json
+        # package loaded it fails with SystemError ("returned NULL without setting an
+        # exception"). Only bad input gets here: let json say exactly what is wrong.
+        return _json_loads(text)
     if end != len(s):
-        raise ValueError(f"extra data after the JSON value at character {end}")
+        return _json_loads(text)
     return value
+
+
+def _json_loads(text: str):
+    import json
+
+    return json.loads(text)
 
 
 def dumps(obj, item_sep: str = ", ", key_sep: str = ": ") -> str:

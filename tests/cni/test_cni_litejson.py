@@ -4,10 +4,14 @@ must read and write exactly what ``json`` does for the values it handles."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from bgpd.cni import litejson
+
+from .conftest import REPO
 
 DOCS = ['{"cniVersion": "1.0.0", "name": "n", "daemon_socket": null}',
         '  \n{"a": [1, -2, 3.5, 1e3, true, false, null, {"b": {}}], "c": "\\u00e9\\n"}\t',
@@ -47,3 +51,24 @@ def test_dumps_writes_what_json_writes(value, seps):
 def test_dumps_refuses_what_it_does_not_handle(value):
     with pytest.raises(TypeError):
         litejson.dumps(value)
+
+
+def test_bad_json_is_a_value_error_without_the_json_package_loaded():
+    """The C scanner raises its errors through json.decoder, which it only looks up:
+    in a plugin process (no json imported) a truncated document used to surface as
+    SystemError, and the plugin died with a traceback instead of error code 6."""
+    code = ("import sys\n"
+            "from bgpd.cni import litejson\n"
+            "assert 'json' not in sys.modules and 'json.decoder' not in sys.modules\n"
+            "out = []\n"
+            f"for text in {BAD!r}:\n"
+            "    try:\n"
+            "        litejson.loads(text)\n"
+            "        out.append('parsed')\n"
+            "    except ValueError:\n"
+            "        out.append('ValueError')\n"
+            "print(out)\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == repr(["ValueError"] * len(BAD))
