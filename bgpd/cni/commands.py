@@ -57,7 +57,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import structlog
@@ -205,11 +205,15 @@ def _ipam_errors(what: str, exc: Exception) -> CniError:
 
 
 class Datastore:
-    """The IPAM over etcd, opened on first use (VERSION/DEL-without-etcd never pay)."""
+    """The IPAM over etcd, opened on first use (VERSION/DEL-without-etcd never pay).
 
-    def __init__(self, conf: NetConf) -> None:
+    ``lock``: given when threads share this Datastore (the daemon's CNI server): every
+    ``call`` and the connection itself are made under it, one at a time."""
+
+    def __init__(self, conf: NetConf, lock: AbstractContextManager | None = None) -> None:
         self.conf = conf
         self._ipam = None
+        self._lock = lock if lock is not None else nullcontext()
 
     def ipam(self):
         if self._ipam is None:
@@ -230,10 +234,15 @@ class Datastore:
     def call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         from ipam.errors import IpamError
 
-        try:
-            return fn(self.ipam())
-        except IpamError as exc:
-            raise _ipam_errors(what, exc) from None
+        with self._lock:
+            try:
+                return fn(self.ipam())
+            except IpamError as exc:
+                raise _ipam_errors(what, exc) from None
+
+    def ipam_stats(self) -> dict[str, int]:
+        """The IPAM's counters (allocations, conflicts, ...); empty if never opened."""
+        return dict(self._ipam.stats) if self._ipam is not None else {}
 
     def close(self) -> None:
         if self._ipam is not None:
@@ -388,8 +397,9 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
         rec = _state(lambda: read_record(conf.state_dir, cid))
         if rec is not None:
             return _add_again(env, conf, ds, k, rec, blog, wanted)
-        others = [(pod_if, h) for pod_if, h in k.attachments_in_pod(pod_fd, conf.workload_prefix)
-                  if h != host]
+        pod_links = k.pod_links()
+        others = [(pod_if, h) for pod_if, h
+                  in k.attachments_in_pod(pod_fd, conf.workload_prefix, pod_links) if h != host]
         if others:
             pod_if, other_host = others[0]
             owner = _owner_of(conf, other_host)
@@ -398,7 +408,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
                            f"container {owner or '(no record)'} (host veth {other_host})",
                            "refused before any change: a second attachment would replace "
                            "that pod's default route; CNI_NETNS must be this container's")
-        if k.pod_link(env.ifname) is not None:
+        if any(link.name == env.ifname for link in pod_links):
             raise CniError(Code.ALREADY_ATTACHED,
                            f"interface {env.ifname} already exists in {env.netns}",
                            "another plugin or an earlier attachment uses this name; "
@@ -445,7 +455,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
             mark("veth")
             pod_link = k.configure_pod(env.ifname, ip, conf.mtu)
             mark("pod")
-            host_link = k.configure_host(host, conf.mtu)
+            host_link = k.configure_host(created, conf.mtu)
             mark("host")
             # The pod's WorkloadEndpoint (labels, named ports) before the record that
             # makes the node program the pod: the record names the revision, and the
