@@ -665,6 +665,13 @@ class PodIdentity:
     pod: str
 
 
+def _valid_pod_name(name: str) -> str:
+    """A valid, stable pod name for a runtime's name Kubernetes would refuse."""
+    readable = "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "-"
+                       for c in name.lower()).strip("-.")[:40].rstrip("-.")
+    return f"{readable or 'pod'}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:10]}"
+
+
 def pod_identity(args: Mapping[str, str], container_id: str) -> PodIdentity:
     """From ``CNI_ARGS`` as kubelet sends them (``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``).
     Without a namespace the pod lives in ``default`` (issue 14). Without a name the
@@ -680,9 +687,12 @@ def pod_identity(args: Mapping[str, str], container_id: str) -> PodIdentity:
         raise CniError(Code.INVALID_ENV, f"CNI_ARGS K8S_POD_NAMESPACE: {problem}")
     pod = args.get("K8S_POD_NAME")
     if pod:
-        problem = dns_subdomain_problem(pod)
-        if problem:
-            raise CniError(Code.INVALID_ENV, f"CNI_ARGS K8S_POD_NAME: {problem}")
+        if dns_subdomain_problem(pod):
+            # Not from kubelet (it sends only valid names): podman's CNI backend passes the
+            # container's name, and its generated names have '_' ("vibrant_goldstine").
+            # Refusing them failed every default `podman run`; a stable readable name with
+            # a hash of the original keeps distinct names distinct and lets DEL find it.
+            pod = _valid_pod_name(pod)
         return PodIdentity(namespace, pod)
     pod = container_id
     if dns_subdomain_problem(pod):
