@@ -152,3 +152,41 @@ def test_missing_ipv6_pool_is_named_and_nothing_left(cni: CniBench):
     assert POOL in res.doc["details"]
     assert_nothing_left(cni)                      # the IPv4 lease was released
     assert len(json.loads(pod_sh(netns, "ip", "-j", "link", "show"))) == 1   # only lo
+
+
+def test_dual_stack_failure_mid_add_releases_both(dual: CniBench):
+    """The record cannot be written (immutable state dir, as in the IPv4 test): ADD
+    fails after both addresses and the veth exist, and undoes all of it."""
+    import subprocess
+
+    netns = dual.pod()
+    assert dual.run("DEL", netns=netns).code == 0           # creates the dir and .locks
+    subprocess.run(["chattr", "+i", dual.state_dir], check=True)
+    try:
+        res = dual.run("ADD", netns=netns, conf=dual.conf(**DUAL))
+    finally:
+        subprocess.run(["chattr", "-i", dual.state_dir], check=True)
+    assert res.code == 1 and res.doc["code"] == 106, res.stdout + res.stderr
+    undo = [json.loads(line) for line in res.stderr.splitlines()
+            if "cni_add_failed_undoing" in line]
+    assert undo and undo[0]["steps"] == ["release", "release6", "veth", "endpoint"]
+    assert our_routes6(dual) == []
+    assert_nothing_left(dual)
+
+
+def test_dual_stack_through_the_daemon(dual: CniBench, tmp_path):
+    from .conftest import Server
+
+    srv = Server(dual, str(tmp_path / "cni.sock"), str(tmp_path / "server.log"))
+    try:
+        conf = dual.conf(daemon_socket=srv.path, **DUAL)
+        netns = dual.pod()
+        res = dual.run("ADD", netns=netns, conf=conf)
+        assert res.code == 0, res.stdout + res.stderr
+        ip6 = str(ipaddress.ip_interface(res.doc["ips"][1]["address"]).ip)
+        assert [e["ip6"] for e in srv.events("cni_added")] == [ip6]
+        pod_sh(netns, "ping", "-6", "-c", "1", "-W", "5", NODE_ADDR6)
+        assert dual.run("DEL", netns=netns, conf=conf).code == 0
+        assert_nothing_left(dual)
+    finally:
+        srv.stop()
