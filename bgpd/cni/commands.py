@@ -32,6 +32,14 @@ ADD order (and its undo, run in reverse on any failure or SIGTERM/SIGINT):
 8. workload record (atomic) → remove it;
 9. host /32 route with our protocol (after the record: the daemon's sweep keeps it).
 
+Dual stack (issue 15, ``ipam: {"assign_ipv6": "true"}``): step 4 also allocates (or
+assigns) an IPv6 address for the same handle, after the IPv4 one, each released on
+undo only if this call assigned it; the host veth gets the fixed MAC ``HOST_MAC6`` so
+the pod's IPv6 gateway is its known link-local; step 6 adds the /128 (nodad, DAD off
+on the pod interface) and ``default via fe80::ecee:eeff:feee:eeee``, and IPv6
+forwarding=1/accept_ra=0/accept_dad=0 on the host veth (node namespace); step 9 also
+adds the host /128. DEL removes both routes; ``release_handle`` frees both addresses.
+
 DEL order (under the same lock): our host routes through the container's own host
 veth → the host veth (its routes would go with it anyway) → release the handle →
 the WorkloadEndpoint (only while it names this container) → remove the record. A route of ours to the same /32 through another interface belongs
