@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bgpd.cni.protocol import GATEWAY, CniError, Code
+from bgpd.cni.protocol import GATEWAY, GATEWAY6, HOST_MAC6, CniError, Code
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703           # ioctl on an nsfs file: returns the CLONE_NEW* type
@@ -39,6 +39,8 @@ MAIN_TABLE = 254
 # A bound on the delete loop: one route per metric the veth could carry; ADD makes one.
 MAX_ROUTE_DELETES = 16
 AF_INET = 2
+AF_INET6 = 10
+IFA_F_NODAD = 0x02               # the address is usable at once: no duplicate detection
 
 _libc: ctypes.CDLL | None = None
 
@@ -302,13 +304,16 @@ class Kernel:
 
     # ----------------------------------------------------------- ADD
 
-    def create_veth(self, host: str, ifname: str, pod_netns_fd: int, mtu: int) -> LinkInfo:
+    def create_veth(self, host: str, ifname: str, pod_netns_fd: int, mtu: int,
+                    host_mac: str | None = None) -> LinkInfo:
         """veth host<->ifname with the peer created inside the pod namespace; returns
-        the host end (its index makes the rollback exact)."""
+        the host end (its index makes the rollback exact). ``host_mac``: the host
+        end's fixed MAC (dual stack, issue 15), else the kernel's random one."""
         from pyroute2.netlink.exceptions import NetlinkError
 
+        fixed = {"address": host_mac} if host_mac else {}
         try:
-            self.node.link("add", ifname=host, kind="veth", mtu=mtu,
+            self.node.link("add", ifname=host, kind="veth", mtu=mtu, **fixed,
                            peer={"ifname": ifname, "net_ns_fd": pod_netns_fd, "mtu": mtu})
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
@@ -340,7 +345,31 @@ class Kernel:
             raise _kernel_error(f"configuring {ifname} ({ip}/32) in the pod", exc) from None
         return link
 
-    def configure_host(self, link: LinkInfo, mtu: int) -> LinkInfo:
+    def prepare_pod6(self, ifname: str, pod_netns_fd: int) -> None:
+        """Before the pod interface goes up: no DAD on it (issue 15), so its
+        link-local address is usable at once too (the global one is added nodad).
+        Written from inside the pod namespace: /proc/sys/net shows the writer's."""
+        with entered(pod_netns_fd):
+            write_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
+            write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+
+    def configure_pod6(self, link: LinkInfo, ip6: str) -> None:
+        """Pod side, IPv6: ip6/128 (nodad), default via the host veth's link-local
+        (GATEWAY6, known from its fixed MAC: no gateway route needed, a link-local
+        next hop is on-link by definition)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        assert self.pod is not None
+        try:
+            self.pod.addr("replace", index=link.index, address=ip6, prefixlen=128,
+                          family=AF_INET6, flags=IFA_F_NODAD)
+            self.pod.route("replace", dst="::/0", gateway=GATEWAY6, oif=link.index,
+                           family=AF_INET6)
+        except NetlinkError as exc:
+            raise _kernel_error(f"configuring {link.name} ({ip6}/128) in the pod",
+                                exc) from None
+
+    def configure_host(self, link: LinkInfo, mtu: int, ipv6: bool = False) -> LinkInfo:
         """Host side of the veth ``create_veth`` returned: proxy ARP (answers the
         pod's ARP for 169.254.1.1), no proxy delay (the default 0-0.8 s random delay
         stalls a pod's first packet), up. By the index read at creation (issue 17:
@@ -354,6 +383,15 @@ class Kernel:
         # for this pod, as Calico's plugin does.
         write_sysctl(f"net/ipv4/conf/{host}/forwarding", "1")
         write_sysctl(f"net/ipv4/neigh/{host}/proxy_delay", "0")
+        if ipv6:
+            # Issue 15, as Calico: the host veth routes (forwarding: it acts as the
+            # pod's router), takes no RA from the pod, and its link-local (the pod's
+            # gateway) must not sit tentative through DAD. Set before the link goes
+            # up; in the node namespace, which is where this process runs.
+            write_sysctl(f"net/ipv6/conf/{host}/disable_ipv6", "0")
+            write_sysctl(f"net/ipv6/conf/{host}/accept_ra", "0")
+            write_sysctl(f"net/ipv6/conf/{host}/accept_dad", "0")
+            write_sysctl(f"net/ipv6/conf/{host}/forwarding", "1")
         try:
             self.node.link("set", index=link.index, mtu=mtu, state="up")
         except NetlinkError as exc:
@@ -369,6 +407,16 @@ class Kernel:
                             scope=RT_SCOPE_LINK)
         except NetlinkError as exc:
             raise _kernel_error(f"adding host route {ip}/32", exc) from None
+
+    def add_host_route6(self, ip6: str, host_index: int, protocol: int) -> None:
+        """``ip6/128 dev <host veth> proto <ours>``: the daemon owns it (issue 15)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self.node.route("replace", dst=f"{ip6}/128", oif=host_index, proto=protocol,
+                            family=AF_INET6)
+        except NetlinkError as exc:
+            raise _kernel_error(f"adding host route {ip6}/128", exc) from None
 
     # ----------------------------------------------------------- DEL
 
@@ -405,24 +453,27 @@ class Kernel:
         from pyroute2.netlink.exceptions import NetlinkError
 
         deleted = False
+        # IPv6 (issue 15): the pod's /128; the kernel ignores the scope of an IPv6 route.
+        plen, family = (128, AF_INET6) if ":" in ip else (32, AF_INET)
         for _ in range(MAX_ROUTE_DELETES):
             try:
-                self.node.route("del", dst=f"{ip}/32", proto=protocol, oif=host_index,
-                                scope=RT_SCOPE_NOWHERE, table=MAIN_TABLE)
+                self.node.route("del", dst=f"{ip}/{plen}", proto=protocol, oif=host_index,
+                                scope=RT_SCOPE_NOWHERE, table=MAIN_TABLE, family=family)
             except NetlinkError as exc:
                 if exc.code == errno.ESRCH:
                     return deleted        # none (left): gone meanwhile, or never added
-                raise _kernel_error(f"deleting host route {ip}/32", exc) from None
+                raise _kernel_error(f"deleting host route {ip}/{plen}", exc) from None
             deleted = True
         return deleted
 
     def host_routes(self, ip: str) -> list:
         from pyroute2.netlink.exceptions import NetlinkError
 
+        plen, family = (128, AF_INET6) if ":" in ip else (32, AF_INET)
         try:
-            return [r for r in self.node.route("dump", family=AF_INET, table=254, dst=ip,
-                                               dst_len=32)
-                    if r.get_attr("RTA_DST") == ip and r["dst_len"] == 32]
+            return [r for r in self.node.route("dump", family=family, table=254, dst=ip,
+                                               dst_len=plen)
+                    if r.get_attr("RTA_DST") == ip and r["dst_len"] == plen]
         except NetlinkError as exc:
             raise _kernel_error(f"listing host routes to {ip}", exc) from None
 
@@ -481,3 +532,33 @@ class Kernel:
         if not have_default:
             problems.append(f"pod default route via {GATEWAY} dev {ifname} is missing")
         return problems, hl, pl
+
+    def inspect6(self, *, host: str, ifname: str, ip6: str, protocol: int) -> list[str]:
+        """The IPv6 half of a dual-stack attachment (issue 15): what differs from what
+        ADD builds (empty = all good)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        problems: list[str] = []
+        hl = self.host_link(host)
+        if hl is not None:
+            if hl.mac != HOST_MAC6:
+                problems.append(f"host veth {host} has MAC {hl.mac}, expected {HOST_MAC6}")
+            if not any(r.get_attr("RTA_OIF") == hl.index and r["proto"] == protocol
+                       for r in self.host_routes(ip6)):
+                problems.append(f"host route {ip6}/128 dev {host} proto {protocol} is missing")
+        pl = self.pod_link(ifname) if self.pod is not None else None
+        if pl is None:
+            return problems               # inspect() reports the missing interface
+        assert self.pod is not None
+        try:
+            addrs = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                     for a in self.pod.addr("dump", family=AF_INET6, index=pl.index)}
+            routes = list(self.pod.route("dump", family=AF_INET6, table=254))
+        except NetlinkError as exc:
+            raise _kernel_error(f"reading {ifname}'s IPv6 state in the pod", exc) from None
+        if (ip6, 128) not in addrs:
+            problems.append(f"pod interface {ifname} lacks {ip6}/128")
+        if not any(r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == GATEWAY6
+                   and r.get_attr("RTA_OIF") == pl.index for r in routes):
+            problems.append(f"pod default route via {GATEWAY6} dev {ifname} is missing")
+        return problems
