@@ -272,7 +272,8 @@ class WorkloadManager:
                 continue  # stays unconfigured; retried next time
             self._configured[ep.name] = ep
         self.routes.set_routes(CLASS_WORKLOAD, [
-            Target(f"{a}/32", ifname=ep.host_ifname)
+            # A host route per address: /32, or /128 for a dual-stack pod's IPv6 one.
+            Target(f"{a}/{128 if ':' in a else 32}", ifname=ep.host_ifname)
             for ep in self.endpoints.values() for a in ep.addresses])
         # A (re)created veth has a new index.
         self.routes.on_links_changed({ep.host_ifname for ep in self.endpoints.values()})

@@ -72,7 +72,7 @@ class Target:
 # --- things the managers route to ------------------------------------------------------
 @dataclass(frozen=True)
 class WorkloadEndpoint:
-    """A local pod: its host-side veth and its addresses (each gets a /32 route)."""
+    """A local pod: its host-side veth and its addresses (each gets a /32 or /128 route)."""
 
     name: str
     host_ifname: str

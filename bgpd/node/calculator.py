@@ -78,6 +78,11 @@ class Workload:
     namespace: str = "default"      # the pod's identity the CNI was given (K8S_POD_*)
     pod: str = ""                   # "" = unknown: the container id stands for it
     endpoint_revision: int = 0      # etcd revision of the WorkloadEndpoint the CNI wrote
+    ip6: str = ""                   # its IPv6 address when the CNI made it dual stack (issue 15)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return (self.ip, self.ip6) if self.ip6 else (self.ip,)
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ def policy_endpoints(node: str, workloads: tuple[Workload, ...],
         pod = w.pod or w.name
         rec = mine.get((w.namespace, pod))
         out.append(policy_model.WorkloadEndpoint(
-            w.namespace, pod, rec.labels if rec else (), (w.ip,), w.host_ifname, node,
+            w.namespace, pod, rec.labels if rec else (), w.addresses, w.host_ifname, node,
             rec.named_ports if rec else ()))
     remote_records = {(r.node, r.namespace, r.pod): r for r in records if r.node != node}
     remote_ips: dict[tuple[str, str, str], set[str]] = {}
@@ -232,7 +237,7 @@ def calculate(inp: Inputs) -> Desired:
     # Both families (issue 15): IPv4 first, then IPv6, each by address.
     own_blocks = tuple(sorted((b.cidr for b in inp.blocks if b.node == own.name and b.confirmed),
                               key=_net_order))
-    workloads = tuple(WorkloadEndpoint(w.name, w.host_ifname, (w.ip,))
+    workloads = tuple(WorkloadEndpoint(w.name, w.host_ifname, w.addresses)
                       for w in sorted(inp.workloads, key=lambda w: _net_order(w.ip)))
     return Desired(
         own_blocks=own_blocks,

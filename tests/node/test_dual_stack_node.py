@@ -115,3 +115,37 @@ def test_own_v6_blocks_get_blackholes_and_are_not_announced_over_ipv4():
     assert rt.apply().added == 3
     assert sorted(t.dst for t in rt.desired_targets("blackhole")) == [
         "198.19.1.0/26", "2001:2:0:19::/122", "2001:2:0:19::40/122"]
+
+
+def test_a_dual_stack_pod_gets_its_ipv6_host_route_from_the_node_too():
+    """The CNI adds a dual-stack pod's /128 under our protocol; the node must desire it as
+    well, or its reconciler would delete it as a route of ours nobody wants (issue 15)."""
+    import socket
+
+    from bgpd.node.calculator import Workload, calculate
+    from felix_like.managers import CLASS_ORDER, WorkloadManager
+    from felix_like.routetable import RouteTable
+    from felix_like.sysctls import Sysctls
+    from felix_like.updates import WorkloadEndpoint, WorkloadsUpdate
+    from tests.dataplane.fakenetlink import FakeKernel, dev
+    from tests.node.test_calculator import inputs
+
+    pod = Workload("c1", "198.19.1.5", "nrwabc", ip6="2001:2:0:19::5")
+    d = calculate(inputs(workloads=(pod,)))
+    assert d.workloads == (WorkloadEndpoint("c1", "nrwabc", ("198.19.1.5", "2001:2:0:19::5")),)
+    assert calculate(inputs(workloads=(Workload("c2", "198.19.1.6", "nrwdef"),))).workloads \
+        == (WorkloadEndpoint("c2", "nrwdef", ("198.19.1.6",)),)   # IPv4-only: unchanged
+
+    class RecordingSysctls(Sysctls):  # never /proc/sys of this (the root) namespace
+        def set(self, key, value):
+            return True
+
+    k = FakeKernel(links={"lo": 1, "nrwabc": 7})
+    rt = RouteTable(driver=k, protocol=73, class_order=CLASS_ORDER, clock=lambda: 0.0)
+    m = WorkloadManager(rt, RecordingSysctls(netns="unused"))
+    m.on_update(WorkloadsUpdate(d.workloads))
+    m.complete_deferred_work()
+    rt.apply()
+    got = {(socket.inet_ntop(socket.AF_INET6 if len(dst) == 16 else socket.AF_INET, dst), plen):
+           form for (_t, dst, plen, _m), form in k.of_protocol(73).items()}
+    assert got == {("198.19.1.5", 32): dev(7), ("2001:2:0:19::5", 128): dev(7)}
