@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--routes", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--reactor-speed", default="",
-                    help="ExaBGP exabgp.reactor.speed for our speaker (default: ours, 0.5)")
+                    help="ExaBGP exabgp.reactor.speed for our speaker (default: ours, 5.0)")
     ap.add_argument("--exabgp-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra ExaBGP setting for our speaker, e.g. exabgp.api.compact=true")
     ap.add_argument("--exabgp", default=None, help="the exabgp executable (default: as the daemon picks it)")

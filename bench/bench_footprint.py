@@ -42,7 +42,9 @@ def node_config(wd: str, endpoint: str) -> str:
         # The announced /32s lie in these pools, so the import policy accepts them.
         "pools": [{"cidr": c, "block_size": 26} for c in POOLS],
         "dataplane": {"route_protocol": PROTO},
-        "status": {"socket": os.path.join(wd, "status.sock")},
+        "status": {"socket": os.path.join(wd, "status.sock"),
+                   # never the machine's /run/noderouter/cni.sock (the default)
+                   "cni_socket": os.path.join(wd, "cni.sock")},
         "logging": {"level": "warning", "format": "json"},
     }
     return yaml.safe_dump(cfg, sort_keys=False)

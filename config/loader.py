@@ -59,8 +59,29 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
 
 
+_ADDRESS_TYPES = frozenset({ipaddress.IPv4Address, ipaddress.IPv6Address})
+_NETWORK_TYPES = frozenset({ipaddress.IPv4Network, ipaddress.IPv6Network})
+
+
+def _either_family(tp):
+    """``ipaddress.ip_address`` / ``ip_network`` when ``tp`` is "an address (network) of
+    either IP version" (optionally ``| None``), else None."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    args = frozenset(a for a in typing.get_args(tp) if a is not type(None))
+    if args == _ADDRESS_TYPES:
+        return ipaddress.ip_address
+    if args == _NETWORK_TYPES:
+        return lambda v: ipaddress.ip_network(v, strict=True)
+    return None
+
+
 def _describe(tp) -> str:
     origin = typing.get_origin(tp)
+    if _either_family(tp) is ipaddress.ip_address:
+        return "an IPv4 or IPv6 address such as 198.18.1.10 or 2001:2:0:1::10"
+    if _either_family(tp) is not None:
+        return "an IPv4 or IPv6 CIDR such as 198.19.0.0/16 or 2001:2:0:19::/64 (no host bits set)"
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(_describe(a) for a in inner) + " (or null)"
@@ -74,6 +95,8 @@ def _describe(tp) -> str:
         bool: "true or false", int: "an integer", float: "a number", str: "a string",
         Secret: "a string", ipaddress.IPv4Address: "an IPv4 address such as 198.18.1.10",
         ipaddress.IPv4Network: "an IPv4 CIDR such as 198.19.0.0/16 (no host bits set)",
+        ipaddress.IPv6Address: "an IPv6 address such as 2001:2:0:1::11",
+        ipaddress.IPv6Network: "an IPv6 CIDR such as 2001:2:0:1::/64 (no host bits set)",
     }.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -87,6 +110,14 @@ class _Converter:
 
     def convert(self, value, tp, key: str, line: int | None):  # noqa: C901 - one dispatch
         origin = typing.get_origin(tp)
+        either = _either_family(tp)
+        if either is not None and value is not None:
+            try:
+                return either(value) if isinstance(value, str) else _bad()
+            except ValueError as exc:
+                hint = f" ({exc})" if isinstance(value, str) and "host bits" in str(exc) else ""
+                self.fail(key, line, f"{value!r} is not {_describe(tp)}{hint}")
+                return None
         if origin in (typing.Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
             if value is None:
@@ -138,15 +169,15 @@ class _Converter:
                 self.fail(key, line, f"expected a string, got {shown} (quote it)")
                 return value
             return Secret(value) if tp is Secret else value
-        if tp is ipaddress.IPv4Address:
+        if tp in (ipaddress.IPv4Address, ipaddress.IPv6Address):
             try:
-                return ipaddress.IPv4Address(value) if isinstance(value, str) else _bad()
+                return tp(value) if isinstance(value, str) else _bad()
             except ValueError:
                 self.fail(key, line, f"{value!r} is not {_describe(tp)}")
                 return None
-        if tp is ipaddress.IPv4Network:
+        if tp in (ipaddress.IPv4Network, ipaddress.IPv6Network):
             try:
-                return ipaddress.IPv4Network(value) if isinstance(value, str) else _bad()
+                return tp(value) if isinstance(value, str) else _bad()
             except ValueError as exc:
                 hint = f" ({exc})" if isinstance(value, str) and "host bits" in str(exc) else ""
                 self.fail(key, line, f"{value!r} is not {_describe(tp)}{hint}")
@@ -240,7 +271,8 @@ def _env_value(text: str, tp):
     base = _unwrap_optional(tp)
     if typing.get_origin(base) is tuple:
         return LinedList([s.strip() for s in text.split(",") if s.strip()])
-    if base in (str, Secret, ipaddress.IPv4Address, ipaddress.IPv4Network) or \
+    if base in (str, Secret, ipaddress.IPv4Address, ipaddress.IPv4Network,
+                ipaddress.IPv6Address, ipaddress.IPv6Network) or \
             typing.get_origin(base) is Literal:
         return text
     try:
@@ -277,24 +309,42 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     if cfg.node.router_id is None and int(u.address) == 0:
         out.append(("underlay.address", f"{u.address} would be the BGP router id, which must "
                                         "be non-zero (RFC 6286); set node.router_id"))
-    seen: dict[ipaddress.IPv4Address, int] = {}
+    out += _ipv6_underlay_checks(u)
+    seen: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
     for i, p in enumerate(cfg.bgp.peers):
-        if p.address == u.address:
+        if p.address in (u.address, u.ipv6_address):
             out.append((f"bgp.peers[{i}].address", f"{p.address} is this node's own address"))
+        elif p.address.version == 6 and u.ipv6_address is None:
+            out.append((f"bgp.peers[{i}].address",
+                        f"IPv6 peer {p.address} needs underlay.ipv6_address (the local end of "
+                        f"the session); set it or peer over IPv4"))
+        elif p.address.version == 6 and p.address.is_link_local:
+            out.append((f"bgp.peers[{i}].address",
+                        f"{p.address} is link-local; peer with the router's global IPv6 address"))
         if p.address in seen:
             out.append((f"bgp.peers[{i}].address",
                         f"{p.address} is listed twice (also bgp.peers[{seen[p.address]}])"))
         seen.setdefault(p.address, i)
     for i, pool in enumerate(cfg.pools):
-        if pool.block_size < pool.cidr.prefixlen:
+        sizes = schema.BLOCK_SIZES[pool.cidr.version]
+        if pool.block_size not in sizes:
+            out.append((f"pools[{i}].block_size",
+                        f"{pool.block_size} is wrong; expected a number from {sizes[0]} to "
+                        f"{sizes[-1]}" + (" (IPv6 blocks)" if pool.cidr.version == 6 else "")))
+        elif pool.block_size < pool.cidr.prefixlen:
             out.append((f"pools[{i}].block_size",
                         f"/{pool.block_size} blocks are larger than the pool {pool.cidr}; "
-                        f"expected {pool.cidr.prefixlen}..32"))
+                        f"expected {pool.cidr.prefixlen}..{pool.cidr.max_prefixlen}"))
         if pool.ipip_mode != "Never" and pool.vxlan_mode != "Never":
             out.append((f"pools[{i}]", "ipip_mode and vxlan_mode are both enabled; "
                                        "choose one encapsulation per pool"))
-        if pool.cidr.overlaps(u.subnet):
-            out.append((f"pools[{i}].cidr", f"{pool.cidr} overlaps the underlay {u.subnet}"))
+        elif pool.cidr.version == 6 and pool.ipip_mode != "Never":
+            out.append((f"pools[{i}].ipip_mode",
+                        f"{pool.ipip_mode} is not possible for the IPv6 pool {pool.cidr} (IPIP "
+                        f"carries IPv4 only); use vxlan_mode or plain routing (ipip_mode: Never)"))
+        underlay = u.subnet if pool.cidr.version == 4 else u.ipv6_subnet
+        if underlay is not None and pool.cidr.overlaps(underlay):
+            out.append((f"pools[{i}].cidr", f"{pool.cidr} overlaps the underlay {underlay}"))
         for j in range(i):
             if pool.cidr.overlaps(cfg.pools[j].cidr):
                 out.append((f"pools[{i}].cidr",
@@ -318,6 +368,27 @@ def _cross_checks(cfg: Config) -> list[tuple[str, str]]:
     m = cfg.metrics
     if m.listen and m.listen == m.health_listen:
         out.append(("metrics.health_listen", f"{m.health_listen} is also metrics.listen"))
+    return out
+
+
+def _ipv6_underlay_checks(u: schema.UnderlaySection) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if (u.ipv6_address is None) != (u.ipv6_subnet is None):
+        missing = "ipv6_subnet" if u.ipv6_subnet is None else "ipv6_address"
+        out.append((f"underlay.{missing}", "ipv6_address and ipv6_subnet go together; set both "
+                                           "or neither"))
+        return out
+    if u.ipv6_address is None:
+        return out
+    a = u.ipv6_address
+    # The address is a next hop other nodes install and the source of BGP sessions: it must
+    # be a routable unicast address, not one the kernel scopes to a link or a host.
+    if a.is_link_local or a.is_multicast or a.is_loopback or a.is_unspecified:
+        out.append(("underlay.ipv6_address", f"{a} is not a global unicast address; use the "
+                                             f"node's global IPv6 address on the uplink"))
+    elif a not in u.ipv6_subnet:
+        out.append(("underlay.ipv6_address", f"{a} is not inside underlay.ipv6_subnet "
+                                             f"{u.ipv6_subnet}"))
     return out
 
 

@@ -18,6 +18,16 @@ from typing import Literal
 
 IPv4Address = ipaddress.IPv4Address
 IPv4Network = ipaddress.IPv4Network
+IPv6Address = ipaddress.IPv6Address
+IPv6Network = ipaddress.IPv6Network
+# Either family (peers, import filters, pools): the loader parses these with
+# ipaddress.ip_address / ip_network.
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+# Block sizes a pool may use, per IP version (the IPv6 range is Calico's, ipam/model.py).
+BLOCK_SIZES = {4: range(20, 33), 6: range(116, 129)}
+DEFAULT_BLOCK_SIZES = {4: 26, 6: 122}
 
 EncapMode = Literal["Never", "CrossSubnet", "Always"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -153,11 +163,18 @@ class UnderlaySection:
     subnet: IPv4Network = param(
         help="The underlay subnet of this node; peers inside it are reached directly "
              "(CrossSubnet encapsulation only leaves it).")
+    ipv6_address: IPv6Address | None = param(
+        None, help="This node's global IPv6 address on the underlay (dual stack; with "
+                   "ipv6_subnet). The next hop of its IPv6 blocks and the local end of IPv6 "
+                   "BGP sessions.")
+    ipv6_subnet: IPv6Network | None = param(
+        None, help="The node's IPv6 underlay subnet (with ipv6_address); IPv6 peers inside it "
+                   "are reached directly.")
 
 
 @dataclass(frozen=True)
 class PeerConfig:
-    address: IPv4Address = param(help="The peer's address.")
+    address: IPAddress = param(help="The peer's address (IPv4, or IPv6 with underlay.ipv6_address).")
     as_number: int = param(check=in_range(1, 4294967295), help="The peer's AS number.")
     description: str = param("", help="A name for the peer shown in status output.")
     password: Secret | None = param(None, check=_md5_password,
@@ -170,9 +187,9 @@ class PeerConfig:
                                    help="Most prefixes accepted (default: bgp.max_prefix).")
     max_prefix_teardown: bool = param(
         False, help="Tear the session down when max_prefix is exceeded (else drop its routes).")
-    import_allow: tuple[IPv4Network, ...] = param(
+    import_allow: tuple[IPNetwork, ...] = param(
         factory=tuple, help="Prefixes accepted from this peer besides pool prefixes "
-                            "(e.g. 0.0.0.0/0 for a default route from the ToR).")
+                            "(e.g. 0.0.0.0/0 or ::/0 for a default route from the ToR).")
     passive: bool = param(False, help="Only accept the session, never dial.")
     multihop: int | None = param(None, check=in_range(1, 255),
                                  help="eBGP multihop TTL (default: directly connected).")
@@ -208,14 +225,21 @@ class BgpSection:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    cidr: IPv4Network = param(help="The pool's CIDR.")
-    block_size: int = param(26, check=in_range(20, 32),
-                            help="Prefix length of the blocks nodes claim (fixed once created).")
+    cidr: IPNetwork = param(help="The pool's CIDR (IPv4 or IPv6).")
+    block_size: int | None = param(
+        None, help="Prefix length of the blocks nodes claim (fixed once created): 20..32 for "
+                   "IPv4 (default 26), 116..128 for IPv6 (default 122).")
     ipip_mode: EncapMode = param("Never", help="IPIP encapsulation: Never, CrossSubnet, Always.")
     vxlan_mode: EncapMode = param("Never", help="VXLAN encapsulation: Never, CrossSubnet, Always.")
     nat_outgoing: bool = param(False, help="Masquerade traffic from the pool to outside all pools.")
     disabled: bool = param(False, help="No new blocks are claimed from a disabled pool.")
     strict_affinity: bool = param(False, help="Never borrow addresses from other nodes' blocks.")
+
+    def __post_init__(self) -> None:
+        # The default depends on the family, known only once the CIDR is: resolved here so
+        # every reader sees a number.
+        if self.block_size is None and isinstance(self.cidr, IPv4Network | IPv6Network):
+            object.__setattr__(self, "block_size", DEFAULT_BLOCK_SIZES[self.cidr.version])
 
 
 @dataclass(frozen=True)

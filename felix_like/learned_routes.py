@@ -16,17 +16,19 @@ route via the next hop(s) (through the uplink when on-link), or a reason it is n
 
 Review notes: this sits on the 100k-routes path. The RIB's ``Route`` values are interned,
 so changes are grouped by route object and classified once per group
-(``classify_path``); a plain route is stored as the group's shared template ``Target``
-and handed to the route table in bulk (``update_many``) -- no per-prefix ``Target``,
-``Route`` or classification object. Only remote blocks (one per node's block, few) are
-per prefix.
+(``classify_path``); a plain route is handed to the route table in bulk as the group's
+shared template ``Target`` (``update_many``) -- no per-prefix ``Target``, ``Route`` or
+classification object. Only remote blocks and not-routed prefixes (few) are kept per
+prefix here; a plain route is recorded only in the route table's desired class (issue 17:
+the per-prefix map of what each prefix became was a third 100k-entry dict, 3.8 MB, for
+what the table holds anyway). A learned prefix in neither small map is a plain route.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from felix_like.classify import Classified, classify_path, classify_prefix
+from felix_like.classify import classify_path, classify_prefix
 from felix_like.routetable import RouteTable
 from felix_like.updates import (
     CLASS_BGP,
@@ -55,9 +57,8 @@ class LearnedRoutes:
         self._block_update = on_block_update
         self._block_remove = on_block_remove
         self.context: LearnedContext | None = None
-        self._learned: dict[str, Classified] = {}
-        # The few prefixes that are not plain routes, kept apart so the cycle's snapshot
-        # and the context change do not walk 100k learned routes to find them.
+        # The few prefixes that are not plain routes (every other learned prefix is one,
+        # held in the route table's class ``route_class`` only).
         self._blocks: dict[str, RemoteBlock] = {}
         self._not_routed: dict[str, str] = {}
         # Queued by on_update, applied in order by complete_deferred_work.
@@ -73,7 +74,8 @@ class LearnedRoutes:
         return sorted(self._not_routed.items())
 
     def __len__(self) -> int:
-        return len(self._learned)
+        return self.table.desired_count(self.route_class) + len(self._blocks) \
+            + len(self._not_routed)
 
     # -- the manager interface (Dataplane.on_update / apply) -----------------------
     def on_update(self, msg: object) -> None:
@@ -101,7 +103,6 @@ class LearnedRoutes:
         self.context = ctx
         self._paths = {}
         old_blocks = set(self._blocks)
-        self._learned = {}
         self._blocks = {}
         self._not_routed = {}
         groups: dict[LearnedRoute, list[str]] = {}
@@ -118,7 +119,8 @@ class LearnedRoutes:
 
     def apply(self, changes: Mapping[str, LearnedRoute | None]) -> int:
         """RIB changes ({prefix: Route, or None when gone}) into the dataplane (no I/O).
-        Returns how many prefixes changed what they are."""
+        Returns how many prefixes were handed on (gone, or classified again: a plain
+        route whose template did not change costs the table a comparison, nothing more)."""
         if self.context is None:
             raise RuntimeError("LearnedRoutes.apply before set_context")
         groups: dict[LearnedRoute | None, list[str]] = {}
@@ -129,11 +131,10 @@ class LearnedRoutes:
                 last = route
                 lst = groups.setdefault(route, [])
             lst.append(prefix)
-        learned = self._learned
         gone = groups.pop(None, ())
         unroute: list[str] = []
         for prefix in gone:
-            self._forget(learned.pop(prefix, None), prefix, unroute)
+            self._forget(prefix, unroute)
         changed = len(gone)
         for route, prefixes in groups.items():
             for template, dsts in self._classify(route, prefixes, unroute=unroute).items():
@@ -144,15 +145,21 @@ class LearnedRoutes:
         return changed
 
     # -- internals ----------------------------------------------------------------
-    def _forget(self, old: Classified | None, prefix: str, unroute: list[str]) -> None:
-        if isinstance(old, Target):
-            unroute.append(prefix)
-        elif isinstance(old, RemoteBlock):
+    def _old(self, prefix: str) -> RemoteBlock | str | None:
+        """What a learned prefix is now, as far as this manager keeps it: a remote block,
+        a not-routed reason, or None (a plain route, or not learned at all)."""
+        block = self._blocks.get(prefix)
+        return block if block is not None else self._not_routed.get(prefix)
+
+    def _forget(self, prefix: str, unroute: list[str]) -> None:
+        if prefix in self._blocks:
             del self._blocks[prefix]
             if self._block_remove is not None:
                 self._block_remove(prefix)
-        elif old is not None:
+        elif prefix in self._not_routed:
             del self._not_routed[prefix]
+        else:
+            unroute.append(prefix)  # a plain route (removing a key not there is a no-op)
 
     def _classify(self, route: LearnedRoute, prefixes: list[str], check_own: bool = False,
                   unroute: list[str] | None = None) -> dict[Target, list[str]]:
@@ -173,26 +180,24 @@ class LearnedRoutes:
         path = self._paths.get(route)
         if path is None:
             path = self._paths[route] = classify_path(route.nexthops, ctx)
-        learned = self._learned
         own = ctx.own_ranges if check_own else ()
         plain: dict[Target, list[str]] = {}
+        blocks, not_routed = self._blocks, self._not_routed
         if isinstance(path, Target) and not own:
             # The common case (a ToR's 100k routes, one template for the whole group):
-            # prefixes new to us (the whole initial table) in bulk, the rest one by one.
-            fresh = [p for p in prefixes if p not in learned]
-            learned.update(dict.fromkeys(fresh, path))
-            plain[path] = fresh
-            if len(fresh) == len(prefixes):
+            # every prefix that is not a block or not-routed now, in bulk (the table skips
+            # keys whose route is already this template's).
+            if not blocks and not not_routed:
+                plain[path] = list(prefixes)
                 return plain
-            fresh_set = set(fresh)
-            prefixes = [p for p in prefixes if p not in fresh_set]
+            plain[path] = [p for p in prefixes if p not in blocks and p not in not_routed]
+            prefixes = [p for p in prefixes if p in blocks or p in not_routed]
         for prefix in prefixes:
-            old = learned.get(prefix)
+            old = self._old(prefix)
             new = classify_prefix(prefix, path, ctx, check_own)
             if new == old:
                 continue
             if isinstance(new, Target):
-                learned[prefix] = new
                 if isinstance(old, RemoteBlock):
                     del self._blocks[prefix]
                     if self._block_remove is not None:
@@ -204,17 +209,17 @@ class LearnedRoutes:
                 self._settle(prefix, old, new, unroute)
         return plain
 
-    def _settle(self, prefix: str, old: Classified | None, new: RemoteBlock | str,
+    def _settle(self, prefix: str, old: RemoteBlock | str | None, new: RemoteBlock | str,
                 unroute: list[str] | None) -> None:
-        """A prefix becomes a remote block or a not-routed reason."""
-        self._learned[prefix] = new
+        """A prefix becomes a remote block or a not-routed reason (``old`` None: it was a
+        plain route or not learned; removing its table key is a no-op when absent)."""
         if isinstance(new, RemoteBlock):
             self._blocks[prefix] = new
             self._not_routed.pop(prefix, None)
         else:
             self._not_routed[prefix] = new
             self._blocks.pop(prefix, None)
-        if isinstance(old, Target) and unroute is not None:
+        if old is None and unroute is not None:
             unroute.append(prefix)
         elif isinstance(old, RemoteBlock) and self._block_remove is not None \
                 and not isinstance(new, RemoteBlock):

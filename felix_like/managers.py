@@ -78,7 +78,7 @@ def compute_remote_routes(pools: Mapping[str, PoolEncap], blocks: Iterable[Remot
                           nodes: Mapping[str, RemoteNode], local: LocalUnderlay,
                           vxlan_device: str, ipip_device: str) -> RemoteRoutes:
     """Route + VTEP set for remote blocks (pure)."""
-    nets = [(ipaddress.IPv4Network(c), enc) for c, enc in pools.items()]
+    nets = [(ipaddress.ip_network(c), enc) for c, enc in pools.items()]
     targets: list[Target] = []
     vteps: dict[str, Vtep] = {}
     pending: list[str] = []
@@ -87,8 +87,9 @@ def compute_remote_routes(pools: Mapping[str, PoolEncap], blocks: Iterable[Remot
         if node is None:
             pending.append(f"{b.cidr}: node {b.node} unknown")
             continue
-        net = ipaddress.IPv4Network(b.cidr)
-        enc = next((e for n, e in nets if net.subnet_of(n)), PoolEncap())
+        net = ipaddress.ip_network(b.cidr)
+        enc = next((e for n, e in nets if n.version == net.version and net.subnet_of(n)),
+                   PoolEncap())
         try:
             spec = route_for_block(b.cidr, enc, local, node.address, node.vtep,
                                    ipip_device=ipip_device, vxlan_device=vxlan_device)
@@ -271,7 +272,8 @@ class WorkloadManager:
                 continue  # stays unconfigured; retried next time
             self._configured[ep.name] = ep
         self.routes.set_routes(CLASS_WORKLOAD, [
-            Target(f"{a}/32", ifname=ep.host_ifname)
+            # A host route per address: /32, or /128 for a dual-stack pod's IPv6 one.
+            Target(f"{a}/{128 if ':' in a else 32}", ifname=ep.host_ifname)
             for ep in self.endpoints.values() for a in ep.addresses])
         # A (re)created veth has a new index.
         self.routes.on_links_changed({ep.host_ifname for ep in self.endpoints.values()})

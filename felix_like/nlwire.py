@@ -1,4 +1,4 @@
-"""Raw rtnetlink for bulk IPv4 routes: struct-packed requests, batched sends, raw dumps.
+"""Raw rtnetlink for bulk IPv4 and IPv6 routes: struct-packed requests, batched sends, raw dumps.
 
 Why not pyroute2 here: building one pyroute2 message object per route runs at
 ~3.5k-15k routes/s; packing ``nlmsghdr + rtmsg + attributes`` with one
@@ -22,10 +22,20 @@ Wire facts this module relies on (linux/netlink.h, linux/rtnetlink.h):
 Hot-path values are plain tuples, not dataclasses: at 100k routes the
 constructor cost of a dataclass is a measurable share of the budget.
 
-    RouteKey  = (table, dst: 4 bytes, prefix_len, metric)
-    RouteForm = (rtn_type, gateway: 4 bytes or b"", oif or 0, onlink: bool)
+    RouteKey  = (table, dst: 4 or 16 bytes, prefix_len, metric)
+    RouteForm = (rtn_type, gateway: 4/16 bytes or b"", oif or 0, onlink: bool)
     multipath = (RTN_UNICAST, hops, MULTIPATH_OIF, False)
-                hops = sorted tuple of (gateway: 4 bytes, oif, onlink), two or more
+                hops = sorted tuple of (gateway: 4/16 bytes, oif, onlink), two or more
+
+The family is the length of ``dst`` (4: AF_INET, 16: AF_INET6), so keys of both
+families live in one dict without colliding and IPv4 keeps its fast paths. IPv6
+requests are packed attribute by attribute (no templates yet). Two IPv6 kernel
+habits are folded into the same forms on read-back, so a resync never sees a
+difference that is not one (net/ipv6/route.c):
+- a route added with metric 0 is stored with IP6_RT_PRIO_USER (1024): an IPv6
+  metric 1024 reads back as 0 (``v6_metric``; callers normalise the same way);
+- a blackhole/unreachable/prohibit route is reported through the loopback
+  device: its oif reads back as 0, as we install it.
 
 A multipath (ECMP) route goes out as one RTA_MULTIPATH attribute of rtnexthop
 entries (weight 1 each) and comes back from a dump in the kernel's order; the
@@ -101,7 +111,6 @@ _ERR = struct.Struct("=i")
 # The oif of a multipath form: its next hops (gateway, oif, onlink each) are in
 # the form's gateway slot. Never a real ifindex (those are > 0).
 MULTIPATH_OIF = -1
-_RTNH_GW = struct.Struct("=HBBiHH4s")  # rtnexthop + RTA_GATEWAY
 _RTNH = struct.Struct("=HBBi")
 
 # Message shapes: header, rtmsg, then RTA_TABLE, RTA_DST, RTA_PRIORITY and the
@@ -116,6 +125,16 @@ _LEN_BARE, _LEN_GW, _LEN_OIF, _LEN_GW_OIF = (s.size for s in (_S_BARE, _S_GW, _S
 _NOOP_ACK = struct.Struct("=IHHII")
 DEFAULT_CHUNK = 4096  # requests per send: ~230 KB, well under the forced sndbuf
 _SOCK_BUF = 32 * 1024 * 1024
+
+
+# IP6_RT_PRIO_USER (include/net/ip6_route.h): the metric the kernel gives an IPv6 route
+# added with metric 0.
+IP6_RT_PRIO_USER = 1024
+
+
+def v6_metric(metric: int) -> int:
+    """The key metric of an IPv6 route: 1024 and 0 are the same route to the kernel."""
+    return 0 if metric == IP6_RT_PRIO_USER else metric
 
 
 class NetlinkError(DataplaneError, OSError):
@@ -154,6 +173,11 @@ def pack_route_ops(ops: Sequence[RouteOp], protocol: int, first_seq: int) -> byt
     pack = h0 = h1 = h2 = h3 = None
     for op, key, form in ops:
         table, dst, plen, metric = key
+        if len(dst) == 16:
+            append(_pack_v6(op, form, table, metric, protocol, seq, plen, dst))
+            seq += 1
+            r_op = None  # never a run
+            continue
         if form is not r_form or op != r_op or table != r_table or metric != r_metric:
             if form is not None and form[2] == MULTIPATH_OIF:
                 flags = _ADD_FLAGS if op == OP_ADD else _REPLACE_FLAGS
@@ -229,14 +253,53 @@ def _pack_single(op: int, form: RouteForm | None, table: int, metric: int, proto
 def _pack_multipath(flags: int, seq: int, rtable: int, protocol: int, rtype: int, table: int,
                     dst: bytes, plen: int, metric: int,
                     hops: tuple[tuple[bytes, int, bool], ...]) -> bytes:
-    """One RTM_NEWROUTE with RTA_MULTIPATH; every hop has a gateway (routetable checks)."""
-    nh = b"".join(_RTNH_GW.pack(_RTNH_GW.size, RTNH_F_ONLINK if onlink else 0, 0, oif,
-                                8, RTA_GATEWAY, gw) for gw, oif, onlink in hops)
-    body = (_RTMSG.pack(socket.AF_INET, plen, 0, 0, rtable, protocol, RT_SCOPE_UNIVERSE,
-                        rtype, 0)
-            + struct.pack("=HHIHH4sHHI", 8, RTA_TABLE, table, 8, RTA_DST, dst,
-                          8, RTA_PRIORITY, metric)
+    """One RTM_NEWROUTE with RTA_MULTIPATH; every hop has a gateway (routetable checks).
+    The family follows the length of ``dst`` (IPv4: 4 bytes, IPv6: 16)."""
+    nh = b"".join(_RTNH.pack(_RTNH.size + _attr_len(gw), RTNH_F_ONLINK if onlink else 0, 0, oif)
+                  + _attr(RTA_GATEWAY, gw) for gw, oif, onlink in hops)
+    family = socket.AF_INET6 if len(dst) == 16 else socket.AF_INET
+    body = (_RTMSG.pack(family, plen, 0, 0, rtable, protocol, RT_SCOPE_UNIVERSE, rtype, 0)
+            + _attr(RTA_TABLE, struct.pack("=I", table)) + _attr(RTA_DST, dst)
+            + _attr(RTA_PRIORITY, struct.pack("=I", metric))
             + struct.pack("=HH", 4 + len(nh), RTA_MULTIPATH) + nh)
+    return _HDR.pack(16 + len(body), RTM_NEWROUTE, flags, seq, 0) + body
+
+
+def _attr_len(payload: bytes) -> int:
+    return 4 + len(payload)
+
+
+def _attr(atype: int, payload: bytes) -> bytes:
+    """One rtattr (payloads here are 4 or 16 bytes: already aligned)."""
+    return struct.pack("=HH", 4 + len(payload), atype) + payload
+
+
+def _pack_v6(op: int, form: RouteForm | None, table: int, metric: int, protocol: int,
+             seq: int, plen: int, dst: bytes) -> bytes:
+    """One IPv6 request (``dst`` and gateways are 16 bytes), attribute by attribute."""
+    rtable = table if table < 256 else 252
+    attrs = _attr(RTA_TABLE, struct.pack("=I", table)) + _attr(RTA_DST, dst)
+    if op == OP_DELETE:
+        # Key metric 0 is the route the kernel stored with 1024 (see v6_metric): name that
+        # one exactly (ip6_route_del matches any metric when given none); protocol: only
+        # ours, as for IPv4.
+        attrs += _attr(RTA_PRIORITY, struct.pack("=I", metric or IP6_RT_PRIO_USER))
+        body = _RTMSG.pack(socket.AF_INET6, plen, 0, 0, rtable, protocol, RT_SCOPE_NOWHERE,
+                           0, 0) + attrs
+        return _HDR.pack(16 + len(body), RTM_DELROUTE, NLM_F_REQUEST, seq, 0) + body
+    rtype, gw, oif, onlink = form  # type: ignore[misc]
+    flags = _ADD_FLAGS if op == OP_ADD else _REPLACE_FLAGS
+    if oif == MULTIPATH_OIF:
+        return _pack_multipath(flags, seq, rtable, protocol, rtype, table, dst, plen, metric,
+                               gw)  # type: ignore[arg-type]
+    scope = RT_SCOPE_LINK if (rtype == RTN_UNICAST and not gw) else RT_SCOPE_UNIVERSE
+    attrs += _attr(RTA_PRIORITY, struct.pack("=I", metric))
+    if gw:
+        attrs += _attr(RTA_GATEWAY, gw)
+    if oif:
+        attrs += _attr(RTA_OIF, struct.pack("=I", oif))
+    body = _RTMSG.pack(socket.AF_INET6, plen, 0, 0, rtable, protocol, scope, rtype,
+                       RTNH_F_ONLINK if onlink else 0) + attrs
     return _HDR.pack(16 + len(body), RTM_NEWROUTE, flags, seq, 0) + body
 
 
@@ -261,7 +324,7 @@ def parse_multipath(buf: bytes, start: int, end: int) -> tuple[tuple[bytes, int,
             if alen < 4:
                 break
             if atype == RTA_GATEWAY:
-                gw = bytes(buf[b + 4:b + 8])
+                gw = bytes(buf[b + 4:b + alen])     # 4 bytes (IPv4) or 16 (IPv6)
             b += (alen + 3) & ~3
         hops.append((gw, oif, bool(nflags & RTNH_F_ONLINK)))
         a += (nlen + 3) & ~3
@@ -310,8 +373,6 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
     """
     unpack_hdr = _HDR.unpack_from
     unpack_rt = _RTMSG.unpack_from
-    u32 = struct.Struct("=I").unpack_from
-    uhh = struct.Struct("=HH").unpack_from
     fast = _fast_route
     off = 0
     done = False
@@ -334,32 +395,16 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
             raise NetlinkError(-err, f"route dump failed: {errno.errorcode.get(-err, err)}")
         if mtype == RTM_NEWROUTE:
             family, plen, _sl, _tos, rtable, rproto, _scope, rtype, rflags = unpack_rt(buf, off + 16)
-            if family == socket.AF_INET and rproto == protocol:
+            if family == socket.AF_INET6 and rproto == protocol:
+                got6 = _route_v6(buf, off, mlen, rtable, rtype, rflags)
+                if tables is None or got6[0][0] in tables:
+                    out[got6[0]] = got6[1]
+            elif family == socket.AF_INET and rproto == protocol:
                 got = fast(buf, off, mlen)
                 if got is not None:
                     table, dst, metric, gw, oif = got
                 else:
-                    table, dst, metric, gw, oif = rtable, b"\0\0\0\0", 0, b"", 0
-                    a = off + 28
-                    end = off + mlen
-                    while a + 4 <= end:
-                        alen, atype = uhh(buf, a)
-                        if alen < 4:
-                            break
-                        if atype == RTA_TABLE:
-                            table = u32(buf, a + 4)[0]
-                        elif atype == RTA_DST:
-                            dst = bytes(buf[a + 4:a + 8])
-                        elif atype == RTA_GATEWAY:
-                            gw = bytes(buf[a + 4:a + 8])
-                        elif atype == RTA_OIF:
-                            oif = u32(buf, a + 4)[0]
-                        elif atype == RTA_PRIORITY:
-                            metric = u32(buf, a + 4)[0]
-                        elif atype == RTA_MULTIPATH:
-                            gw = parse_multipath(buf, a + 4, a + alen)  # type: ignore[assignment]
-                            oif = MULTIPATH_OIF
-                        a += (alen + 3) & ~3
+                    table, dst, metric, gw, oif = _route_attrs(buf, off, mlen, rtable, 4)
                 if tables is None or table in tables:
                     if oif == MULTIPATH_OIF:
                         # Route-level flags of a multipath route say nothing about
@@ -370,6 +415,48 @@ def parse_route_dump(buf: bytes, length: int, out: dict[RouteKey, RouteForm],
                                                             bool(rflags & RTNH_F_ONLINK))
         off += (mlen + 3) & ~3
     return done, interrupted
+
+
+def _route_attrs(buf, off: int, mlen: int, rtable: int, width: int):
+    """(table, dst, metric, gateway, oif) of one RTM_NEWROUTE by the generic attribute walk
+    (``width``: 4 or 16 address bytes); the IPv4 dump tries its fixed-layout fast path first."""
+    uhh = struct.Struct("=HH").unpack_from
+    u32 = struct.Struct("=I").unpack_from
+    table, dst, metric, gw, oif = rtable, bytes(width), 0, b"", 0
+    a = off + 28
+    end = off + mlen
+    while a + 4 <= end:
+        alen, atype = uhh(buf, a)
+        if alen < 4:
+            break
+        if atype == RTA_TABLE:
+            table = u32(buf, a + 4)[0]
+        elif atype == RTA_DST:
+            dst = bytes(buf[a + 4:a + 4 + width])
+        elif atype == RTA_GATEWAY:
+            gw = bytes(buf[a + 4:a + 4 + width])
+        elif atype == RTA_OIF:
+            oif = u32(buf, a + 4)[0]
+        elif atype == RTA_PRIORITY:
+            metric = u32(buf, a + 4)[0]
+        elif atype == RTA_MULTIPATH:
+            gw = parse_multipath(buf, a + 4, a + alen)  # type: ignore[assignment]
+            oif = MULTIPATH_OIF
+        a += (alen + 3) & ~3
+    return table, dst, metric, gw, oif
+
+
+def _route_v6(buf: bytes, off: int, mlen: int, rtable: int, rtype: int, rflags: int
+              ) -> tuple[RouteKey, RouteForm]:
+    """(key, form) of one IPv6 RTM_NEWROUTE (generic attribute walk)."""
+    plen = buf[off + 17]
+    table, dst, metric, gw, oif = _route_attrs(buf, off, mlen, rtable, 16)
+    key = (table, dst, plen, v6_metric(metric))
+    if oif == MULTIPATH_OIF:
+        return key, (rtype, gw, oif, False)
+    if rtype != RTN_UNICAST:
+        oif = 0     # the kernel reports blackholes & co through lo; we install them without
+    return key, (rtype, gw, oif, bool(rflags & RTNH_F_ONLINK))
 
 
 def open_route_socket(netns: str | None = None) -> socket.socket:
@@ -481,17 +568,19 @@ class RouteSocket:
                     raise
 
     def dump(self, protocol: int, tables: frozenset[int] | None,
-             max_attempts: int = 10, oif: int = 0) -> dict[RouteKey, RouteForm]:
-        """Routes of ``protocol`` (in ``tables``; None = all), retried on NLM_F_DUMP_INTR.
-        With ``oif``, only routes whose output interface is that index."""
+             max_attempts: int = 10, oif: int = 0,
+             family: int = socket.AF_INET) -> dict[RouteKey, RouteForm]:
+        """Routes of ``protocol`` (in ``tables``; None = all) of one address family,
+        retried on NLM_F_DUMP_INTR. With ``oif``, only routes whose output interface is
+        that index."""
 
         def attempt() -> tuple[dict[RouteKey, RouteForm], bool]:
-            return self._dump_once(protocol, tables, oif)
+            return self._dump_once(protocol, tables, oif, family)
 
         return dump_with_retry(attempt, max_attempts)
 
-    def _dump_once(self, protocol: int, tables: frozenset[int] | None, oif: int = 0
-                   ) -> tuple[dict[RouteKey, RouteForm], bool]:
+    def _dump_once(self, protocol: int, tables: frozenset[int] | None, oif: int = 0,
+                   family: int = socket.AF_INET) -> tuple[dict[RouteKey, RouteForm], bool]:
         seq = self._next_seq(1)
         # Table filter in the request only when there is exactly one table;
         # otherwise dump all tables of our protocol and filter here.
@@ -501,7 +590,7 @@ class RouteSocket:
         # whole protocol comes back and the oif filter below does the work.
         req = _HDR.pack(16 + 12 + 8 + (8 if oif else 0), RTM_GETROUTE,
                         NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-        req += _RTMSG.pack(socket.AF_INET, 0, 0, 0, rtable, protocol, 0, 0, 0)
+        req += _RTMSG.pack(family, 0, 0, 0, rtable, protocol, 0, 0, 0)
         req += struct.pack("=HHI", 8, RTA_TABLE, one)
         if oif:
             req += struct.pack("=HHI", 8, RTA_OIF, oif)

@@ -1,4 +1,4 @@
-"""The route-table reconciler (Felix routetable style), IPv4.
+"""The route-table reconciler (Felix routetable style), IPv4 and IPv6.
 
 Review notes / invariants:
 - Ownership is the route protocol number (a constructor parameter). We read back
@@ -19,6 +19,10 @@ Review notes / invariants:
   request, matched by netlink sequence number in ``nlwire``).
 - Decisions (``plan``) are pure; the driver does the I/O. Unit tests drive the
   same class against a fake kernel.
+- Both families in one table: a key's ``dst`` is 4 bytes (IPv4) or 16 (IPv6), the
+  read-back dumps both, and a gateway must be of its destination's family (no IPv4
+  next hop for an IPv6 route: RFC 5549 is not supported). An IPv6 key's metric 1024
+  is written 0 (the kernel stores 0 as 1024, ``nlwire.v6_metric``).
 - ECMP: a ``Target`` with two or more ``nexthops`` is one multipath route
   (RTA_MULTIPATH). Its hops are compared as a sorted set, so the kernel's order
   in a dump never causes a replace. A single next hop is the plain form, the
@@ -52,6 +56,7 @@ from felix_like.nlwire import (
     RouteForm,
     RouteKey,
     RouteOp,
+    v6_metric,
 )
 
 # The route values live in the vocabulary module (no I/O there); re-exported here.
@@ -137,8 +142,54 @@ _Want = tuple
 MULTIPATH = "\0multipath"
 
 
+def _parse_dst6(dst: str, addr: str, sep: str, plen_s: str) -> tuple[bytes, int]:
+    try:
+        plen = int(plen_s) if sep else 128
+        raw = socket.inet_pton(socket.AF_INET6, addr)
+    except (OSError, ValueError) as exc:
+        raise RouteTableError(f"route destination {dst!r} is not an IPv6 CIDR: {exc}") from exc
+    if not 0 <= plen <= 128:
+        raise RouteTableError(f"route destination {dst!r} is not an IPv6 CIDR (prefix "
+                              f"length 0..128)")
+    if plen < 128 and int.from_bytes(raw, "big") & ((1 << (128 - plen)) - 1):
+        raise RouteTableError(f"route destination {dst!r} has host bits set; "
+                              f"use the network address")
+    return raw, plen
+
+
+def _ntop(raw: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
+
+
+def _key_metric(dst: bytes, metric: int) -> int:
+    return v6_metric(metric) if len(dst) == 16 else metric
+
+
+def _gw_len(want: _Want) -> int:
+    """The length of a want's gateway(s): 4 (IPv4), 16 (IPv6) or 0 (none)."""
+    gw = want[1]
+    if not gw:
+        return 0
+    return len(gw) if isinstance(gw, bytes) else len(gw[0][0])
+
+
+def _key(table: int, dst: bytes, plen: int, metric: int, want: _Want, text: str) -> RouteKey:
+    """The route key of ``dst`` (bytes of ``text``), checking the want's gateway family."""
+    if len(dst) == 4:
+        glen = _gw_len(want)
+        if glen == 16:
+            raise RouteTableError(f"route {text}: an IPv4 route cannot take an IPv6 next hop")
+        return (table, dst, plen, metric)
+    if _gw_len(want) == 4:
+        raise RouteTableError(f"route {text}: an IPv6 route needs an IPv6 next hop, not IPv4 "
+                              f"(RFC 5549 routes are not supported)")
+    return (table, dst, plen, v6_metric(metric))
+
+
 def _parse_dst(dst: str) -> tuple[bytes, int]:
     addr, sep, plen_s = dst.partition("/")
+    if ":" in addr:
+        return _parse_dst6(dst, addr, sep, plen_s)
     try:
         plen = int(plen_s) if sep else 32
         raw = socket.inet_aton(addr)
@@ -152,7 +203,16 @@ def _parse_dst(dst: str) -> tuple[bytes, int]:
     return raw, plen
 
 
-def _ipv4(dst: str, addr: str) -> bytes:
+def _gateway(dst: str, addr: str) -> bytes:
+    """A gateway of ``dst``'s family (4 or 16 bytes)."""
+    if ":" in dst.partition("/")[0]:
+        try:
+            if ":" not in addr:
+                raise ValueError("not IPv6")
+            return socket.inet_pton(socket.AF_INET6, addr)
+        except (OSError, ValueError) as exc:
+            raise RouteTableError(f"route target {dst!r}: gateway {addr!r} is not IPv6 (an "
+                                  f"IPv6 route needs an IPv6 next hop)") from exc
     try:
         if addr.count(".") != 3:
             raise ValueError("not dotted quad")
@@ -171,7 +231,7 @@ def _parse_multipath(t: Target) -> _Want:
     for nh in t.nexthops:
         if not isinstance(nh, NextHop) or not nh.gateway:
             raise RouteTableError(f"route target {t.dst!r}: next hop {nh!r} needs a gateway")
-        hops.add((_ipv4(t.dst, nh.gateway), nh.ifname, bool(nh.onlink)))
+        hops.add((_gateway(t.dst, nh.gateway), nh.ifname, bool(nh.onlink)))
     if len(hops) == 1:
         # One hop is a plain route: that is also what the kernel would dump.
         return (RTN_UNICAST, *hops.pop())
@@ -190,12 +250,10 @@ def _parse_want(t: Target) -> _Want:
     if t.nexthops:
         return _parse_multipath(t)
     try:
-        gw = socket.inet_aton(t.gateway) if t.gateway else b""
         rtype = ROUTE_TYPES[t.type]
-    except (OSError, KeyError) as exc:
+    except KeyError as exc:
         raise RouteTableError(f"route target {t!r} is invalid: {exc}") from exc
-    if t.gateway and t.gateway.count(".") != 3:
-        raise RouteTableError(f"route target {t.dst!r}: gateway {t.gateway!r} is not IPv4")
+    gw = _gateway(t.dst, t.gateway) if t.gateway else b""
     if rtype != RTN_UNICAST and (gw or t.ifname):
         raise RouteTableError(f"route target {t.dst!r}: a {t.type} route takes no gateway or device")
     if rtype == RTN_UNICAST and not (gw or t.ifname):
@@ -206,19 +264,20 @@ def _parse_want(t: Target) -> _Want:
 def parse_target(t: Target) -> tuple[RouteKey, _Want]:
     """Validate and convert a Target to its key and unresolved form."""
     dst, plen = _parse_dst(t.dst)
-    return (t.table, dst, plen, t.metric), _parse_want(t)
+    want = _parse_want(t)
+    return _key(t.table, dst, plen, t.metric, want, t.dst), want
 
 
 def _target_of(key: RouteKey, want: _Want) -> Target:
     """The Target a (key, want) pair was parsed from (for display: desired_targets)."""
     table, dst, plen, metric = key
     rtype, gw, ifname, onlink = want
-    base = {"dst": f"{socket.inet_ntoa(dst)}/{plen}", "table": table, "metric": metric}
+    base = {"dst": f"{_ntop(dst)}/{plen}", "table": table, "metric": metric}
     if ifname is MULTIPATH:
         return Target(**base, nexthops=tuple(
-            NextHop(socket.inet_ntoa(g), i, o) for g, i, o in gw))
+            NextHop(_ntop(g), i, o) for g, i, o in gw))
     rtype_name = next(n for n, v in ROUTE_TYPES.items() if v == rtype)
-    return Target(**base, gateway=socket.inet_ntoa(gw) if gw else None, ifname=ifname,
+    return Target(**base, gateway=_ntop(gw) if gw else None, ifname=ifname,
                   type=rtype_name, onlink=onlink)
 
 
@@ -374,6 +433,10 @@ class RouteTable:
     # (``desired_snapshot``) is made only when something changed.
     _version: int = field(default=0, init=False)
     _snapshot: DesiredRoutes | None = field(default=None, init=False)
+    # Classes whose dict the last snapshot holds (copy-on-write, issue 17): the snapshot
+    # shares the live dict instead of copying 100k routes; the next change to that class
+    # copies it first, so a published snapshot never changes.
+    _shared: set[str] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.protocol <= 255:
@@ -394,7 +457,10 @@ class RouteTable:
             if t.table not in tables:
                 raise RouteTableError(f"route {t.dst}: table {t.table} is not managed "
                                       f"(managed: {sorted(tables)})")
-            new[(t.table, dst, plen, t.metric)] = want
+            if len(dst) == 4 and len(want[1]) != 16:    # IPv4 with no IPv6 gateway: as ever
+                new[(t.table, dst, plen, t.metric)] = want
+            else:
+                new[_key(t.table, dst, plen, t.metric, want, t.dst)] = want
         self._replace_class(route_class, new)
 
     def set_routes_grouped(self, route_class: str,
@@ -407,7 +473,7 @@ class RouteTable:
             table, metric, want = self._template(template)
             for dst in dsts:
                 d, plen = _parse_dst(dst)
-                new[(table, d, plen, metric)] = want
+                new[_key(table, d, plen, metric, want, dst)] = want
         self._replace_class(route_class, new)
 
     def _replace_class(self, route_class: str, new: dict[RouteKey, _Want]) -> None:
@@ -427,6 +493,7 @@ class RouteTable:
             if not self._in_sync:
                 self._withdrawn.update(removed)
         self._desired[route_class] = new
+        self._shared.discard(route_class)
         self._version += 1
 
     def _want_for(self, t: Target) -> _Want:
@@ -456,14 +523,17 @@ class RouteTable:
         if route_class not in self._order:
             self._order.append(route_class)
         self._version += 1
-        cls = self._desired.setdefault(route_class, {})
+        cls = self._writable(route_class)
         get = cls.get
         dirty = self._dirty
         parse_dst = _parse_dst
         aton = socket.inet_aton
+        # The IPv4 host-route fast path only for wants that can carry IPv4 (not an IPv6
+        # gateway); everything else goes through _key, which checks the family.
+        v4_fast = _gw_len(want) != 16
         for dst in dsts:
             addr, _, plen_s = dst.partition("/")
-            if plen_s == "32" and addr.count(".") == 3:
+            if v4_fast and plen_s == "32" and addr.count(".") == 3:
                 # A host route (most of a ToR's table): no length to convert, no host bits.
                 try:
                     key = (table, aton(addr), 32, metric)
@@ -472,7 +542,7 @@ class RouteTable:
                     raise
             else:
                 d, plen = parse_dst(dst)
-                key = (table, d, plen, metric)
+                key = _key(table, d, plen, metric, want, dst)
             have = get(key)
             if have is not want and have != want:
                 cls[key] = want
@@ -484,18 +554,28 @@ class RouteTable:
 
     def remove_many(self, route_class: str, dsts: Iterable[str], table: int = RT_TABLE_MAIN,
                     metric: int = 0) -> None:
-        cls = self._desired.get(route_class)
-        if not cls:
+        if not self._desired.get(route_class):
             return
+        cls = self._writable(route_class)
         self._version += 1
         dirty = self._dirty
         for dst in dsts:
             d, plen = _parse_dst(dst)
-            key = (table, d, plen, metric)
+            key = (table, d, plen, metric if len(d) == 4 else v6_metric(metric))
             if cls.pop(key, None) is not None:
                 dirty.add(key)
                 if not self._in_sync:
                     self._withdrawn.add(key)
+
+    def _writable(self, route_class: str) -> dict[RouteKey, _Want]:
+        """The class's dict, ready to change in place: a copy if a snapshot shares it."""
+        cls = self._desired.get(route_class)
+        if cls is None:
+            cls = self._desired[route_class] = {}
+        elif route_class in self._shared:
+            cls = self._desired[route_class] = dict(cls)
+            self._shared.discard(route_class)
+        return cls
 
     def desired_targets(self, route_class: str) -> list[Target]:
         return [_target_of(key, want) for key, want in self._desired.get(route_class, {}).items()]
@@ -506,14 +586,16 @@ class RouteTable:
     def desired_snapshot(self) -> DesiredRoutes:
         """An immutable copy of the desired routes, safe to read from another thread
         (the status API) while this table keeps changing. Copied only when the desired
-        routes changed since the last call (a dict copy per class, no Target built)."""
+        routes changed since the last call. No copy: the snapshot shares each class's dict
+        and the table copies a class before it next changes it (``_writable``), so at rest
+        100k routes are held once, not twice (issue 17)."""
         snap = self._snapshot
         if snap is None or snap.version != self._version:
             order = tuple(self._order) + tuple(c for c in self._desired if c not in self._order)
             snap = self._snapshot = DesiredRoutes(
                 self._version, order,
-                MappingProxyType({c: MappingProxyType(dict(d))
-                                  for c, d in self._desired.items()}))
+                MappingProxyType({c: MappingProxyType(d) for c, d in self._desired.items()}))
+            self._shared = set(self._desired)
         return snap
 
     # --- sync control --------------------------------------------------------------
@@ -642,7 +724,7 @@ class RouteTable:
             # After any error the kernel may differ from our picture (a foreign
             # route on our key, a vanished device): re-read it next time.
             self._resync_pending = True
-            sample = {f"{socket.inet_ntoa(k[1])}/{k[2]}": errno.errorcode.get(e, str(e))
+            sample = {f"{_ntop(k[1])}/{k[2]}": errno.errorcode.get(e, str(e))
                       for k, e in list(failed.items())[:5]}
             self._log.warning("routes_failed", count=len(failed), sample=sample)
         result = ApplyResult(resync, counts[OP_ADD], counts[OP_REPLACE], counts[OP_DELETE],
@@ -700,11 +782,17 @@ class KernelRouteDriver:
         self.rsock = route_socket or RouteSocket.open(netns)
 
     def dump_routes(self, protocol: int, tables: frozenset[int]) -> dict[RouteKey, RouteForm]:
-        return self.rsock.dump(protocol, tables)
+        # Both families: keys cannot collide (4- vs 16-byte dst), and a restart's
+        # read-back must see our IPv6 routes too or they would never be swept.
+        out = self.rsock.dump(protocol, tables)
+        out.update(self.rsock.dump(protocol, tables, family=socket.AF_INET6))
+        return out
 
     def dump_routes_via(self, protocol: int, tables: frozenset[int],
                         oif: int) -> dict[RouteKey, RouteForm]:
-        return self.rsock.dump(protocol, tables, oif=oif)
+        out = self.rsock.dump(protocol, tables, oif=oif)
+        out.update(self.rsock.dump(protocol, tables, oif=oif, family=socket.AF_INET6))
+        return out
 
     def link_indexes(self) -> dict[str, int]:
         return {link.get("ifname"): link["index"] for link in self.ipr.get_links()}

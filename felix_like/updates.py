@@ -50,9 +50,10 @@ class NextHop:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One desired IPv4 route.
+    """One desired IPv4 or IPv6 route.
 
-    ``dst`` is a CIDR with no host bits ("198.19.1.0/26"); ``ifname`` is resolved
+    ``dst`` is a CIDR with no host bits ("198.19.1.0/26", "2001:2:0:19::/122"); a
+    gateway is of the same family (``routetable`` refuses a mix); ``ifname`` is resolved
     to an index at apply time so a target may name a device that appears later.
     ``nexthops`` (instead of gateway/ifname/onlink) makes an ECMP route; their
     order does not matter and duplicates collapse.
@@ -71,7 +72,7 @@ class Target:
 # --- things the managers route to ------------------------------------------------------
 @dataclass(frozen=True)
 class WorkloadEndpoint:
-    """A local pod: its host-side veth and its addresses (each gets a /32 route)."""
+    """A local pod: its host-side veth and its addresses (each gets a /32 or /128 route)."""
 
     name: str
     host_ifname: str
@@ -202,13 +203,26 @@ DataplaneUpdate = (OwnBlocksUpdate | WorkloadsUpdate | PoolsUpdate | RemoteNodes
 
 
 # --- pure helpers shared by the calculator and the managers ---------------------------
+# IPv6 addresses as integers are shifted above every IPv4 one, so ranges of the two
+# families never contain each other (::c613:1/128 is not 198.19.0.1) and the range
+# checks need no family test (issue 15).
+V6_INT_BASE = 1 << 128
+
+
 def ip_int(text: str) -> int:
+    if ":" in text:
+        return V6_INT_BASE + int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
     return int.from_bytes(socket.inet_aton(text), "big")
 
 
 def prefix_range(prefix: str) -> tuple[int, int]:
-    """``a.b.c.d/len`` as (first, last) address; ipaddress costs ~10x more per route."""
+    """``a.b.c.d/len`` or an IPv6 prefix as (first, last) address (IPv6 above
+    ``V6_INT_BASE``); ipaddress costs ~10x more per route."""
     addr, _, plen = prefix.partition("/")
+    if ":" in addr:
+        size = 1 << (128 - int(plen or 128))
+        first = ip_int(addr) & ~(size - 1)
+        return first, first + size - 1
     size = 1 << (32 - int(plen or 32))
     first = ip_int(addr) & ~(size - 1) & 0xFFFFFFFF
     return first, first + size - 1

@@ -45,9 +45,10 @@ Public API (``now`` is always optional: only ``IpamContext.now`` reads the clock
                 max_blocks_per_node=20, strict_affinity=False, cooldown=30.0,
                 max_retries=50, clock=time.time)
 
-    # allocation (idempotent per handle and pool)
-    ipam.allocate(handle, attrs=None, pool=None, now=None) -> str
-    ipam.allocate_lease(handle, attrs=None, pool=None, now=None) -> Lease(ip, seq, block, handle, new)
+    # allocation (idempotent per handle and family; one IP version per call: the pool's,
+    # else family, else 4 -- dual stack calls once per family with the same handle)
+    ipam.allocate(handle, attrs=None, pool=None, now=None, family=None) -> str
+    ipam.allocate_lease(handle, attrs=None, pool=None, now=None, family=None) -> Lease(ip, seq, block, handle, new)
     ipam.assign(ip, handle, attrs=None, now=None) -> str
     ipam.release_handle(handle, now=None) -> list[str]
     ipam.release_ip(ip, seq=None, handle=None, now=None) -> bool

@@ -82,12 +82,14 @@ class Ipam:
     # ---------------------------------------------------------------- allocation
 
     def allocate(self, handle: str, attrs: Mapping[str, str] | None = None,
-                 pool: str | None = None, now: float | None = None) -> str:
-        return self.leases.allocate(handle, attrs, pool, now)
+                 pool: str | None = None, now: float | None = None,
+                 family: int | None = None) -> str:
+        return self.leases.allocate(handle, attrs, pool, now, family)
 
     def allocate_lease(self, handle: str, attrs: Mapping[str, str] | None = None,
-                       pool: str | None = None, now: float | None = None) -> Lease:
-        return self.leases.allocate_lease(handle, attrs, pool, now)
+                       pool: str | None = None, now: float | None = None,
+                       family: int | None = None) -> Lease:
+        return self.leases.allocate_lease(handle, attrs, pool, now, family)
 
     def assign(self, ip: str, handle: str, attrs: Mapping[str, str] | None = None,
                now: float | None = None) -> str:

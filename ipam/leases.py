@@ -45,6 +45,7 @@ from ipam.model import (
     eligible_pools,
     parse_ip,
     parse_network,
+    request_family,
 )
 from ipam.store import Delete, Expect, Put
 
@@ -74,25 +75,35 @@ class LeaseAllocator:
         self.cache = cache
         self._hint: tuple[str, str] | None = None     # (block key, cidr) last allocated from
 
-    def _eligible(self, pool: str | None) -> tuple[list[tuple[Pool, int]], list[str]]:
+    def _eligible(self, pool: str | None,
+                  family: int | None = None) -> tuple[list[tuple[Pool, int]], list[str]]:
         want = parse_network(pool, "pool CIDR") if pool else None
         return eligible_pools(self.cache.pool_map().values(), want, self.ctx.node,
-                              self.ctx.node_labels)
+                              self.ctx.node_labels, request_family(want, family))
+
+    def _blocks_held(self, aff: AffinityIndex, family: int) -> int:
+        """The node's blocks of one IP version: ``max_blocks_per_node`` counts per family
+        (as Calico's maxBlocksPerHost does), so IPv4 blocks never starve IPv6 claims."""
+        return sum(1 for c in aff.blocks if _net(c).version == family)
 
     def _strict(self, pool: Pool) -> bool:
         return self.ctx.strict_affinity or pool.strict_affinity
 
     def allocate(self, handle: str, attrs: Mapping[str, str] | None = None,
-                 pool: str | None = None, now: float | None = None) -> str:
+                 pool: str | None = None, now: float | None = None,
+                 family: int | None = None) -> str:
         """Allocate one address for ``handle`` and return it (a string); see
         :meth:`allocate_lease`."""
-        return self.allocate_lease(handle, attrs, pool, now).ip
+        return self.allocate_lease(handle, attrs, pool, now, family).ip
 
     def allocate_lease(self, handle: str, attrs: Mapping[str, str] | None = None,
-                       pool: str | None = None, now: float | None = None) -> Lease:
+                       pool: str | None = None, now: float | None = None,
+                       family: int | None = None) -> Lease:
         """Allocate one address for ``handle``; returns the lease (ip, seq, block).
 
-        Idempotent per handle: if ``handle`` already holds an address in an
+        One IP version per call: ``pool``'s, else ``family``, else IPv4 (a
+        dual-stack caller calls once per family with the same handle).
+        Idempotent per handle and family: if ``handle`` already holds an address in an
         eligible pool (e.g. a retried CNI ADD), that address is returned.
         Order: the node's confirmed blocks, then its pending claims (confirmed
         first), then a newly claimed block, then borrowing from other nodes'
@@ -101,6 +112,7 @@ class LeaseAllocator:
         """
         check_handle(handle)
         now = self.ctx.now(now)
+        family = request_family(parse_network(pool, "pool CIDR") if pool else None, family)
         attrs = {**(attrs or {})}
         attrs.setdefault("node", self.ctx.node)
         hkey = self.ctx.keys.handle(handle)
@@ -108,14 +120,14 @@ class LeaseAllocator:
         hmod = 0
         refreshed = False
         for attempt in range(self.ctx.max_retries):
-            pools, reasons = self._eligible(pool)
+            pools, reasons = self._eligible(pool, family)
             if hrec is not None:
                 for ip, (cidr, seq) in hrec.ips.items():
                     if any(parse_ip(ip) in p.cidr for p, _ in pools):
                         self.ctx.log.debug("allocate_existing", handle=handle, ip=ip)
                         return Lease(ip, seq, cidr, handle, False)
             resv_mod = self.cache.reservations()[1]
-            choice, why = self._choose(pool, now) if pools else (None, [])
+            choice, why = self._choose(pool, family, now) if pools else (None, [])
             if choice is None:
                 if not refreshed:
                     # Decide exhaustion on fresh data only.
@@ -123,7 +135,7 @@ class LeaseAllocator:
                     refreshed = True
                     hrec, hmod = self.cache.handle(hkey, fresh=True)
                     continue
-                self._exhausted(handle, reasons + why)
+                self._exhausted(handle, family, reasons + why)
             pool_obj, pmod, bkey, block, bmod, ordinal = choice
             new_block = block.allocate(ordinal, handle, self.ctx.node, attrs, now)
             ip = str(block.ip(ordinal))
@@ -174,21 +186,25 @@ class LeaseAllocator:
         if attempt >= 2:
             self.ctx.sleep(self.ctx.jitter.uniform(0, min(0.05, 0.002 * 2 ** attempt)))
 
-    def _exhausted(self, handle: str, reasons: list[str]) -> None:
+    def _exhausted(self, handle: str, family: int, reasons: list[str]) -> None:
         if not self.cache.pool_map():
             raise IpamExhausted(f"no address for handle {handle} on node {self.ctx.node}: no IP pool "
                                 f"exists; add one with `noderouter pool add <cidr>`")
+        if not any(p.cidr.version == family for p, _ in self.cache.pool_map().values()):
+            raise IpamExhausted(f"no address for handle {handle} on node {self.ctx.node}: no "
+                                f"IPv{family} pool exists; add one with `noderouter pool add <cidr>`")
         raise IpamExhausted(
             f"no address for handle {handle} on node {self.ctx.node}: " + "; ".join(reasons)
             + ". Fix: add or enable a pool (`noderouter pool add`), raise max_blocks_per_node "
             f"(now {self.ctx.max_blocks_per_node}), allow borrowing (strict affinity off), or "
             "reclaim leaks (`noderouter ipam gc`)")
 
-    def _choose(self, pool_filter: str | None, now: float):
-        """Pick (pool, pool mod, block key, block, block mod, ordinal), claiming or
-        confirming blocks as needed. Returns (None, reasons) when nothing fits."""
+    def _choose(self, pool_filter: str | None, family: int, now: float):
+        """Pick (pool, pool mod, block key, block, block mod, ordinal) of IP version
+        ``family``, claiming or confirming blocks as needed. Returns (None, reasons)
+        when nothing fits."""
         for _ in range(self.ctx.max_retries):
-            pools, _why = self._eligible(pool_filter)
+            pools, _why = self._eligible(pool_filter, family)
             by_cidr = {str(p.cidr): (p, m) for p, m in pools}
             aff, _amod = self.cache.affinity()
             # Fast path: the block the last allocation went to, if it still has room.
@@ -233,7 +249,7 @@ class LeaseAllocator:
                 continue
             # 3. claim a new block
             reasons: list[str] = []
-            if len(aff.blocks) >= self.ctx.max_blocks_per_node:
+            if self._blocks_held(aff, family) >= self.ctx.max_blocks_per_node:
                 reasons.append(f"node {self.ctx.node} holds the maximum of {self.ctx.max_blocks_per_node} "
                                f"blocks, all full")
             else:
@@ -385,7 +401,7 @@ class LeaseAllocator:
             got = self.cache.block(bkey)
             if got is None:
                 aff, _ = self.cache.affinity()
-                if len(aff.blocks) >= self.ctx.max_blocks_per_node:
+                if self._blocks_held(aff, addr.version) >= self.ctx.max_blocks_per_node:
                     raise IpamExhausted(f"cannot assign {addr}: its block {cidr} is unclaimed and "
                                         f"node {self.ctx.node} already holds the maximum of "
                                         f"{self.ctx.max_blocks_per_node} blocks; raise "

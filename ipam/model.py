@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
+# IPv6 block sizes Calico accepts (api/pkg/apis/projectcalico/v3/ippool.go): a /116 holds
+# 4096 addresses (the most a block's ordinal walk should scan), a /128 one.
+IPV6_BLOCK_SIZES = range(116, 129)
 ENCAP_MODES = ("Never", "Always", "CrossSubnet")
 POD_HANDLE_PREFIX = "k8s-pod-network."
 TUNNEL_HANDLE_PREFIX = "ipip-tunnel-addr-"
@@ -184,6 +188,16 @@ class Pool:
             raise IpamInvalid(f"pool {net}: block size /{size} must lie between the pool's "
                               f"prefix /{net.prefixlen} and /{maxlen}; pick e.g. "
                               f"/{DEFAULT_BLOCK_SIZE[net.version]}")
+        if net.version == 6 and size not in IPV6_BLOCK_SIZES:
+            raise IpamInvalid(f"pool {net}: IPv6 block size /{size} must lie between "
+                              f"/{IPV6_BLOCK_SIZES[0]} and /{IPV6_BLOCK_SIZES[-1]}; the default "
+                              f"is /{DEFAULT_BLOCK_SIZE[6]}")
+        if net.version == 6 and kw.get("ipip_mode", "Never") != "Never":
+            # IPIP (protocol 4) carries only IPv4 inside IPv4: IPv6 pods across subnets go
+            # through VXLAN or are routed plainly (Calico refuses the same, ippool.go).
+            raise IpamInvalid(f"pool {net}: ipip_mode {kw['ipip_mode']!r} is not possible for an "
+                              f"IPv6 pool (IPIP carries IPv4 only); set ipip_mode Never and use "
+                              f"vxlan_mode, or plain routing")
         for mode_key in ("ipip_mode", "vxlan_mode"):
             if kw.get(mode_key, "Never") not in ENCAP_MODES:
                 raise IpamInvalid(f"pool {net}: {mode_key} {kw[mode_key]!r} must be one of "
@@ -234,15 +248,34 @@ class Pool:
                    deleting=bool(d.get("deleting", False)))
 
 
+def request_family(want: IPNetwork | None, family: int | None) -> int:
+    """The IP version an allocation asks for: the named pool's, else ``family``, else 4.
+
+    IPv4 unless asked otherwise, so a caller that never heard of IPv6 keeps getting
+    IPv4 addresses when IPv6 pools are added (dual stack asks once per family)."""
+    if family not in (None, 4, 6):
+        raise IpamInvalid(f"family {family!r} must be 4 or 6")
+    if want is not None:
+        if family is not None and family != want.version:
+            raise IpamInvalid(f"pool {want} is IPv{want.version}, but family {family} was asked "
+                              f"for; name a pool of that family or drop one of the two")
+        return want.version
+    return family or 4
+
+
 def eligible_pools(pools: Iterable[tuple[Pool, int]], want: IPNetwork | None, node: str,
-                   labels: Mapping[str, str]) -> tuple[list[tuple[Pool, int]], list[str]]:
+                   labels: Mapping[str, str], family: int | None = None,
+                   ) -> tuple[list[tuple[Pool, int]], list[str]]:
     """The (pool, mod revision) pairs ``node`` may allocate from, by CIDR, and for
-    every other pool (restricted to ``want`` when given) the reason it may not:
-    being deleted, disabled, or excluded by its node selector."""
+    every other pool (restricted to ``want`` when given, and to IP version
+    ``family`` when given) the reason it may not: being deleted, disabled, or
+    excluded by its node selector."""
     reasons: list[str] = []
     out = []
     for p, mod in sorted(pools, key=lambda pm: net_sort_key(pm[0].cidr)):
         if want is not None and p.cidr != want:
+            continue
+        if family is not None and p.cidr.version != family:
             continue
         if p.deleting:
             reasons.append(f"pool {p.cidr}: being deleted")
@@ -262,7 +295,30 @@ def overlapping(new: IPNetwork, existing: Iterable[IPNetwork]) -> list[IPNetwork
     return [e for e in existing if e.version == new.version and e.overlaps(new)]
 
 
-def claim_order(pool: Pool, node: str) -> list[int]:
+@dataclass(frozen=True)
+class ClaimWalk:
+    """The block indexes ``0..n-1`` starting at ``start`` and wrapping, computed on demand.
+
+    Lazy because an IPv6 pool has astronomically many blocks (2001:2::/48 in /122
+    blocks: 2**74), which no list can hold; the claim walk stops at the first free one.
+    """
+
+    start: int
+    n: int
+
+    def __iter__(self):
+        for i in itertools.count():
+            if i >= self.n:
+                return
+            yield (self.start + i) % self.n
+
+    def __getitem__(self, i: int) -> int:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return (self.start + i) % self.n
+
+
+def claim_order(pool: Pool, node: str) -> ClaimWalk:
     """Block indexes in the order ``node`` tries to claim them.
 
     The walk starts at an index seeded by the node name (a stable hash, not
@@ -270,8 +326,12 @@ def claim_order(pool: Pool, node: str) -> list[int]:
     rarely race for the same block; it wraps around to cover every block.
     """
     n = pool.n_blocks
-    start = int.from_bytes(hashlib.sha256(node.encode()).digest()[:8], "big") % n
-    return [(start + i) % n for i in range(n)]
+    # 16 bytes of seed for pools of more than 2**64 blocks (IPv6): a 64-bit seed would only
+    # ever start in their first 2**64 blocks. Smaller pools keep the 8 bytes they always
+    # used, so existing nodes keep their start.
+    width = 8 if n <= 1 << 64 else 16
+    start = int.from_bytes(hashlib.sha256(node.encode()).digest()[:width], "big") % n
+    return ClaimWalk(start, n)
 
 
 # ---------------------------------------------------------------- blocks

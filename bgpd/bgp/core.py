@@ -36,7 +36,7 @@ Rules it implements:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -167,7 +167,7 @@ class SpeakerCore:
     def take_route_changes(self) -> dict[str, Route | None]:
         return self.rib.take_changes()
 
-    def routes(self) -> dict[str, Route]:
+    def routes(self) -> Mapping[str, Route]:
         return self.rib.routes()
 
     def status(self, now: float) -> list[PeerStatus]:
@@ -180,7 +180,7 @@ class SpeakerCore:
                 address=addr, asn=r.asn, state=r.state, since=r.since,
                 uptime=(now - r.established_at) if r.established_at is not None else None,
                 received=accepted + len(r.rejected_now), accepted=accepted,
-                announced=len(self.desired) if established else 0,
+                announced=len(self._for_peer(self.desired, addr)) if established else 0,
                 stale=self.rib.stale_count(addr), rejected=dict(r.counters.rejected),
                 last_error=self._last_error(r, now), graceful_restart=r.gr_time,
                 last_notification=r.last_notification, received_total=r.counters.received,
@@ -284,8 +284,10 @@ class SpeakerCore:
         rec.teardown_reason = why
         pc = self.config.peer(rec.address)
         silent = pc is not None and pc.graceful_restart is not None
-        withdraw = (tuple(cmds.withdraw(self.desired, neighbor=rec.address))
-                    if silent and self.desired else ())
+        mine = self._for_peer(self.desired, rec.address)
+        withdraw = (tuple(cmds.withdraw(mine, neighbor=rec.address,
+                                        next_hop6=self.config.local_address6))
+                    if silent and mine else ())
         self._inc(f"teardowns.cease{subcode}")
         return Teardown(rec.address, subcode, withdraw)
 
@@ -298,7 +300,7 @@ class SpeakerCore:
         for addr, rec in sorted(self.peers.items()):
             if rec.state in ("established", "max-prefix") and not rec.eor_sent \
                     and not rec.deconfigured:
-                self._commands.append(cmds.eor(addr))
+                self._commands += self._eors(addr)
                 rec.eor_sent = True
         self.log.info("announcements_complete", desired=len(self.desired))
 
@@ -310,10 +312,16 @@ class SpeakerCore:
         new = {cmds.prefix(p) for p in prefixes}
         add, gone = new - self.desired, self.desired - new
         self.desired = new
+        # Only families some peer carries: ExaBGP answers "error" to a line none of its
+        # neighbours can take; a peer that comes up later gets the whole set then.
+        carried = self._carried()
+        add = {p for p in add if self._family(p) in carried}
+        gone = {p for p in gone if self._family(p) in carried}
+        nh6 = self.config.local_address6
         if add:
-            self._commands += cmds.announce(add)
+            self._commands += cmds.announce(add, next_hop6=nh6)
         if gone:
-            self._commands += cmds.withdraw(gone)
+            self._commands += cmds.withdraw(gone, next_hop6=nh6)
         if add or gone:
             self.log.info("desired_changed", announce=len(add), withdraw=len(gone),
                           total=len(new))
@@ -332,12 +340,18 @@ class SpeakerCore:
             self._update(event, now)
         elif isinstance(event, EndOfRib):
             rec = self.peers.get(event.peer)
-            if rec is not None and event.family == "ipv4 unicast":
-                swept = self.rib.sweep_stale(event.peer)
-                rec.gr_deadline = None
-                rec.eor_received = True
-                self.log.info("end_of_rib", peer=event.peer, stale_removed=swept,
-                              routes=self.rib.count(event.peer))
+            version = {"ipv4 unicast": 4, "ipv6 unicast": 6}.get(event.family)
+            if rec is not None and version is not None:
+                # Per family (RFC 4724 4.2): an IPv4 EoR ends only the IPv4 stale routes.
+                rec.eor_families.add(event.family)
+                families = self._peer_families(event.peer)
+                done = rec.eor_families >= set(families)
+                swept = self.rib.sweep_stale(event.peer, None if done else version)
+                if done:
+                    rec.gr_deadline = None
+                    rec.eor_received = True
+                self.log.info("end_of_rib", peer=event.peer, family=event.family,
+                              stale_removed=swept, routes=self.rib.count(event.peer))
         elif isinstance(event, PeerState):
             self._state(event, now)
         elif isinstance(event, PeerOpen):
@@ -393,11 +407,13 @@ class SpeakerCore:
             self.log.info("peer_up", peer=ev.peer, asn=rec.asn, graceful_restart=rec.gr_time)
             if rec.deconfigured:
                 return  # its teardown and ExaBGP's reload are under way
-            if self.desired:
-                self._commands += cmds.announce(self.desired, neighbor=ev.peer)
+            mine = self._for_peer(self.desired, ev.peer)
+            if mine:
+                self._commands += cmds.announce(mine, neighbor=ev.peer,
+                                                next_hop6=self.config.local_address6)
             rec.eor_sent = self.announcements_complete
             if rec.eor_sent:
-                self._commands.append(cmds.eor(ev.peer))
+                self._commands += self._eors(ev.peer)
         elif ev.state == "down":
             self._peer_down(rec, now, ev.reason)
         elif ev.state == "connected":
@@ -411,6 +427,7 @@ class SpeakerCore:
         rec.rejected_now.clear()
         rec.eor_sent = False
         rec.eor_received = False
+        rec.eor_families.clear()
         notification = rec.notification_code
         rec.notification_code = None
         by_notification = notification_in_reason(reason)
@@ -445,6 +462,26 @@ class SpeakerCore:
             self.rib.drop_peer(rec.address)
             rec.gr_deadline = None
             self.log.info("peer_down", peer=rec.address, reason=reason, dropped=held)
+
+    # -- families (issue 15) ---------------------------------------------------
+    @staticmethod
+    def _family(prefix: str) -> str:
+        return "ipv6 unicast" if ":" in prefix else "ipv4 unicast"
+
+    def _peer_families(self, addr: str) -> tuple[str, ...]:
+        pc = self.config.peer(addr)
+        return pc.families if pc is not None else ("ipv4 unicast",)
+
+    def _carried(self) -> set[str]:
+        return {f for p in self.config.peers for f in p.families}
+
+    def _for_peer(self, prefixes: Iterable[str], addr: str) -> set[str]:
+        """The prefixes of the families the peer's session carries."""
+        fams = self._peer_families(addr)
+        return {p for p in prefixes if self._family(p) in fams}
+
+    def _eors(self, addr: str) -> list[str]:
+        return [cmds.eor(addr, f) for f in self._peer_families(addr)]
 
     def _update(self, ev: RouteUpdate, now: float) -> None:
         rec = self.peers.get(ev.peer)
@@ -504,6 +541,14 @@ class SpeakerCore:
         count = self.rib.count(rec.address)
         if count <= pc.max_prefix:
             return
+        family = ""
+        if len(pc.families) > 1:
+            # The limit is per family (as BIRD's and FRR's per-AFI limits; issue 15): count
+            # the IPv6 ones, only once the total is over (one family: no count needed).
+            v6 = sum(1 for p in self.rib.prefixes_of(rec.address) if ":" in p)
+            count, family = max((count - v6, "ipv4 unicast "), (v6, "ipv6 unicast "))
+            if count <= pc.max_prefix:
+                return
         was_up = rec.state in ("established", "max-prefix")
         dropped = self.rib.drop_peer(rec.address)
         rec.max_prefix_hit = True
@@ -511,8 +556,8 @@ class SpeakerCore:
         rec.rejected_now.clear()
         self._reject(rec, "max-prefix", dropped)
         self._inc("max_prefix_events")
-        rec.max_prefix_error = (f"max-prefix {pc.max_prefix} exceeded ({count} accepted); "
-                                "routes dropped")
+        rec.max_prefix_error = (f"max-prefix {pc.max_prefix} exceeded ({count} {family}"
+                                "accepted); routes dropped")
         rec.last_error = rec.max_prefix_error
         rec.set_state("max-prefix", now)
         self.log.warning("max_prefix_exceeded", peer=rec.address, limit=pc.max_prefix,

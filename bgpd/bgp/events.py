@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 FAMILY = "ipv4 unicast"
+FAMILIES = (FAMILY, "ipv6 unicast")  # what the speaker decodes (issue 15)
 ORIGINS = {"igp": 0, "egp": 1, "incomplete": 2}
 
 
@@ -31,7 +32,7 @@ class PeerOpen:
     asn: int
     hold_time: int
     router_id: str
-    graceful_restart: int | None  # the peer's restart time if it does GR for ipv4 unicast
+    graceful_restart: int | None  # the peer's restart time if it does GR for ipv4/ipv6 unicast
 
 
 @dataclass(frozen=True, slots=True)

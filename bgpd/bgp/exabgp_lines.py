@@ -42,7 +42,7 @@ import json
 
 from bgpd.bgp import wire as bgp_wire
 from bgpd.bgp.events import (
-    FAMILY,
+    FAMILIES,
     ORIGINS,
     Ack,
     Answer,
@@ -134,7 +134,8 @@ def _from_json(msg: dict) -> Event:
         gr = None
         caps = o.get("capabilities", {})
         cap = caps.get("64")
-        if cap and "ipv4/unicast" in cap.get("address-family-flags", {}):
+        flags = cap.get("address-family-flags", {}) if cap else {}
+        if "ipv4/unicast" in flags or "ipv6/unicast" in flags:
             gr = int(cap.get("time", 0))
         asn4 = (caps.get("65") or {}).get("asn4")
         return PeerOpen(peer, int(o["asn"] if asn4 is None else asn4), int(o["hold_time"]),
@@ -145,10 +146,14 @@ def _from_json(msg: dict) -> Event:
             eor = m["eor"]
             return EndOfRib(peer, f"{eor['afi']} {eor['safi']}")
         upd = m["update"]
-        announced = tuple(
-            (nh, _nlris(items)) for nh, items in (upd.get("announce", {}).get(FAMILY) or {}).items()
-        )
-        withdrawn = _nlris(upd.get("withdraw", {}).get(FAMILY) or [])
+        announced = []
+        withdrawn = []
+        for family in FAMILIES:
+            groups = [(nh, _nlris(items))
+                      for nh, items in (upd.get("announce", {}).get(family) or {}).items()]
+            announced += bgp_wire.global_nexthops(groups)
+            withdrawn += _nlris(upd.get("withdraw", {}).get(family) or [])
+        announced, withdrawn = tuple(announced), tuple(withdrawn)
         return RouteUpdate(peer, _attributes(upd.get("attribute", {})), announced, withdrawn)
     if kind == "notification":
         n = nb["notification"]

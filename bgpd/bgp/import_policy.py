@@ -7,12 +7,17 @@ Rejected, checked in this order (the first reason that applies is counted):
 - ``as-loop``: our AS is in the AS path (ExaBGP does no loop check on receive; FRR reflected
   our own prefix back in the prototype);
 - ``martian-nexthop``: next hop in 0/8, 127/8, 169.254/16, 224/4 (incl. 240/4, broadcast);
+  IPv6: ::, ::1, IPv4-mapped ::ffff:0:0/96, link-local fe80::/10, multicast ff00::/8;
 - ``own-nexthop``: the next hop is one of our addresses;
 - ``own-block``: the prefix is one of our own blocks or more specific inside one (a peer must
   never take traffic for our pods);
 - ``outside-pools``: neither inside a pool nor explicitly allowed for the peer.
 
 Max-prefix is enforced by the core (it needs per-peer counts), with reason ``max-prefix``.
+
+Both families (issue 15): an IPv6 prefix is checked against the IPv6 pools, our IPv6 blocks
+and the peer's IPv6 filters, never against IPv4 ones (the two are kept apart, so no
+128-bit value can fall inside a 32-bit range by accident); the same reasons are counted.
 
 Review notes: the hot path runs once per learned prefix (100k at session start), so networks
 are kept as (int address, int mask) pairs and prefixes parsed with ``str.partition`` instead
@@ -87,6 +92,38 @@ def _within(net: tuple[int, int, int], outer: tuple[int, int, int]) -> bool:
 _MARTIANS = tuple(_net(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16",
                                      "224.0.0.0/3"))
 
+_ALL6 = (1 << 128) - 1
+
+
+def _net6(text: str) -> tuple[int, int, int]:
+    """'2001:2::/64' -> (network int, mask int, len), 128-bit. Raises ValueError, also for
+    host bits set past the length (the RIB and the kernel need the network address)."""
+    addr, _, plen = text.partition("/")
+    length = int(plen) if plen else 128
+    if not 0 <= length <= 128 or ":" not in addr:
+        raise ValueError(text)
+    try:
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, addr), "big")
+    except OSError:
+        raise ValueError(text) from None
+    mask = (_ALL6 << (128 - length)) & _ALL6
+    if value & ~mask:
+        raise ValueError(text)
+    return value, mask, length
+
+
+_MARTIANS6 = tuple(_net6(n) for n in ("::/128", "::1/128", "::ffff:0:0/96", "fe80::/10",
+                                      "ff00::/8"))
+
+
+def _split(texts: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(IPv4, IPv6) networks, canonical; raises ValueError on one that is neither."""
+    v4, v6 = [], []
+    for t in texts:
+        net = ipaddress.ip_network(t)
+        (v6 if net.version == 6 else v4).append(str(net))
+    return v4, v6
+
 
 @dataclass(frozen=True)
 class ImportPolicy:
@@ -100,24 +137,36 @@ class ImportPolicy:
     _allowed: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     _own_ints: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
     _host_index: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    # The IPv6 side (issue 15): networks as 128-bit (net, mask, len).
+    _pools6: tuple = field(default=(), init=False, repr=False, compare=False)
+    _own6: tuple = field(default=(), init=False, repr=False, compare=False)
+    _own_ints6: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
+    _allowed6: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_pools", tuple(_net(str(ipaddress.IPv4Network(p)))
-                                                 for p in self.pools))
-        object.__setattr__(self, "_own", tuple(_net(str(ipaddress.IPv4Network(b)))
-                                               for b in self.own_blocks))
-        object.__setattr__(self, "_own_ints", frozenset(_net(a)[0] for a in self.own_addresses))
+        pools4, pools6 = _split(self.pools)
+        own4, own6 = _split(self.own_blocks)
+        addrs = [ipaddress.ip_address(a) for a in self.own_addresses]
+        object.__setattr__(self, "_pools", tuple(_net(p) for p in pools4))
+        object.__setattr__(self, "_own", tuple(_net(b) for b in own4))
+        object.__setattr__(self, "_own_ints", frozenset(int(a) for a in addrs if a.version == 4))
         object.__setattr__(self, "_host_index", _host_index(self._pools, self._own))
         object.__setattr__(self, "_allowed", {
-            peer: tuple((_net(f.network), f.le) for f in filters)
+            peer: tuple((_net(f.network), f.le) for f in filters if ":" not in f.network)
+            for peer, filters in self.allowed.items()})
+        object.__setattr__(self, "_pools6", tuple(_net6(p) for p in pools6))
+        object.__setattr__(self, "_own6", tuple(_net6(b) for b in own6))
+        object.__setattr__(self, "_own_ints6", frozenset(int(a) for a in addrs if a.version == 6))
+        object.__setattr__(self, "_allowed6", {
+            peer: tuple((_net6(f.network), f.le) for f in filters if ":" in f.network)
             for peer, filters in self.allowed.items()})
 
     def with_own_blocks(self, blocks: Iterable[str]) -> ImportPolicy:
         return ImportPolicy(self.local_as, self.pools, frozenset(blocks), self.own_addresses,
                             self.allowed)
 
-    def _allowed_for(self, peer: str, net: tuple[int, int, int]) -> bool:
-        for outer, le in self._allowed.get(peer, ()):
+    def _allowed_for(self, peer: str, net: tuple[int, int, int], v6: bool = False) -> bool:
+        for outer, le in (self._allowed6 if v6 else self._allowed).get(peer, ()):
             if le is None:
                 if net == outer:
                     return True
@@ -129,6 +178,14 @@ class ImportPolicy:
         """The per-path checks (once per next hop group of an UPDATE)."""
         if self.local_as in as_path:
             return "as-loop"
+        if ":" in nexthop:
+            try:
+                nh6 = _net6(nexthop)
+            except ValueError:
+                return "martian-nexthop"
+            if any(_within(nh6, m) for m in _MARTIANS6):
+                return "martian-nexthop"
+            return "own-nexthop" if nh6[0] in self._own_ints6 else None
         try:
             nh = _net(nexthop)
         except ValueError:
@@ -141,6 +198,8 @@ class ImportPolicy:
 
     def check_prefix(self, peer: str, prefix: str) -> str | None:
         """The per-prefix checks."""
+        if ":" in prefix:
+            return self._check_prefix6(peer, prefix)
         try:
             net = _net(prefix)
             if _host_bits(prefix, net):
@@ -156,6 +215,19 @@ class ImportPolicy:
         for pool_net, pool_mask, pool_len in self._pools:
             if length >= pool_len and value & pool_mask == pool_net:
                 return None
+        return "outside-pools"
+
+    def _check_prefix6(self, peer: str, prefix: str) -> str | None:
+        try:
+            net = _net6(prefix)
+        except ValueError:
+            return "malformed-prefix"
+        if any(_within(net, own) for own in self._own6):
+            return "own-block"
+        if self._allowed6 and self._allowed_for(peer, net, v6=True):
+            return None
+        if any(_within(net, pool) for pool in self._pools6):
+            return None
         return "outside-pools"
 
     def split_prefixes(self, peer: str, prefixes: Sequence[str],
@@ -197,7 +269,12 @@ class ImportPolicy:
                 if value & ~masks[length] & 0xFFFFFFFF:  # host bits set (see _host_bits)
                     raise ValueError(prefix)
             except (OSError, ValueError):
-                bad.append((prefix, "malformed-prefix"))
+                # Not IPv4: an IPv6 prefix takes the IPv6 checks (issue 15).
+                why = self._check_prefix6(peer, prefix) if ":" in addr else "malformed-prefix"
+                if why:
+                    bad.append((prefix, why))
+                else:
+                    ok.append(prefix)
                 continue
             reason = "outside-pools"
             for own_net, own_mask, own_len in own:

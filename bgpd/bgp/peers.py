@@ -78,7 +78,8 @@ class PeerRecord:
     last_notification: str = ""
     notification_code: tuple[int, int] | None = None  # (code, subcode) received this session
     eor_sent: bool = False  # End-of-RIB sent to it in the current session
-    eor_received: bool = False  # its End-of-RIB (IPv4 unicast) came in the current session
+    eor_received: bool = False  # its End-of-RIB came for every family of the session
+    eor_families: set[str] = field(default_factory=set)  # families whose EoR came (this session)
     max_prefix_error: str = ""  # why its routes are held down (kept across reconnects)
     teardown_reason: str = ""  # why we asked ExaBGP to tear the session down
     deconfigured: bool = False  # being removed from the config: announce nothing on "up"

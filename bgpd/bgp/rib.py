@@ -31,7 +31,8 @@ enters the dirty set; only prefixes that already had paths are re-ranked in ``_r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import NamedTuple
 
 from bgpd.bgp.events import Attributes
@@ -57,10 +58,17 @@ class Rib:
         # ToR: one tuple shared by every prefix of an UPDATE, no per-prefix object), a
         # {peer: path} dict while it has several.
         self._table: dict[str, tuple[str, Path] | dict[str, Path]] = {}
-        self._by_peer: dict[str, set[str]] = {}
+        # How many prefixes each peer has a path for. Not a set of them per peer: that
+        # was a second 100k-entry structure (4.2 MB, issue 17) for what the table already
+        # says; the rare whole-peer operations (drop, stale marking) scan the table.
+        self._counts: dict[str, int] = {}
         self._stale: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
         self._best: dict[str, Route] = {}
+        # routes() hands out a read-only view of _best itself (the node's status snapshot
+        # keeps it): the next change copies it first (copy-on-write, issue 17), instead of
+        # routes() copying 100k entries for every snapshot.
+        self._best_shared = False
         self._changes: dict[str, Route | None] = {}  # since the last take_changes()
         self._routes: dict[Route, Route] = {}  # intern table
 
@@ -79,6 +87,7 @@ class Rib:
         entry = (peer, path)
         table = self._table
         fresh = [p for p in prefixes if p not in table]
+        gained = 0
         if len(fresh) != len(prefixes):
             dirty = self._dirty
             fresh_set = set(fresh)
@@ -91,10 +100,12 @@ class Rib:
                         table[prefix] = entry  # the peer replaces its own path
                     else:
                         table[prefix] = {held[0]: held[1], peer: path}
+                        gained += 1
                 else:
+                    if peer not in held:
+                        gained += 1
                     held[peer] = path
                 dirty.add(prefix)
-        self._by_peer.setdefault(peer, set()).update(prefixes)
         stale = self._stale.get(peer)
         if stale:
             stale.difference_update(prefixes)
@@ -102,65 +113,81 @@ class Rib:
             # A prefix with no path before has this one as its best route: settle it
             # here, in bulk (a dirty one -- removed earlier in this batch -- is ranked
             # by _refresh like any other).
+            before = len(table)
             table.update(dict.fromkeys(fresh, entry))
+            gained += len(table) - before  # (a prefix listed twice counts once)
             if self._dirty:
                 fresh = [p for p in fresh if p not in self._dirty]
             settled = dict.fromkeys(fresh, self._intern((nexthop,), (peer,)))
-            self._best.update(settled)
+            self._writable_best().update(settled)
             self._changes.update(settled)
+        if gained:
+            self._counts[peer] = self._counts.get(peer, 0) + gained
 
     def remove(self, peer: str, prefixes: Iterable[str]) -> int:
         """Remove the peer's paths for ``prefixes``; returns how many it had."""
-        mine = self._by_peer.get(peer)
-        if not mine:
+        if not self._counts.get(peer):
             return 0
         removed = 0
         stale = self._stale.get(peer)
         table = self._table
         dirty = self._dirty
         for prefix in prefixes:
-            if prefix not in mine:
+            held = table.get(prefix)
+            if held is None:
                 continue
-            mine.discard(prefix)
-            if stale:
-                stale.discard(prefix)
-            held = table[prefix]
             if type(held) is tuple:
+                if held[0] != peer:
+                    continue
                 del table[prefix]
             else:
+                if peer not in held:
+                    continue
                 del held[peer]
                 if len(held) == 1:
                     table[prefix] = next(iter(held.items()))
+            if stale:
+                stale.discard(prefix)
             dirty.add(prefix)
             removed += 1
+        self._counts[peer] -= removed
         return removed
 
     def drop_peer(self, peer: str) -> int:
-        prefixes = list(self._by_peer.get(peer, ()))
-        n = self.remove(peer, prefixes)
-        self._by_peer.pop(peer, None)
+        n = self.remove(peer, self.prefixes_of(peer))
+        self._counts.pop(peer, None)
         self._stale.pop(peer, None)
         return n
 
     def mark_stale(self, peer: str) -> int:
-        prefixes = self._by_peer.get(peer, set())
-        self._stale[peer] = set(prefixes)
+        prefixes = self.prefixes_of(peer)
+        self._stale[peer] = prefixes
         self._dirty.update(prefixes)  # a stale path may leave an ECMP set
         return len(prefixes)
 
-    def sweep_stale(self, peer: str) -> int:
-        stale = self._stale.pop(peer, set())
-        return self.remove(peer, list(stale))
+    def sweep_stale(self, peer: str, family: int | None = None) -> int:
+        """Remove the peer's stale paths; ``family`` 4 or 6: only those of that IP version
+        (End-of-RIB is per family, RFC 4724 4.2; issue 15)."""
+        if family is None:
+            stale = self._stale.pop(peer, set())
+            return self.remove(peer, list(stale))
+        v6 = family == 6
+        gone = [p for p in self._stale.get(peer, ()) if (":" in p) == v6]
+        return self.remove(peer, gone)
 
     def stale_count(self, peer: str) -> int:
         return len(self._stale.get(peer, ()))
 
     # -- queries ----------------------------------------------------------
     def count(self, peer: str) -> int:
-        return len(self._by_peer.get(peer, ()))
+        return self._counts.get(peer, 0)
 
     def prefixes_of(self, peer: str) -> set[str]:
-        return set(self._by_peer.get(peer, ()))
+        """A new set (O(table size): drops, stale marking, policy re-evaluation)."""
+        if not self._counts.get(peer):
+            return set()
+        return {prefix for prefix, held in self._table.items()
+                if (held[0] == peer if type(held) is tuple else peer in held)}
 
     def paths(self, prefix: str) -> dict[str, Path]:
         held = self._table.get(prefix)
@@ -193,10 +220,18 @@ class Rib:
         return self._intern(tuple(sorted({nh for _, nh in chosen})),
                             tuple(sorted(peer for peer, _ in chosen)))
 
-    def routes(self) -> dict[str, Route]:
-        """The current best routes (a copy; change tracking is not affected)."""
+    def routes(self) -> Mapping[str, Route]:
+        """The current best routes: a read-only view that never changes afterwards (the
+        RIB copies its map before the next change); change tracking is not affected."""
         self._refresh()
-        return dict(self._best)
+        self._best_shared = True
+        return MappingProxyType(self._best)
+
+    def _writable_best(self) -> dict[str, Route]:
+        if self._best_shared:
+            self._best = dict(self._best)
+            self._best_shared = False
+        return self._best
 
     def __len__(self) -> int:
         return len(self._table)
@@ -212,7 +247,7 @@ class Rib:
         if not self._dirty:
             return
         changes = self._changes
-        best_map = self._best
+        best_map = self._writable_best()
         for prefix in self._dirty:
             new = self.best(prefix)
             old = best_map.get(prefix)

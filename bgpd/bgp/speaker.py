@@ -65,6 +65,7 @@ from bgpd.bgp.events import (
     RelayHello,
 )
 from bgpd.bgp.exabgp_config import SpeakerConfig, environment, render
+from bgpd.bgp.exabgp_launch import NLRI_ENV
 from bgpd.bgp.exabgp_lines import parse_line
 from bgpd.bgp.import_policy import ImportPolicy
 from bgpd.bgp.peers import PeerCounts, PeerStatus
@@ -73,6 +74,7 @@ from bgpd.bgp.rib import Route
 log = structlog.get_logger("bgpd.bgp.speaker")
 
 RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exabgp_relay.py")
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exabgp_launch.py")
 
 
 PYPY_VENV = "exabgp-pypy"  # inside our venv; scripts/setup installs the pinned ExaBGP there
@@ -86,9 +88,13 @@ def default_exabgp(prefix: str | None = None, executable: str | None = None,
                    path: str | None = None) -> str:
     """The ExaBGP executable the speaker runs when the config names none, in this order:
 
-    1. ``<prefix>/exabgp-pypy/bin/exabgp``: ExaBGP under PyPy (``scripts/setup``), about
-       half the CPU of CPython to receive 100k routes (bench/bench_bgp.py);
-    2. ``exabgp`` next to our interpreter: the CPython install from setup.cfg (fallback);
+    1. ``<prefix>/exabgp-pypy/bin/exabgp``: ExaBGP under PyPy (``scripts/setup``), the
+       project's fixed default (the brief: "ExaBGP ... under PyPy by default");
+    2. ``exabgp`` next to our interpreter: the CPython install from setup.cfg (fallback, and
+       what ``bgp.exabgp_path`` selects for a small node). Both run through
+       ``exabgp_launch.py``, which skips ExaBGP's per-prefix NLRI objects. Measured at 100k
+       routes (bench/bench_footprint.py, issue 17): CPython + launcher 30 MB RSS and
+       0.31-0.62 s CPU; PyPy ~93 MB before any route (its own library keeps ~50 MB resident).
     3. ``exabgp`` on ``path`` (default: $PATH).
 
     ``prefix``/``executable`` default to ``sys.prefix``/``sys.executable`` (our venv).
@@ -156,6 +162,22 @@ def spawn_environment(environ: Mapping[str, str], interpreter: str,
             env.setdefault(key, value)
     env.update(settings)
     return env
+
+
+def exabgp_argv(exabgp: str, interpreter: str, conf_path: str) -> list[str]:
+    """How ExaBGP is started: through our launcher (``exabgp_launch.py``) in the interpreter
+    of the ``exabgp`` script when its ``#!`` line names one (that interpreter's
+    site-packages hold ExaBGP), else the script itself."""
+    if interpreter:
+        return [interpreter, LAUNCHER, conf_path]
+    return [exabgp, conf_path]
+
+
+def nlri_mode(config: SpeakerConfig) -> str:
+    """``validate``: ExaBGP checks received NLRI but builds no per-prefix objects, which
+    only its adj-rib-in and its parsed JSON would read (``exabgp_launch.py``)."""
+    return "validate" if config.api_receive == ("packets",) and not config.adj_rib_in \
+        else "decode"
 
 
 def _die_with_parent() -> None:
@@ -321,7 +343,9 @@ class Speaker:
     def _spawn(self) -> subprocess.Popen:
         env = spawn_environment(os.environ, self.exabgp_interpreter,
                                 environment(self.core.config, self.run_dir))
-        argv = [self.exabgp, self.conf_path]
+        if env.get(NLRI_ENV) != "decode":  # an operator's opt-out wins (ExaBGP as shipped)
+            env[NLRI_ENV] = nlri_mode(self.core.config)
+        argv = exabgp_argv(self.exabgp, self.exabgp_interpreter, self.conf_path)
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
         out = open(self.log_path, "ab")
@@ -603,7 +627,7 @@ class Speaker:
         with self.lock:
             return self.core.take_route_changes()
 
-    def routes(self) -> dict[str, Route]:
+    def routes(self) -> Mapping[str, Route]:
         with self.lock:
             return self.core.routes()
 

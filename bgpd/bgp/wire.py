@@ -15,7 +15,12 @@ What is read, and how ExaBGP 5.0.15 (as installed, with its RFC 7606 patches) re
   ORIGIN, AS_PATH (2- or 4-byte ASNs per the negotiated ``asn4``), NEXT_HOP, MED,
   LOCAL_PREF become ``Attributes``; AS4_PATH/AGGREGATOR/AS4_AGGREGATOR only as far as
   ExaBGP's RFC 6793 reconstruction of the path needs them; MP_REACH_NLRI/MP_UNREACH_NLRI
-  for ipv4 unicast routes and End-of-RIB. Routes of any other family are not decoded.
+  for ipv4 unicast and ipv6 unicast routes and End-of-RIB. Routes of any other family
+  are not decoded.
+- ipv6 unicast (RFC 4760, RFC 2545; issue 15): prefixes as ``inet_ntop`` prints them (RFC
+  5952, as ExaBGP does); of a 32-byte next hop (global + link-local) the global one is
+  kept: ``global_nexthops``, which ``bgpd.bgp.exabgp_lines`` applies to ExaBGP's parsed
+  form too (it lists such a prefix twice, once per next hop).
 - End-of-RIB: an UPDATE with nothing in it (ipv4 unicast), the 11-byte MP_UNREACH form
   of any family, or an UPDATE whose only attribute is an MP_UNREACH without NLRI.
 - RFC 7606 treat-as-withdraw exactly where ExaBGP applies it (a malformed ORIGIN, AS_PATH,
@@ -23,7 +28,8 @@ What is read, and how ExaBGP 5.0.15 (as installed, with its RFC 7606 patches) re
   be empty, an attribute length running past the attribute section, wrong flags on one of
   those): every ipv4 unicast prefix of the UPDATE, announced or not, becomes a withdrawal.
 - OPEN: AS (the 4-byte one from capability 65 when present), hold time, router id, and
-  graceful restart (capability 64) restart time when it lists ipv4/unicast.
+  graceful restart (capability 64) restart time when it lists ipv4/unicast or
+  ipv6/unicast.
 - NOTIFICATION: code, subcode, data (RFC 8203 shutdown communication for Cease 2 and 4).
 
 Quirks kept on purpose, because the parsed form has them (events must be the same):
@@ -81,6 +87,8 @@ _SAFI_NAMES = {1: "unicast", 2: "multicast", 4: "nlri-mpls", 5: "mcast-vpn", 65:
 _FAMILY_CODES = {f"{a} {s}": (ai, si) for ai, a in _AFI_NAMES.items()
                  for si, s in _SAFI_NAMES.items()}
 IPV4_UNICAST = (1, 1)
+IPV6_UNICAST = (2, 1)
+_DECODED = (IPV4_UNICAST, IPV6_UNICAST)
 # Next-hop lengths ExaBGP accepts in MP_REACH_NLRI (exabgp.protocol.family.Family.size),
 # by family; a family missing here is one ExaBGP cannot decode (it ends the session).
 _MP_NH_LENGTHS = {
@@ -208,6 +216,36 @@ def _walk(data: bytes, id_len: int) -> list[str] | str:
     return out
 
 
+def _prefixes6(data: bytes, id_len: int = 0) -> list[str] | str:
+    """ipv6 unicast NLRI (RFC 4760 5, RFC 2545) -> ["2001:2::/64", ...] or a reason."""
+    out: list[str] = []
+    append = out.append
+    ntop, inet6, pad = socket.inet_ntop, socket.AF_INET6, b"\0" * 16
+    i, n = 0, len(data)
+    while i < n:
+        if id_len:
+            if n - i <= id_len:
+                return "ipv6 NLRI truncated in its path identifier"
+            i += id_len
+        m = data[i]
+        if m > 128:
+            return f"invalid prefix length {m} in ipv6 NLRI"
+        size = (m + 7) >> 3
+        j = i + 1 + size
+        if j > n:
+            return "ipv6 NLRI truncated"
+        append(f"{ntop(inet6, data[i + 1:j] + pad[size:])}/{m}")
+        i = j
+    return out
+
+
+def _family_prefixes(fam: tuple[int, int], data: bytes, s: Session) -> list[str] | str:
+    """NLRI of one of the families we decode (``_DECODED``)."""
+    if fam == IPV4_UNICAST:
+        return (_prefixes_addpath if fam in s.addpath else _prefixes)(data)
+    return _prefixes6(data, 4 if fam in s.addpath else 0)
+
+
 def _nexthop(raw: bytes) -> str | None:
     if len(raw) == 4:
         return _inet_ntoa(raw)
@@ -278,7 +316,7 @@ class _Reset(BgpError):  # noqa: N818 - internal: ExaBGP would end the session
 
 
 def _mp_reach(v: bytes, s: Session):
-    """-> ((afi, safi), [(nexthop, [prefix, ...])] for ipv4 unicast, else None)."""
+    """-> ((afi, safi), [(nexthop, [prefix, ...])] for ipv4/ipv6 unicast, else None)."""
     if len(v) < 5:
         raise _Reset("MP_REACH_NLRI too short for its family and next hop")
     afi, safi, nhlen = int.from_bytes(v[0:2], "big"), v[2], v[3]
@@ -306,7 +344,7 @@ def _mp_reach(v: bytes, s: Session):
     nlri = v[4 + nhlen + 1:]
     if not nlri:
         raise _Reset("MP_REACH_NLRI without NLRI")
-    if fam != IPV4_UNICAST:
+    if fam not in _DECODED:
         return fam, None
     nhs = v[4 + rd:4 + nhlen]
     hops = []
@@ -315,17 +353,39 @@ def _mp_reach(v: bytes, s: Session):
         if hop is None:
             raise _Reset("MP_REACH_NLRI next hop neither 4 nor 16 bytes")
         hops.append(hop)
-    prefixes = (_prefixes_addpath if IPV4_UNICAST in s.addpath else _prefixes)(nlri)
+    prefixes = _family_prefixes(fam, nlri, s)
     if isinstance(prefixes, str):
         raise _Reset(f"MP_REACH_NLRI: {prefixes}")
     if len(hops) == 1:
         return fam, [(hops[0], prefixes)]
-    # ExaBGP decodes every prefix once per next hop (global + link-local), in turn.
+    # ExaBGP decodes every prefix once per next hop (global + link-local), in turn;
+    # global_nexthops drops the link-local copies afterwards, as for its parsed form.
     return fam, [(h, [p]) for p in prefixes for h in hops]
 
 
+def _link_local(hop: str) -> bool:
+    return hop[:4].lower() == "fe80"
+
+
+def global_nexthops(groups: list) -> list:
+    """[(next hop, prefixes)] without the link-local copies (issue 15).
+
+    A global + link-local next hop (32 bytes, RFC 2545 3) arrives as each prefix twice,
+    once per next hop (ExaBGP's parsed form, and our decode of the same bytes): a group
+    whose next hop is link-local goes when all its prefixes also have a non-link-local next
+    hop. A node must forward to the peer's global address, which every node can reach
+    (calico#10321, #5971); a link-local next hop alone stays (the import policy refuses it
+    as martian)."""
+    if len(groups) < 2 or not any(_link_local(nh) for nh, _ in groups):
+        return groups
+    kept = [(nh, ps) for nh, ps in groups if not _link_local(nh)]
+    covered = {p for _, ps in kept for p in ps}
+    return [(nh, ps) for nh, ps in groups
+            if not _link_local(nh) or not covered.issuperset(ps)]
+
+
 def _mp_unreach(v: bytes, s: Session):
-    """-> ((afi, safi), [prefix, ...] for ipv4 unicast | None, has_nlri)."""
+    """-> ((afi, safi), [prefix, ...] for ipv4/ipv6 unicast | None, has_nlri)."""
     if len(v) < 3:
         raise _Reset("MP_UNREACH_NLRI too short for its family")
     afi, safi = int.from_bytes(v[0:2], "big"), v[2]
@@ -333,9 +393,9 @@ def _mp_unreach(v: bytes, s: Session):
     if s.families is not None and fam not in s.families:
         raise _Reset(f"MP_UNREACH_NLRI for {family_name(afi, safi)}, not negotiated")
     nlri = v[3:]
-    if fam != IPV4_UNICAST:
+    if fam not in _DECODED:
         return fam, None, bool(nlri)
-    prefixes = (_prefixes_addpath if fam in s.addpath else _prefixes)(nlri)
+    prefixes = _family_prefixes(fam, nlri, s)
     if isinstance(prefixes, str):
         raise _Reset(f"MP_UNREACH_NLRI: {prefixes}")
     return fam, prefixes, bool(prefixes)
@@ -527,18 +587,23 @@ def _update(peer, body, wlen, astart, aend, s: Session):
         gone += mp_withdrawn
         for _, prefixes in mp_announced:
             gone += prefixes
+        if reach is not None and reach[0] == IPV6_UNICAST or \
+                unreach is not None and unreach[0] == IPV6_UNICAST:
+            gone.sort(key=_is_v6)  # ExaBGP's parsed form: ipv4 unicast first (stable)
         return RouteUpdate(peer, attrs, (), tuple(gone))
     if mp_announced:
-        groups: dict[str, list[str]] = {}
+        # Grouped per family, then next hop, as ExaBGP's parsed form: ipv4 unicast first.
+        v6 = reach[0] == IPV6_UNICAST
+        groups: dict[tuple[bool, str], list[str]] = {}
         if announced_v4:
-            groups[nexthop if 3 in present else _NO_NEXTHOP] = announced_v4
+            groups[False, nexthop if 3 in present else _NO_NEXTHOP] = announced_v4
         for hop, prefixes in mp_announced:
-            got = groups.get(hop)
+            got = groups.get((v6, hop))
             if got is None:
-                groups[hop] = list(prefixes)
+                groups[v6, hop] = list(prefixes)
             else:
                 got += prefixes
-        announced = tuple((hop, tuple(p)) for hop, p in groups.items())
+        announced = tuple(global_nexthops([(hop, tuple(p)) for (_, hop), p in groups.items()]))
     elif announced_v4:
         announced = ((nexthop if 3 in present else _NO_NEXTHOP, tuple(announced_v4)),)
         nlri = body[aend:]
@@ -554,6 +619,10 @@ def _update(peer, body, wlen, astart, aend, s: Session):
     if mp_withdrawn:
         withdrawn = withdrawn + mp_withdrawn
     return RouteUpdate(peer, attrs, announced, tuple(withdrawn))
+
+
+def _is_v6(prefix: str) -> bool:
+    return ":" in prefix
 
 
 def _prefixes_v4(data: bytes, s: Session):
@@ -586,7 +655,7 @@ def decode_open(peer: str, body: bytes):
         data, hdr = data[1:optlen + 1], 2
     asn4 = None
     gr_time = None
-    gr_v4 = False
+    gr_unicast = False
     while data:
         if len(data) < hdr:
             return "OPEN optional parameter truncated"
@@ -610,10 +679,10 @@ def decode_open(peer: str, body: bytes):
                     return "OPEN graceful-restart capability malformed"
                 gr_time = int.from_bytes(cval[0:2], "big") & 0x0FFF  # the last one's time
                 for k in range(2, len(cval), 4):  # families accumulate
-                    if cval[k:k + 3] == b"\x00\x01\x01":
-                        gr_v4 = True
+                    if cval[k:k + 3] in (b"\x00\x01\x01", b"\x00\x02\x01"):
+                        gr_unicast = True  # ipv4 or ipv6 unicast (issue 15)
     return PeerOpen(peer, asn if asn4 is None else asn4, hold, router_id,
-                    gr_time if gr_v4 else None)
+                    gr_time if gr_unicast else None)
 
 
 # ------------------------------------------------------------------------- NOTIFICATION

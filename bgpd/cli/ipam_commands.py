@@ -107,15 +107,25 @@ def ipam() -> None:
     """Pod address management in etcd: show, check, gc, release."""
 
 
-def _show_data(ip, node: str | None) -> dict:
+_FAMILY_OPTION = click.option("--family", type=click.Choice(["4", "6"]), default=None,
+                              help="Only IPv4 or only IPv6 (default: both).")
+
+
+def _in_family(net, family: str | None) -> bool:
+    return family is None or net.version == int(family)
+
+
+def _show_data(ip, node: str | None, family: str | None = None) -> dict:
     from ipam.model import net_sort_key
 
     d = ip.dump()
     pools = []
     for cidr, (p, _) in sorted(d.pools.items(), key=lambda kv: net_sort_key(kv[0])):
+        if not _in_family(p.cidr, family):
+            continue
         blocks = [b for b, _ in d.blocks.values() if b.pool == p.cidr]
         used = sum(len(b.allocations) for b in blocks)
-        pools.append({"cidr": cidr, "block_size": p.block_size,
+        pools.append({"cidr": cidr, "family": p.cidr.version, "block_size": p.block_size,
                       "blocks": f"{len(blocks)}/{p.n_blocks}", "used": used,
                       "size": p.cidr.num_addresses, "disabled": p.disabled,
                       "deleting": p.deleting, "ipip": p.ipip_mode, "vxlan": p.vxlan_mode,
@@ -124,6 +134,8 @@ def _show_data(ip, node: str | None) -> dict:
     blocks = []
     for cidr, (b, _) in sorted(d.blocks.items(), key=lambda kv: net_sort_key(kv[0])):
         if node is not None and b.affinity != node and all(a.node != node for a in b.allocations.values()):
+            continue
+        if not _in_family(b.cidr, family):
             continue
         borrowers = sorted({a.node for a in b.allocations.values() if a.node != b.affinity})
         blocks.append({"block": cidr, "pool": str(b.pool), "node": b.affinity, "state": b.state,
@@ -135,17 +147,20 @@ def _show_data(ip, node: str | None) -> dict:
 @ipam.command("show")
 @click.option("--node", default=None, help="Only blocks of this node (and blocks it borrows from).")
 @click.option("--allocations", is_flag=True, help="Also list every allocation.")
+@_FAMILY_OPTION
 @output_option
 @_etcd_options
-def ipam_show(ip, node, allocations, fmt) -> None:
-    """Pools, blocks with their node affinity and state, usage."""
-    data = _show_data(ip, node)
+def ipam_show(ip, node, allocations, family, fmt) -> None:
+    """Pools, blocks with their node affinity and state, usage (IPv4 and IPv6)."""
+    data = _show_data(ip, node, family)
     if allocations:
         from ipam.model import net_sort_key
 
         rows = []
         _, blocks = ip.snapshot()
         for b in sorted(blocks, key=lambda b: net_sort_key(b.cidr)):
+            if not _in_family(b.cidr, family):
+                continue
             for o, a in sorted(b.allocations.items()):
                 if node is None or a.node == node or b.affinity == node:
                     rows.append({"ip": str(b.ip(o)), "handle": a.handle, "seq": a.seq,
@@ -156,7 +171,7 @@ def ipam_show(ip, node, allocations, fmt) -> None:
         emit(data, fmt)
         return
     click.echo("POOLS")
-    emit(data["pools"], fmt, ["cidr", "block_size", "blocks", "used", "size", "disabled", "ipip",
+    emit(data["pools"], fmt, ["cidr", "family", "block_size", "blocks", "used", "size", "disabled", "ipip",
                               "vxlan", "nat_outgoing", "strict_affinity"])
     click.echo("\nBLOCKS")
     emit(data["blocks"], fmt, ["block", "pool", "node", "state", "used", "size", "borrowed_by"])
@@ -266,17 +281,19 @@ def pool() -> None:
 def _pool_row(p) -> dict:
     d = p.to_dict()
     d["blocks_total"] = p.n_blocks
+    d["family"] = p.cidr.version
     return d
 
 
-_POOL_COLS = ["cidr", "block_size", "blocks_total", "disabled", "ipip_mode", "vxlan_mode",
+_POOL_COLS = ["cidr", "block_size", "blocks_total", "family", "disabled", "ipip_mode", "vxlan_mode",
               "nat_outgoing", "strict_affinity", "node_selector", "deleting"]
 
 
 @pool.command("add")
 @click.argument("cidr")
 @click.option("--block-size", type=int, default=None,
-              help="Prefix length of a block (default /26 for IPv4, /122 for IPv6); fixed once created.")
+              help="Prefix length of a block (default /26 for IPv4, /122 for IPv6, which "
+                   "allows /116-/128); fixed once created.")
 @click.option("--disabled", is_flag=True, help="Create the pool disabled (no new allocations).")
 @click.option("--node-selector", default="all()", show_default=True,
               help='Which nodes may use it, e.g. \'rack == "a"\'.')
@@ -298,11 +315,12 @@ def pool_add(ip, cidr, block_size, disabled, node_selector, ipip_mode, vxlan_mod
 
 
 @pool.command("list")
+@_FAMILY_OPTION
 @output_option
 @_etcd_options
-def pool_list(ip, fmt) -> None:
-    """List pools."""
-    emit([_pool_row(p) for p in ip.list_pools()], fmt, _POOL_COLS)
+def pool_list(ip, family, fmt) -> None:
+    """List pools (IPv4 first, then IPv6)."""
+    emit([_pool_row(p) for p in ip.list_pools() if _in_family(p.cidr, family)], fmt, _POOL_COLS)
 
 
 @pool.command("delete")

@@ -32,6 +32,14 @@ ADD order (and its undo, run in reverse on any failure or SIGTERM/SIGINT):
 8. workload record (atomic) → remove it;
 9. host /32 route with our protocol (after the record: the daemon's sweep keeps it).
 
+Dual stack (issue 15, ``ipam: {"assign_ipv6": "true"}``): step 4 also allocates (or
+assigns) an IPv6 address for the same handle, after the IPv4 one, each released on
+undo only if this call assigned it; the host veth gets the fixed MAC ``HOST_MAC6`` so
+the pod's IPv6 gateway is its known link-local; step 6 adds the /128 (nodad, DAD off
+on the pod interface) and ``default via fe80::ecee:eeff:feee:eeee``, and IPv6
+forwarding=1/accept_ra=0/accept_dad=0 on the host veth (node namespace); step 9 also
+adds the host /128. DEL removes both routes; ``release_handle`` frees both addresses.
+
 DEL order (under the same lock): our host routes through the container's own host
 veth → the host veth (its routes would go with it anyway) → release the handle →
 the WorkloadEndpoint (only while it names this container) → remove the record. A route of ours to the same /32 through another interface belongs
@@ -57,7 +65,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import structlog
@@ -74,6 +82,7 @@ from bgpd.cni.endpoints import (  # noqa: E402 - after the environment above
     remove_endpoint,
 )
 from bgpd.cni.protocol import (
+    HOST_MAC6,
     Attachment,
     CniEnv,
     CniError,
@@ -89,7 +98,7 @@ from bgpd.cni.protocol import (
     pod_handle,
     pod_identity,
     request_version,
-    requested_address,
+    requested_addresses,
     result_ips,
     unknown_keys,
     version_answer,
@@ -205,11 +214,15 @@ def _ipam_errors(what: str, exc: Exception) -> CniError:
 
 
 class Datastore:
-    """The IPAM over etcd, opened on first use (VERSION/DEL-without-etcd never pay)."""
+    """The IPAM over etcd, opened on first use (VERSION/DEL-without-etcd never pay).
 
-    def __init__(self, conf: NetConf) -> None:
+    ``lock``: given when threads share this Datastore (the daemon's CNI server): every
+    ``call`` and the connection itself are made under it, one at a time."""
+
+    def __init__(self, conf: NetConf, lock: AbstractContextManager | None = None) -> None:
         self.conf = conf
         self._ipam = None
+        self._lock = lock if lock is not None else nullcontext()
 
     def ipam(self):
         if self._ipam is None:
@@ -230,10 +243,15 @@ class Datastore:
     def call(self, what: str, fn: Callable[[Any], Any]) -> Any:
         from ipam.errors import IpamError
 
-        try:
-            return fn(self.ipam())
-        except IpamError as exc:
-            raise _ipam_errors(what, exc) from None
+        with self._lock:
+            try:
+                return fn(self.ipam())
+            except IpamError as exc:
+                raise _ipam_errors(what, exc) from None
+
+    def ipam_stats(self) -> dict[str, int]:
+        """The IPAM's counters (allocations, conflicts, ...); empty if never opened."""
+        return dict(self._ipam.stats) if self._ipam is not None else {}
 
     def close(self) -> None:
         if self._ipam is not None:
@@ -279,7 +297,22 @@ def _owner_of(conf: NetConf, host_ifname: str) -> str | None:
 
 def _attachment(rec: WorkloadRecord, host_mac: str, pod_mac: str) -> Attachment:
     return Attachment(ip=rec.ip, host_ifname=rec.host_ifname, host_mac=host_mac,
-                      ifname=rec.ifname, pod_mac=pod_mac, netns=rec.netns, mtu=rec.mtu)
+                      ifname=rec.ifname, pod_mac=pod_mac, netns=rec.netns, mtu=rec.mtu,
+                      ip6=rec.ip6)
+
+
+def _record_ips(rec: WorkloadRecord) -> list[str]:
+    return [rec.ip, rec.ip6] if rec.ip6 else [rec.ip]
+
+
+def _inspect_all(k, rec: WorkloadRecord):
+    """``Kernel.inspect`` plus, for a dual-stack record, its IPv6 half (issue 15)."""
+    problems, hl, pl = k.inspect(host=rec.host_ifname, ifname=rec.ifname, ip=rec.ip,
+                                 mtu=rec.mtu, protocol=rec.route_protocol)
+    if rec.ip6:
+        problems += k.inspect6(host=rec.host_ifname, ifname=rec.ifname, ip6=rec.ip6,
+                               protocol=rec.route_protocol)
+    return problems, hl, pl
 
 
 def _same_attachment(rec: WorkloadRecord, env: CniEnv) -> list[str]:
@@ -323,7 +356,9 @@ def passed_netns_opener(netns_fd: int | None, netns_errno: int | None) -> NetnsO
 
 def cmd_add(env: CniEnv, conf: NetConf, ds: Datastore,
             open_pod: NetnsOpener = _open_path) -> dict[str, Any]:
-    wanted = requested_address(conf.requested_ips, env.args)   # validated before anything
+    # validated before anything; by family (issue 15: one per family the conf assigns)
+    wanted = requested_addresses(conf.requested_ips, env.args, conf.assign_ipv4,
+                                 conf.assign_ipv6)
     pod_identity(env.args, env.container_id)                   # likewise (code 4)
     pod_fd = open_pod(env.netns)
     try:
@@ -359,7 +394,8 @@ def _assign_requested(ipam, conf: NetConf, ip: str, handle: str,
     if not usable:
         raise CniError(Code.ADDRESS_UNAVAILABLE, f"requested address {ip} is in a pool node "
                        f"{ipam.node} may not use", "; ".join(reasons))
-    held = ipam.handle_ips(handle)
+    # This family's only: a dual-stack handle holds one address per family (issue 15).
+    held = [h for h in ipam.handle_ips(handle) if ipaddress.ip_address(h).version == addr.version]
     if ip in held:
         return False
     if held:
@@ -376,8 +412,47 @@ def _assign_requested(ipam, conf: NetConf, ip: str, handle: str,
     return True
 
 
+def _allocate(conf: NetConf, ds: Datastore, handle: str, attrs: Mapping[str, str],
+              family: int, wanted: str | None,
+              undo: list[tuple[str, Callable[[], Any]]]) -> tuple[bool, str]:
+    """One address of ``family`` for ``handle``: ``wanted`` exactly, or a new lease;
+    its release goes onto ``undo`` only if this call assigned it. Returns (new, ip)."""
+    if wanted is not None:
+        new = ds.call(f"assigning the requested {wanted} to {handle}",
+                      lambda ipam: _assign_requested(ipam, conf, wanted, handle, attrs))
+        if new:
+            # By handle: we hold the container's lock, so nobody else can have
+            # released and reassigned it to this handle since.
+            undo.append(("release" if family == 4 else "release6", lambda: ds.call(
+                f"releasing {wanted} of {handle}",
+                lambda ipam: ipam.release_ip(wanted, handle=handle))))
+        return new, wanted
+    if family == 6:
+        # Issue 15: name the missing pool before asking, so the error says what to add.
+        pools = ds.call("listing IP pools", lambda ipam: ipam.list_pools())
+        if not any(p.cidr.version == 6 and not p.disabled and not p.deleting for p in pools):
+            raise CniError(Code.IPAM_EXHAUSTED, "this network assigns IPv6 (ipam.assign_ipv6) "
+                           "but no enabled IPv6 IP pool exists",
+                           "pools: " + (", ".join(str(p.cidr) for p in pools) or "none")
+                           + "; add one: noderouter pool add <IPv6 cidr>")
+    lease = ds.call(f"allocating an IPv{family} address for {handle}",
+                    lambda ipam: ipam.allocate_lease(handle, attrs,
+                                                     pool=conf.ipam_pool if family == 4
+                                                     else None, family=family))
+    if lease.new:
+        # Exactly this lease (seq): never an address the handle held before
+        # this call, nor one reused by someone else since.
+        undo.append(("release" if family == 4 else "release6", lambda: ds.call(
+            f"releasing {lease.ip} of {handle}",
+            lambda ipam: ipam.release_ip(lease.ip, seq=lease.seq, handle=handle))))
+    if (6 if ":" in lease.ip else 4) != family:
+        raise CniError(Code.INVALID_CONFIG, f"IPAM handed out {lease.ip} for IPv{family}",
+                       "set ipam_pool to an IPv4 pool")
+    return lease.new, lease.ip
+
+
 def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
-                wanted: str | None) -> dict[str, Any]:
+                wanted: dict[int, str]) -> dict[str, Any]:
     from bgpd.cni.netns import Kernel
 
     cid = env.container_id
@@ -388,8 +463,9 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
         rec = _state(lambda: read_record(conf.state_dir, cid))
         if rec is not None:
             return _add_again(env, conf, ds, k, rec, blog, wanted)
-        others = [(pod_if, h) for pod_if, h in k.attachments_in_pod(pod_fd, conf.workload_prefix)
-                  if h != host]
+        pod_links = k.pod_links()
+        others = [(pod_if, h) for pod_if, h
+                  in k.attachments_in_pod(pod_fd, conf.workload_prefix, pod_links) if h != host]
         if others:
             pod_if, other_host = others[0]
             owner = _owner_of(conf, other_host)
@@ -398,7 +474,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
                            f"container {owner or '(no record)'} (host veth {other_host})",
                            "refused before any change: a second attachment would replace "
                            "that pod's default route; CNI_NETNS must be this container's")
-        if k.pod_link(env.ifname) is not None:
+        if any(link.name == env.ifname for link in pod_links):
             raise CniError(Code.ALREADY_ATTACHED,
                            f"interface {env.ifname} already exists in {env.netns}",
                            "another plugin or an earlier attachment uses this name; "
@@ -415,37 +491,24 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
             marks.append((step, time.monotonic()))
         try:
             attrs = {**k8s_attrs(env.args), "node": conf.node_name, "ifname": env.ifname}
-            if wanted is not None:
-                new = ds.call(f"assigning the requested {wanted} to {handle}",
-                              lambda ipam: _assign_requested(ipam, conf, wanted, handle, attrs))
-                if new:
-                    # By handle: we hold the container's lock, so nobody else can have
-                    # released and reassigned it to this handle since.
-                    undo.append(("release", lambda: ds.call(
-                        f"releasing {wanted} of {handle}",
-                        lambda ipam: ipam.release_ip(wanted, handle=handle))))
-                ip = wanted
-            else:
-                lease = ds.call(f"allocating an address for {handle}",
-                                lambda ipam: ipam.allocate_lease(handle, attrs,
-                                                                 pool=conf.ipam_pool))
-                if lease.new:
-                    # Exactly this lease (seq): never an address the handle held before
-                    # this call, nor one reused by someone else since.
-                    undo.append(("release", lambda: ds.call(
-                        f"releasing {lease.ip} of {handle}",
-                        lambda ipam: ipam.release_ip(lease.ip, seq=lease.seq, handle=handle))))
-                new, ip = lease.new, lease.ip
+            new, ip = _allocate(conf, ds, handle, attrs, 4, wanted.get(4), undo)
+            ip6 = ""
+            if conf.assign_ipv6:
+                new6, ip6 = _allocate(conf, ds, handle, attrs, 6, wanted.get(6), undo)
+                new = new or new6
             mark("allocate")
-            if ":" in ip:
-                raise CniError(Code.INVALID_CONFIG, f"IPAM handed out IPv6 {ip}",
-                               "this plugin is IPv4-only: set ipam_pool to an IPv4 pool")
-            created = k.create_veth(host, env.ifname, pod_fd, conf.mtu)
+            # Dual stack: the fixed host MAC makes the pod's IPv6 gateway known (issue 15).
+            created = k.create_veth(host, env.ifname, pod_fd, conf.mtu,
+                                    host_mac=HOST_MAC6 if ip6 else None)
             undo.append(("veth", lambda: k.delete_link(host, index=created.index)))
             mark("veth")
+            if ip6:
+                k.prepare_pod6(env.ifname, pod_fd)
             pod_link = k.configure_pod(env.ifname, ip, conf.mtu)
+            if ip6:
+                k.configure_pod6(pod_link, ip6)
             mark("pod")
-            host_link = k.configure_host(host, conf.mtu)
+            host_link = k.configure_host(created, conf.mtu, ipv6=bool(ip6))
             mark("host")
             # The pod's WorkloadEndpoint (labels, named ports) before the record that
             # makes the node program the pod: the record names the revision, and the
@@ -453,7 +516,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
             ident = pod_identity(env.args, cid)
             wep_key = endpoint_key(conf.etcd_root, conf.node_name, ident.namespace, ident.pod)
             wep = endpoint_document(ident.namespace, ident.pod, conf.node_name, conf.labels,
-                                    [ip], host, conf.named_ports, cid)
+                                    [ip, ip6] if ip6 else [ip], host, conf.named_ports, cid)
             wep_revision = ds.call(f"writing the WorkloadEndpoint {wep_key}",
                                    lambda ipam: put_endpoint(ipam.store, wep_key, wep))
             undo.append(("endpoint", lambda: ds.call(
@@ -466,17 +529,19 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
                                  network=conf.name,
                                  attrs={**attrs, "namespace": ident.namespace,
                                         "pod": ident.pod},
-                                 endpoint_revision=wep_revision)
+                                 endpoint_revision=wep_revision, ip6=ip6)
             _state(lambda: write_record(conf.state_dir, rec))
             undo.append(("record", lambda: remove_record(conf.state_dir, cid)))
             mark("record")
             k.add_host_route(ip, host_link.index, conf.route_protocol)
+            if ip6:
+                k.add_host_route6(ip6, host_link.index, conf.route_protocol)
             mark("route")
         except BaseException as exc:
             _undo(undo, blog, exc)
             raise
-        blog.info("cni_added", ip=ip, host_ifname=host, new_address=new,
-                  requested=wanted is not None, **attrs)
+        blog.info("cni_added", ip=ip, ip6=ip6 or None, host_ifname=host, new_address=new,
+                  requested=bool(wanted), **attrs)
         blog.debug("cni_add_steps_ms", **{name: round((t - prev) * 1e3, 1) for
                                            (_, prev), (name, t) in zip(marks, marks[1:], strict=False)})
         return build_result(conf.cni_version, _attachment(rec, host_link.mac, pod_link.mac))
@@ -494,19 +559,24 @@ def _undo(steps: list[tuple[str, Callable[[], Any]]], blog, exc: BaseException) 
 
 
 def _add_again(env: CniEnv, conf: NetConf, ds: Datastore, k, rec: WorkloadRecord,
-               blog, wanted: str | None = None) -> dict[str, Any]:
+               blog, wanted: Mapping[int, str] | None = None) -> dict[str, Any]:
     diff = _same_attachment(rec, env)
-    if wanted is not None and wanted != rec.ip:
-        diff.append(f"attached with {rec.ip}, request asks for {wanted}")
+    for family, have in ((4, rec.ip), (6, rec.ip6)):
+        asked = (wanted or {}).get(family)
+        if asked is not None and asked != have:
+            diff.append(f"attached with {have or 'no IPv6 address'}, request asks for {asked}")
+    if bool(rec.ip6) != conf.assign_ipv6:
+        diff.append(f"attached {'dual-stack' if rec.ip6 else 'IPv4 only'}, the conf's "
+                    f"ipam.assign_ipv6 is {'true' if conf.assign_ipv6 else 'false'}")
     if not diff:
-        problems, hl, pl = k.inspect(host=rec.host_ifname, ifname=rec.ifname, ip=rec.ip,
-                                     mtu=rec.mtu, protocol=rec.route_protocol)
+        problems, hl, pl = _inspect_all(k, rec)
         diff += problems
         if not problems:
             held = ds.call(f"reading {rec.handle}", lambda ipam: ipam.handle_ips(rec.handle))
-            if rec.ip not in held:
-                diff.append(f"IPAM does not hold {rec.ip} for {rec.handle} (holds "
-                            f"{', '.join(held) or 'nothing'})")
+            for ip in _record_ips(rec):
+                if ip not in held:
+                    diff.append(f"IPAM does not hold {ip} for {rec.handle} (holds "
+                                f"{', '.join(held) or 'nothing'})")
     if diff:
         raise CniError(Code.ALREADY_ATTACHED,
                        f"container {env.container_id} is already attached and differs "
@@ -546,6 +616,9 @@ def teardown(conf: NetConf, ds: Datastore, cid: str, rec: WorkloadRecord | None,
                 # Only through this container's own veth: the same /32 through another
                 # interface is a live pod's that reused the address (issue 12).
                 removed_route = k.delete_host_route(rec.ip, rec.route_protocol, link.index)
+                if rec.ip6:
+                    removed_route = k.delete_host_route(rec.ip6, rec.route_protocol,
+                                                        link.index) or removed_route
             removed_veth = k.delete_link(host, index=link.index)
     released = ds.call(f"releasing the address of {handle}",
                        lambda ipam: ipam.release_handle(handle))
@@ -589,18 +662,19 @@ def cmd_check(env: CniEnv, conf: NetConf, ds: Datastore,
     try:
         with Kernel(pod_fd) as k:
             problems = _same_attachment(rec, env)
-            p2, _hl, _pl = k.inspect(host=rec.host_ifname, ifname=rec.ifname, ip=rec.ip,
-                                     mtu=rec.mtu, protocol=rec.route_protocol)
+            p2, _hl, _pl = _inspect_all(k, rec)
             problems += p2
     finally:
         os.close(pod_fd)
     if conf.prev_result is not None:
         ips = result_ips(conf.prev_result)
-        if ips != [rec.ip]:
-            problems.append(f"prevResult lists {ips}, the attachment has [{rec.ip}]")
+        if ips != _record_ips(rec):
+            problems.append(f"prevResult lists {ips}, the attachment has "
+                            f"[{', '.join(_record_ips(rec))}]")
     held = ds.call(f"reading {rec.handle}", lambda ipam: ipam.handle_ips(rec.handle))
-    if rec.ip not in held:
-        problems.append(f"IPAM does not hold {rec.ip} for {rec.handle}")
+    for ip in _record_ips(rec):
+        if ip not in held:
+            problems.append(f"IPAM does not hold {ip} for {rec.handle}")
     if rec.endpoint_revision:
         # Read only: the labels may have been changed with `workload label` since ADD
         # and are not ours to reset (records from before issue 14 have no endpoint).
@@ -622,8 +696,9 @@ def _endpoint_problems(conf: NetConf, ds: Datastore, cid: str,
     if spec.get("containerID") != cid:
         problems.append(f"WorkloadEndpoint {key} names container "
                         f"{spec.get('containerID')!r}, not {cid}")
-    if rec.ip not in (spec.get("ips") or []):
-        problems.append(f"WorkloadEndpoint {key} does not list {rec.ip}")
+    for ip in _record_ips(rec):
+        if ip not in (spec.get("ips") or []):
+            problems.append(f"WorkloadEndpoint {key} does not list {ip}")
     return problems
 
 

@@ -4,7 +4,9 @@ A plugin process that imports structlog, etcd3/grpc and pyroute2 pays ~400 ms be
 it does any work; the daemon has them loaded, an etcd connection open and an
 ``Ipam`` with warm caches. So ``noderouter-cni`` first sends the call to the
 daemon's CNI socket (``bgpd.cni.server``) and prints the daemon's answer. This
-module imports only ``json``, ``os``, ``socket`` and ``sys``.
+module imports only ``os``, ``sys``, ``_socket`` and ``bgpd.cni.litejson`` (issue 17:
+``json`` and ``socket`` import ``re`` and ``enum``, ~10 ms of CPU per plugin start
+together; their C cores ``_json`` and ``_socket`` are all the fast path needs).
 
 Protocol (one request per connection, one JSON line each way)::
 
@@ -35,10 +37,11 @@ again later); the runtime retries.
 
 from __future__ import annotations
 
-import json
+import _socket
 import os
-import socket
 import sys
+
+from bgpd.cni import litejson
 
 DEFAULT_SOCKET = "/run/noderouter/cni.sock"
 CONF_KEY = "daemon_socket"
@@ -58,8 +61,10 @@ MAX_REQUEST = 4 * 1024 * 1024    # the daemon's limit on one request line (bgpd.
 def socket_path(stdin: bytes) -> str | None:
     """The daemon socket the conf names (default ``DEFAULT_SOCKET``), or None."""
     try:
-        doc = json.loads(stdin)
-    except ValueError:
+        # UTF-8 only (the daemon's full parser rejects UTF-16/32: the direct path
+        # then reports it).
+        doc = litejson.loads(stdin.decode("utf-8"))
+    except ValueError:                   # UnicodeDecodeError included
         return None
     if not isinstance(doc, dict):
         return None
@@ -69,12 +74,12 @@ def socket_path(stdin: bytes) -> str | None:
 
 def _error(stdin: bytes, msg: str, details: str) -> str:
     try:
-        version = json.loads(stdin).get("cniVersion")
+        version = litejson.loads(stdin.decode("utf-8")).get("cniVersion")
     except (ValueError, AttributeError):
         version = None
-    return json.dumps({"cniVersion": version if isinstance(version, str) else "1.1.0",
-                       "code": TRY_AGAIN_LATER, "msg": msg, "details": details},
-                      separators=(",", ": "))
+    return litejson.dumps({"cniVersion": version if isinstance(version, str) else "1.1.0",
+                           "code": TRY_AGAIN_LATER, "msg": msg, "details": details},
+                          item_sep=",", key_sep=": ")
 
 
 def open_pod_netns(env: dict[str, str]) -> tuple[int | None, int | None]:
@@ -103,12 +108,13 @@ def call(path: str, env: dict[str, str], stdin: bytes,
         request["netns_fd"] = True
     elif netns_errno is not None:
         request["netns_errno"] = netns_errno
-    payload = json.dumps(request).encode("utf-8", "surrogateescape") + b"\n"
+    # ASCII: every non-ASCII character (a lone surrogate too) becomes a \u escape.
+    payload = litejson.dumps(request).encode("ascii") + b"\n"
     if len(payload) > MAX_REQUEST:
         if netns_fd is not None:
             os.close(netns_fd)
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
             sock.connect(path)
@@ -118,7 +124,9 @@ def call(path: str, env: dict[str, str], stdin: bytes,
         try:
             if netns_fd is not None:
                 # The fd rides on the first bytes; sendmsg may send less than all.
-                sent = socket.send_fds(sock, [payload], [netns_fd])
+                # socket.send_fds without the socket module: one SCM_RIGHTS int.
+                sent = sock.sendmsg([payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                                 netns_fd.to_bytes(4, sys.byteorder))])
                 if sent < len(payload):
                     # Not an empty send: a daemon that already answered (a fast error)
                     # and closed would turn it into EPIPE and lose its answer.
@@ -135,7 +143,7 @@ def call(path: str, env: dict[str, str], stdin: bytes,
                 size += len(data)
                 if data.endswith(b"\n") or size > MAX_REPLY:
                     break
-            reply = json.loads(b"".join(chunks))
+            reply = litejson.loads(b"".join(chunks).decode("utf-8"))
             code = reply["code"]
             out = reply["stdout"]
             if not isinstance(code, int) or not (out is None or isinstance(out, str)):
@@ -156,7 +164,7 @@ def try_daemon(stdin: bytes, env: dict[str, str] | None = None) -> int | None:
     path = socket_path(stdin)
     if path is None:
         return None
-    res = call(path, dict(os.environ if env is None else env), stdin, socket.gethostname())
+    res = call(path, dict(os.environ if env is None else env), stdin, _socket.gethostname())
     if res is None:
         return None
     code, out = res

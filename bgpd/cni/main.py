@@ -11,7 +11,7 @@ Two paths, one set of commands (``bgpd.cni.commands``):
 
 VERSION never takes either path (issue 16): libcni calls it for every plugin of
 every conflist on each container start, and its answer needs no daemon, etcd or
-kernel. ``version_answer_text`` answers it here with ``json`` only, the same
+kernel. ``version_answer_text`` answers it here with ``_json`` only, the same
 document ``bgpd.cni.commands.run`` would print (tests/cni/test_cni_fast.py compares
 the two).
 
@@ -21,9 +21,10 @@ are looked up in ``bgpd.cni.commands`` on first use.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from bgpd.cni import litejson
 
 # == bgpd.cni.protocol.SUPPORTED_VERSIONS / CURRENT_VERSION (not imported: the
 # protocol module pulls in re, ipaddress, hashlib, dataclasses); a unit test pins
@@ -41,15 +42,16 @@ def version_answer_text(stdin: bytes) -> str:
     try:
         # UTF-8 first: json.loads on bytes would also accept UTF-16/32, which the
         # full path (bgpd.cni.protocol.decode_json) rejects.
-        doc = json.loads(stdin.decode("utf-8")) if stdin.strip() else None
+        doc = litejson.loads(stdin.decode("utf-8")) if stdin.strip() else None
     except (UnicodeDecodeError, ValueError):
         doc = None
     if isinstance(doc, dict):
         asked = doc.get("cniVersion")
         if isinstance(asked, str) and asked in SUPPORTED_VERSIONS:
             version = asked
-    return json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)},
-                      separators=(",", ": "))
+    return litejson.dumps({"cniVersion": version,
+                           "supportedVersions": list(SUPPORTED_VERSIONS)},
+                          item_sep=",", key_sep=": ")
 
 
 def main(argv: list[str] | None = None) -> int:

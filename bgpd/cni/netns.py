@@ -28,13 +28,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bgpd.cni.protocol import GATEWAY, CniError, Code
+from bgpd.cni.protocol import GATEWAY, GATEWAY6, HOST_MAC6, CniError, Code
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703           # ioctl on an nsfs file: returns the CLONE_NEW* type
 RT_SCOPE_LINK = 253
 RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_NOWHERE = 255           # in a delete request: match routes of any scope
+MAIN_TABLE = 254
+# A bound on the delete loop: one route per metric the veth could carry; ADD makes one.
+MAX_ROUTE_DELETES = 16
 AF_INET = 2
+AF_INET6 = 10
+IFA_F_NODAD = 0x02               # the address is usable at once: no duplicate detection
 
 _libc: ctypes.CDLL | None = None
 
@@ -257,17 +263,26 @@ class Kernel:
             raise _kernel_error(f"looking up link #{index}", exc) from None
         return _link_info(msgs[0]) if msgs else None
 
-    def attachments_in_pod(self, pod_netns_fd: int, prefix: str) -> list[tuple[str, str]]:
-        """(pod interface, host veth) for every veth in the pod namespace whose node
-        end is one of ours (name starts with ``prefix``). A fresh pod namespace has
-        only ``lo``: this costs one link dump there."""
+    def pod_links(self) -> list[LinkInfo]:
+        """Every link in the pod namespace (one dump: a fresh pod has only ``lo``)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         assert self.pod is not None
         try:
-            pod_links = [_link_info(m) for m in self.pod.link("dump")]
+            return [_link_info(m) for m in self.pod.link("dump")]
         except NetlinkError as exc:
             raise _kernel_error("listing the pod's interfaces", exc) from None
+
+    def attachments_in_pod(self, pod_netns_fd: int, prefix: str,
+                           pod_links: list[LinkInfo] | None = None) -> list[tuple[str, str]]:
+        """(pod interface, host veth) for every veth in the pod namespace whose node
+        end is one of ours (name starts with ``prefix``). ``pod_links``: the pod's
+        links when the caller already listed them (ADD does: it also checks its
+        interface name against them, issue 17: one request fewer)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        if pod_links is None:
+            pod_links = self.pod_links()
         found: list[tuple[str, str]] = []
         pod_nsid: int | None = None
         for pl in pod_links:
@@ -289,13 +304,16 @@ class Kernel:
 
     # ----------------------------------------------------------- ADD
 
-    def create_veth(self, host: str, ifname: str, pod_netns_fd: int, mtu: int) -> LinkInfo:
+    def create_veth(self, host: str, ifname: str, pod_netns_fd: int, mtu: int,
+                    host_mac: str | None = None) -> LinkInfo:
         """veth host<->ifname with the peer created inside the pod namespace; returns
-        the host end (its index makes the rollback exact)."""
+        the host end (its index makes the rollback exact). ``host_mac``: the host
+        end's fixed MAC (dual stack, issue 15), else the kernel's random one."""
         from pyroute2.netlink.exceptions import NetlinkError
 
+        fixed = {"address": host_mac} if host_mac else {}
         try:
-            self.node.link("add", ifname=host, kind="veth", mtu=mtu,
+            self.node.link("add", ifname=host, kind="veth", mtu=mtu, **fixed,
                            peer={"ifname": ifname, "net_ns_fd": pod_netns_fd, "mtu": mtu})
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
@@ -327,20 +345,53 @@ class Kernel:
             raise _kernel_error(f"configuring {ifname} ({ip}/32) in the pod", exc) from None
         return link
 
-    def configure_host(self, host: str, mtu: int) -> LinkInfo:
-        """Host side: proxy ARP (answers the pod's ARP for 169.254.1.1), no proxy
-        delay (the default 0-0.8 s random delay stalls a pod's first packet), up."""
+    def prepare_pod6(self, ifname: str, pod_netns_fd: int) -> None:
+        """Before the pod interface goes up: no DAD on it (issue 15), so its
+        link-local address is usable at once too (the global one is added nodad).
+        Written from inside the pod namespace: /proc/sys/net shows the writer's."""
+        with entered(pod_netns_fd):
+            write_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
+            write_sysctl(f"net/ipv6/conf/{ifname}/accept_dad", "0")
+
+    def configure_pod6(self, link: LinkInfo, ip6: str) -> None:
+        """Pod side, IPv6: ip6/128 (nodad), default via the host veth's link-local
+        (GATEWAY6, known from its fixed MAC: no gateway route needed, a link-local
+        next hop is on-link by definition)."""
         from pyroute2.netlink.exceptions import NetlinkError
 
-        link = self.host_link(host)
-        if link is None:
-            raise CniError(Code.KERNEL, f"host veth {host} vanished after creation")
+        assert self.pod is not None
+        try:
+            self.pod.addr("replace", index=link.index, address=ip6, prefixlen=128,
+                          family=AF_INET6, flags=IFA_F_NODAD)
+            self.pod.route("replace", dst="::/0", gateway=GATEWAY6, oif=link.index,
+                           family=AF_INET6)
+        except NetlinkError as exc:
+            raise _kernel_error(f"configuring {link.name} ({ip6}/128) in the pod",
+                                exc) from None
+
+    def configure_host(self, link: LinkInfo, mtu: int, ipv6: bool = False) -> LinkInfo:
+        """Host side of the veth ``create_veth`` returned: proxy ARP (answers the
+        pod's ARP for 169.254.1.1), no proxy delay (the default 0-0.8 s random delay
+        stalls a pod's first packet), up. By the index read at creation (issue 17:
+        no second lookup); a veth deleted meanwhile makes the sysctl or the set fail."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        host = link.name
         write_sysctl(f"net/ipv4/conf/{host}/proxy_arp", "1")
         # Proxy ARP only answers on an interface that forwards (arp_process checks
         # IN_DEV_FORWARD); set it per interface so a node with ip_forward=0 still works
         # for this pod, as Calico's plugin does.
         write_sysctl(f"net/ipv4/conf/{host}/forwarding", "1")
         write_sysctl(f"net/ipv4/neigh/{host}/proxy_delay", "0")
+        if ipv6:
+            # Issue 15, as Calico: the host veth routes (forwarding: it acts as the
+            # pod's router), takes no RA from the pod, and its link-local (the pod's
+            # gateway) must not sit tentative through DAD. Set before the link goes
+            # up; in the node namespace, which is where this process runs.
+            write_sysctl(f"net/ipv6/conf/{host}/disable_ipv6", "0")
+            write_sysctl(f"net/ipv6/conf/{host}/accept_ra", "0")
+            write_sysctl(f"net/ipv6/conf/{host}/accept_dad", "0")
+            write_sysctl(f"net/ipv6/conf/{host}/forwarding", "1")
         try:
             self.node.link("set", index=link.index, mtu=mtu, state="up")
         except NetlinkError as exc:
@@ -356,6 +407,16 @@ class Kernel:
                             scope=RT_SCOPE_LINK)
         except NetlinkError as exc:
             raise _kernel_error(f"adding host route {ip}/32", exc) from None
+
+    def add_host_route6(self, ip6: str, host_index: int, protocol: int) -> None:
+        """``ip6/128 dev <host veth> proto <ours>``: the daemon owns it (issue 15)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            self.node.route("replace", dst=f"{ip6}/128", oif=host_index, proto=protocol,
+                            family=AF_INET6)
+        except NetlinkError as exc:
+            raise _kernel_error(f"adding host route {ip6}/128", exc) from None
 
     # ----------------------------------------------------------- DEL
 
@@ -382,33 +443,37 @@ class Kernel:
 
         Only through that veth (issue 12): a route of ours to the same /32 through
         another interface belongs to the pod that holds the address now, and a stale
-        DEL must not cut it off. The delete repeats the route's own scope, table and
-        output interface: without the scope (link) the kernel matches nothing and
-        answers ESRCH, which is why this used to delete nothing."""
+        DEL must not cut it off. The kernel matches the delete for us (issue 17): dst,
+        table main, our protocol and the output interface must all match, and scope
+        RT_SCOPE_NOWHERE means "any scope" (iproute2 sends the same; pyroute2's default,
+        universe, matches none of our link-scope routes and answers ESRCH). No dump: a
+        dump of the main table cost ~0.8 s per DEL with 5,000 learned routes, parsed in
+        Python only to find this one route. Repeated until ESRCH, so two routes of ours
+        through the veth (different metrics) both go, as they did with the dump."""
         from pyroute2.netlink.exceptions import NetlinkError
 
         deleted = False
-        for r in self.host_routes(ip):
-            if r["proto"] != protocol or r.get_attr("RTA_OIF") != host_index:
-                continue
+        # IPv6 (issue 15): the pod's /128; the kernel ignores the scope of an IPv6 route.
+        plen, family = (128, AF_INET6) if ":" in ip else (32, AF_INET)
+        for _ in range(MAX_ROUTE_DELETES):
             try:
-                self.node.route("del", dst=f"{ip}/32", proto=protocol, oif=host_index,
-                                scope=r["scope"], table=r.get_attr("RTA_TABLE") or r["table"],
-                                priority=r.get_attr("RTA_PRIORITY") or 0)
+                self.node.route("del", dst=f"{ip}/{plen}", proto=protocol, oif=host_index,
+                                scope=RT_SCOPE_NOWHERE, table=MAIN_TABLE, family=family)
             except NetlinkError as exc:
                 if exc.code == errno.ESRCH:
-                    continue              # gone meanwhile (the veth went): fine
-                raise _kernel_error(f"deleting host route {ip}/32", exc) from None
+                    return deleted        # none (left): gone meanwhile, or never added
+                raise _kernel_error(f"deleting host route {ip}/{plen}", exc) from None
             deleted = True
         return deleted
 
     def host_routes(self, ip: str) -> list:
         from pyroute2.netlink.exceptions import NetlinkError
 
+        plen, family = (128, AF_INET6) if ":" in ip else (32, AF_INET)
         try:
-            return [r for r in self.node.route("dump", family=AF_INET, table=254, dst=ip,
-                                               dst_len=32)
-                    if r.get_attr("RTA_DST") == ip and r["dst_len"] == 32]
+            return [r for r in self.node.route("dump", family=family, table=254, dst=ip,
+                                               dst_len=plen)
+                    if r.get_attr("RTA_DST") == ip and r["dst_len"] == plen]
         except NetlinkError as exc:
             raise _kernel_error(f"listing host routes to {ip}", exc) from None
 
@@ -467,3 +532,33 @@ class Kernel:
         if not have_default:
             problems.append(f"pod default route via {GATEWAY} dev {ifname} is missing")
         return problems, hl, pl
+
+    def inspect6(self, *, host: str, ifname: str, ip6: str, protocol: int) -> list[str]:
+        """The IPv6 half of a dual-stack attachment (issue 15): what differs from what
+        ADD builds (empty = all good)."""
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        problems: list[str] = []
+        hl = self.host_link(host)
+        if hl is not None:
+            if hl.mac != HOST_MAC6:
+                problems.append(f"host veth {host} has MAC {hl.mac}, expected {HOST_MAC6}")
+            if not any(r.get_attr("RTA_OIF") == hl.index and r["proto"] == protocol
+                       for r in self.host_routes(ip6)):
+                problems.append(f"host route {ip6}/128 dev {host} proto {protocol} is missing")
+        pl = self.pod_link(ifname) if self.pod is not None else None
+        if pl is None:
+            return problems               # inspect() reports the missing interface
+        assert self.pod is not None
+        try:
+            addrs = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+                     for a in self.pod.addr("dump", family=AF_INET6, index=pl.index)}
+            routes = list(self.pod.route("dump", family=AF_INET6, table=254))
+        except NetlinkError as exc:
+            raise _kernel_error(f"reading {ifname}'s IPv6 state in the pod", exc) from None
+        if (ip6, 128) not in addrs:
+            problems.append(f"pod interface {ifname} lacks {ip6}/128")
+        if not any(r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == GATEWAY6
+                   and r.get_attr("RTA_OIF") == pl.index for r in routes):
+            problems.append(f"pod default route via {GATEWAY6} dev {ifname} is missing")
+        return problems

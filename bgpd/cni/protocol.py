@@ -59,6 +59,11 @@ CURRENT_VERSION = "1.1.0"
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
 GATEWAY = "169.254.1.1"          # Calico's link-local next hop, answered by proxy ARP
+# Issue 15: the host veth of a dual-stack pod gets this fixed MAC (Calico's), so its
+# EUI-64 link-local address is known before the veth exists and the pod's IPv6
+# default route can point at it without waiting for (or reading) the host side.
+HOST_MAC6 = "ee:ee:ee:ee:ee:ee"
+GATEWAY6 = "fe80::ecee:eeff:feee:eeee"   # the EUI-64 link-local of HOST_MAC6
 DEFAULT_MTU = 1450               # VXLAN-safe on a 1500-byte underlay
 DEFAULT_ROUTE_PROTOCOL = 73      # == config.schema.DEFAULT_ROUTE_PROTOCOL (the daemon's)
 DEFAULT_STATE_DIR = "/var/lib/noderouter/cni"
@@ -265,6 +270,10 @@ class NetConf:
     # The pod's labels and named ports for network policy (args.cni.labels / .ports).
     labels: tuple[tuple[str, str], ...] = ()
     named_ports: tuple[tuple[str, str, int], ...] = ()
+    # Which families ADD assigns (issue 15), Calico's ``ipam: {"assign_ipv4": "true",
+    # "assign_ipv6": "true"}``; the default is IPv4 only, as before.
+    assign_ipv4: bool = True
+    assign_ipv6: bool = False
 
     @property
     def etcd_root(self) -> str:
@@ -482,6 +491,51 @@ def conf_named_ports(doc: Mapping[str, Any]) -> tuple[tuple[str, str, int], ...]
     return tuple(out)
 
 
+def _conf_bool(doc: Mapping[str, Any], key: str, default: bool) -> bool:
+    """``ipam.<key>``: Calico writes these as the strings "true"/"false"; JSON
+    booleans are accepted too. Anything else is code 7 naming the key."""
+    ipam = doc.get("ipam")
+    if ipam is None:
+        return default
+    if not isinstance(ipam, dict):
+        raise CniError(Code.INVALID_CONFIG, "network config key 'ipam' must be an object",
+                       f"got {json.dumps(ipam)}")
+    v = ipam.get(key, default)
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    raise CniError(Code.INVALID_CONFIG, f"ipam.{key} must be \"true\" or \"false\"",
+                   f"got {json.dumps(v)}")
+
+
+def requested_addresses(conf_ips: tuple[str, ...], cni_args: Mapping[str, str],
+                        assign_ipv4: bool = True,
+                        assign_ipv6: bool = False) -> dict[int, str]:
+    """The addresses ADD must assign, by family (4/6); a family without one is
+    allocated. At most one per family, and only in a family the conf assigns
+    (issue 15); IPv4-only confs keep ``requested_address``'s errors."""
+    if assign_ipv4 and not assign_ipv6:
+        one = requested_address(conf_ips, cni_args)
+        return {4: one} if one is not None else {}
+    asked = list(conf_ips)
+    if cni_args.get("IP"):
+        asked += _address_list([a for a in cni_args["IP"].split(",") if a.strip()],
+                               "CNI_ARGS IP", Code.INVALID_ENV)
+    out: dict[int, str] = {}
+    for addr in dict.fromkeys(asked):
+        family = 6 if ":" in addr else 4
+        if not (assign_ipv4 if family == 4 else assign_ipv6):
+            raise CniError(Code.INVALID_CONFIG, f"requested address {addr} is IPv{family}",
+                           f"this network's ipam.assign_ipv{family} is \"false\"")
+        if family in out:
+            raise CniError(Code.INVALID_CONFIG, f"2 IPv{family} addresses requested "
+                           f"({out[family]}, {addr})",
+                           "this plugin assigns one address per family; ask for one")
+        out[family] = addr
+    return out
+
+
 def requested_address(conf_ips: tuple[str, ...], cni_args: Mapping[str, str]) -> str | None:
     """The one IPv4 address ADD must assign, or None to allocate one. Sources, as the
     reference host-local IPAM reads them: ``CNI_ARGS`` ``IP=a[,b]``, ``args.cni.ips``,
@@ -596,7 +650,19 @@ def parse_conf(raw: bytes | str, command: str = "ADD",
         requested_ips=_conf_requested_ips(doc) if command == "ADD" else (),
         etcd_prefix=_etcd_prefix(doc),
         labels=conf_labels(doc) if command == "ADD" else (),
-        named_ports=conf_named_ports(doc) if command == "ADD" else ())
+        named_ports=conf_named_ports(doc) if command == "ADD" else (),
+        **_families(doc))
+
+
+def _families(doc: Mapping[str, Any]) -> dict[str, bool]:
+    v4 = _conf_bool(doc, "assign_ipv4", True)
+    v6 = _conf_bool(doc, "assign_ipv6", False)
+    if not v4:
+        # Every pod keeps its IPv4 address for now: IPv6-only pods are not built yet.
+        raise CniError(Code.INVALID_CONFIG, "ipam.assign_ipv4 \"false\" is not supported",
+                       "this plugin assigns IPv4, or IPv4 and IPv6 (ipam.assign_ipv6 "
+                       "\"true\"); IPv6-only pods are not supported yet")
+    return {"assign_ipv4": v4, "assign_ipv6": v6}
 
 
 def _etcd_prefix(doc: Mapping[str, Any]) -> str | None:
@@ -665,6 +731,13 @@ class PodIdentity:
     pod: str
 
 
+def _valid_pod_name(name: str) -> str:
+    """A valid, stable pod name for a runtime's name Kubernetes would refuse."""
+    readable = "".join(c if c.isascii() and (c.isalnum() or c in "-.") else "-"
+                       for c in name.lower()).strip("-.")[:40].rstrip("-.")
+    return f"{readable or 'pod'}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:10]}"
+
+
 def pod_identity(args: Mapping[str, str], container_id: str) -> PodIdentity:
     """From ``CNI_ARGS`` as kubelet sends them (``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``).
     Without a namespace the pod lives in ``default`` (issue 14). Without a name the
@@ -680,9 +753,12 @@ def pod_identity(args: Mapping[str, str], container_id: str) -> PodIdentity:
         raise CniError(Code.INVALID_ENV, f"CNI_ARGS K8S_POD_NAMESPACE: {problem}")
     pod = args.get("K8S_POD_NAME")
     if pod:
-        problem = dns_subdomain_problem(pod)
-        if problem:
-            raise CniError(Code.INVALID_ENV, f"CNI_ARGS K8S_POD_NAME: {problem}")
+        if dns_subdomain_problem(pod):
+            # Not from kubelet (it sends only valid names): podman's CNI backend passes the
+            # container's name, and its generated names have '_' ("vibrant_goldstine").
+            # Refusing them failed every default `podman run`; a stable readable name with
+            # a hash of the original keeps distinct names distinct and lets DEL find it.
+            pod = _valid_pod_name(pod)
         return PodIdentity(namespace, pod)
     pod = container_id
     if dns_subdomain_problem(pod):
@@ -703,28 +779,37 @@ class Attachment:
     pod_mac: str
     netns: str
     mtu: int = DEFAULT_MTU
+    ip6: str = ""                 # the pod's IPv6 address of a dual-stack attachment
 
 
 def build_result(version: str, att: Attachment) -> dict[str, Any]:
     """The ADD result in ``version``'s shape. Interface 0 is the host veth (no
     sandbox), interface 1 the pod's; the address and routes belong to interface 1."""
-    ip = {"address": f"{att.ip}/32", "gateway": GATEWAY, "interface": 1}
-    if version_key(version) < (1, 0, 0):
-        ip = {"version": "4", **ip}
+    old = version_key(version) < (1, 0, 0)
+    ips: list[dict[str, Any]] = []
+    routes: list[dict[str, str]] = []
+    if att.ip:
+        ip = {"address": f"{att.ip}/32", "gateway": GATEWAY, "interface": 1}
+        ips.append({"version": "4", **ip} if old else ip)
+        routes.append({"dst": "0.0.0.0/0", "gw": GATEWAY})
+    if att.ip6:
+        ip6 = {"address": f"{att.ip6}/128", "gateway": GATEWAY6, "interface": 1}
+        ips.append({"version": "6", **ip6} if old else ip6)
+        routes.append({"dst": "::/0", "gw": GATEWAY6})
     pod_if: dict[str, Any] = {"name": att.ifname, "mac": att.pod_mac, "sandbox": att.netns}
     if version_key(version) >= (1, 1, 0):
         pod_if["mtu"] = att.mtu           # 1.1.0 added the interface MTU
     return {
         "cniVersion": version,
         "interfaces": [{"name": att.host_ifname, "mac": att.host_mac}, pod_if],
-        "ips": [ip],
-        "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
+        "ips": ips,
+        "routes": routes,
         "dns": {},
     }
 
 
 def result_ips(prev: Mapping[str, Any]) -> list[str]:
-    """The IPv4 addresses (without prefix length) a prevResult lists."""
+    """The addresses (without prefix length) a prevResult lists, in its order."""
     out = []
     ips = prev.get("ips", [])
     if not isinstance(ips, list):

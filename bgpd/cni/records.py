@@ -91,6 +91,9 @@ class WorkloadRecord:
     # so a pod is never enforced without its labels (issue 14). 0 = none written.
     endpoint_revision: int = 0
     version: int = RECORD_VERSION
+    # The pod's IPv6 address of a dual-stack attachment (issue 15); "" = IPv4 only
+    # (records written before issue 15 have none and read as IPv4 only).
+    ip6: str = ""
 
     def to_json(self) -> str:
         doc = asdict(self)

@@ -5,10 +5,16 @@ and its hostname — and reads one JSON line back: the exit code and the exact t
 to print. The command runs here with the SAME code as the plugin's direct path
 (``bgpd.cni.commands.serve_request``), so the answers cannot drift apart.
 
-* A thread pool (``workers``) runs the commands. Each worker thread keeps its own
-  ``Datastore`` (its own ``EtcdStore`` and ``Ipam``) per etcd/IPAM configuration:
-  ``Ipam`` and ``EtcdStore`` are not thread-safe, and these are dedicated to CNI
-  (never the daemon's own stores). They live until ``stop()``.
+* A thread pool (``workers``) runs the commands. The workers share ONE ``Datastore``
+  (one ``EtcdStore`` and ``Ipam``) per etcd/IPAM configuration, and its IPAM calls
+  take turns on the Datastore's lock (``Ipam`` is not thread-safe). Issue 17: a store
+  per thread made the threads race each other's compare-and-swaps on the node's
+  block — each thread's cache was stale after every other thread's allocation, so
+  concurrent ADDs conflicted, retried and backed off (an 8-way ADD took 6x a
+  sequential one), and each new thread paid its own etcd connection. One IPAM call
+  is one etcd transaction (~2-3 ms); the netlink work, which is most of a call,
+  still runs in parallel. These stores are dedicated to CNI (never the daemon's
+  own). They live until ``stop()``.
 * Netlink: each command opens its sockets in this process's namespace; the pod
   side uses ``setns()`` on the worker thread only for the instant it opens the pod
   socket (``bgpd.cni.netns``). pyroute2's ``IPRoute(netns=...)`` would fork a
@@ -71,8 +77,7 @@ class CniServer:
         self._ino: tuple[int, int] | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
-        self._local = threading.local()
-        self._stores: list = []              # every Datastore made, for stop()
+        self._stores: dict[tuple, object] = {}   # conn key -> the shared Datastore
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.served = 0
@@ -128,10 +133,14 @@ class CniServer:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         with self._lock:
-            stores, self._stores = self._stores, []
+            stores, self._stores = list(self._stores.values()), {}
+        conflicts = sum(ds.ipam_stats().get("conflicts", 0) for ds in stores)
         for ds in stores:
             ds.close()
-        log.info("cni_server_stopped", served=self.served)
+        # etcd_connections: one per etcd/IPAM configuration; ipam_conflicts: lost
+        # compare-and-swaps (against other nodes: this server's calls take turns).
+        log.info("cni_server_stopped", served=self.served, etcd_connections=len(stores),
+                 ipam_conflicts=conflicts)
 
     def _unlink(self) -> None:
         # Only our own socket: a newer daemon may already have bound the path.
@@ -166,15 +175,11 @@ class CniServer:
     def _datastore(self, conf):
         from bgpd.cni.commands import Datastore
 
-        cache: dict | None = getattr(self._local, "stores", None)
-        if cache is None:
-            cache = self._local.stores = {}
         key = _conn_key(conf)
-        ds = cache.get(key)
-        if ds is None:
-            ds = cache[key] = Datastore(conf)
-            with self._lock:
-                self._stores.append(ds)
+        with self._lock:
+            ds = self._stores.get(key)
+            if ds is None:
+                ds = self._stores[key] = Datastore(conf, lock=threading.RLock())
         return ds
 
     def _serve(self, conn: socket.socket) -> None:

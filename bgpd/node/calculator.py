@@ -78,6 +78,11 @@ class Workload:
     namespace: str = "default"      # the pod's identity the CNI was given (K8S_POD_*)
     pod: str = ""                   # "" = unknown: the container id stands for it
     endpoint_revision: int = 0      # etcd revision of the WorkloadEndpoint the CNI wrote
+    ip6: str = ""                   # its IPv6 address when the CNI made it dual stack (issue 15)
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return (self.ip, self.ip6) if self.ip6 else (self.ip,)
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,7 @@ def policy_endpoints(node: str, workloads: tuple[Workload, ...],
         pod = w.pod or w.name
         rec = mine.get((w.namespace, pod))
         out.append(policy_model.WorkloadEndpoint(
-            w.namespace, pod, rec.labels if rec else (), (w.ip,), w.host_ifname, node,
+            w.namespace, pod, rec.labels if rec else (), w.addresses, w.host_ifname, node,
             rec.named_ports if rec else ()))
     remote_records = {(r.node, r.namespace, r.pod): r for r in records if r.node != node}
     remote_ips: dict[tuple[str, str, str], set[str]] = {}
@@ -210,9 +215,16 @@ def learned_context(inp: Inputs) -> LearnedContext:
 def tunnel_pools(pools: tuple[PoolView, ...]) -> tuple[str | None, str | None]:
     """(VXLAN pool, IPIP pool): the first active pool that needs each tunnel device,
     whose range the device's address comes from; None when no pool needs it."""
-    active = [p for p in pools if not p.disabled]
+    # IPv4 pools only: the IPIP and VXLAN devices carry an IPv4 address, and taking it from
+    # an IPv6 pool (allowed in the config since issue 15) would break IPv4 encapsulation.
+    active = [p for p in pools if not p.disabled and ":" not in p.cidr]
     return (next((p.cidr for p in active if p.vxlan_mode != "Never"), None),
             next((p.cidr for p in active if p.ipip_mode != "Never"), None))
+
+
+def _net_order(cidr: str) -> tuple[int, int, int]:
+    net = ipaddress.ip_network(cidr)
+    return net.version, int(net.network_address), net.prefixlen
 
 
 def _remote_node(n: NodeInfo) -> RemoteNode:
@@ -222,17 +234,21 @@ def _remote_node(n: NodeInfo) -> RemoteNode:
 
 def calculate(inp: Inputs) -> Desired:
     own = inp.own
+    # Both families (issue 15): IPv4 first, then IPv6, each by address.
     own_blocks = tuple(sorted((b.cidr for b in inp.blocks if b.node == own.name and b.confirmed),
-                              key=ipaddress.IPv4Network))
-    workloads = tuple(WorkloadEndpoint(w.name, w.host_ifname, (w.ip,))
-                      for w in sorted(inp.workloads, key=lambda w: ipaddress.IPv4Address(w.ip)))
+                              key=_net_order))
+    workloads = tuple(WorkloadEndpoint(w.name, w.host_ifname, w.addresses)
+                      for w in sorted(inp.workloads, key=lambda w: _net_order(w.ip)))
     return Desired(
         own_blocks=own_blocks,
         workloads=workloads,
         pool_encaps={p.cidr: p.encap for p in inp.pools},
         remote_nodes=tuple(_remote_node(n) for _, n in sorted(inp.nodes.items())
                            if n.name != own.name),
-        announce=frozenset(own_blocks) | frozenset(f"{ip}/32" for ip in inp.borrowed),
+        # IPv4 only until the speaker has IPv6 sessions (issue 15): an IPv6 block still
+        # gets its blackhole (own_blocks) but is not handed to the IPv4 speaker.
+        announce=(frozenset(b for b in own_blocks if ":" not in b)
+                  | frozenset(f"{ip}/32" for ip in inp.borrowed if ":" not in ip)),
         mesh_peers=mesh_peers(own, inp.nodes.values()) if inp.mesh else (),
         nat_pools=tuple(p.cidr for p in inp.pools if p.nat_outgoing),
         all_pools=tuple(p.cidr for p in inp.pools),

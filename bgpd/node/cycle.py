@@ -44,6 +44,7 @@ from bgpd.node.calculator import (
     calculate,
     learned_context,
 )
+from bgpd.node.heap import release_free_heap, should_trim
 from bgpd.node.metrics import Health, Metrics
 from bgpd.node.peering import import_policy, speaker_config
 from bgpd.node.registry import NodeInfo
@@ -68,6 +69,10 @@ LEARNED_SETTLE_SECONDS = 5.0
 # at a time send them) a cycle per prefix would cap the node at a few hundred routes a
 # second; cycles start at most this often, so each takes everything that arrived.
 MIN_CYCLE_GAP = 0.02
+
+
+def _str_or_none(value) -> str | None:
+    return None if value is None else str(value)
 
 
 def burst_wait(since_last_cycle: float, in_burst: bool,
@@ -175,7 +180,9 @@ class Cycle:
         return NodeInfo(c.node.name, str(c.underlay.address), str(c.underlay.subnet),
                         c.node.as_number, tunnel_address=self.tunnels.ipip,
                         vtep_address=vtep[0] if vtep else None,
-                        vtep_mac=vtep[1] if vtep else None)
+                        vtep_mac=vtep[1] if vtep else None,
+                        ipv6_address=_str_or_none(c.underlay.ipv6_address),
+                        ipv6_subnet=_str_or_none(c.underlay.ipv6_subnet))
 
     # ------------------------------------------------------------------ the run
     def _inputs(self) -> Inputs:
@@ -267,6 +274,8 @@ class Cycle:
             .observe(time.perf_counter() - t0)
         if result.failed:
             self.metrics.reconcile_errors.inc(len(result.failed))
+        if should_trim(result.added + result.replaced + result.deleted):
+            release_free_heap()  # the burst's freed buffers back to the kernel (RSS)
         if dp.policy_error:
             # Routes went in; policy did not (retried every cycle): say so in status.
             self.last_error = f"network policy: {dp.policy_error}"

@@ -29,7 +29,7 @@ from bgpd.node.calculator import PoolView, tunnel_pools
 from bgpd.node.cycle import LEARNED_SETTLE_SECONDS, Cycle, TunnelAddresses, burst_wait
 from bgpd.node.errors import NodeError
 from bgpd.node.metrics import Health, HealthServer, Metrics
-from bgpd.node.peering import import_policy, speaker_config
+from bgpd.node.peering import import_policy, speaker_config, unserved_ipv6
 from bgpd.node.policy_store import POLICY_KINDS, PolicyKeys
 from bgpd.node.registry_store import NodeRegistration, nodes_prefix
 from bgpd.node.sdnotify import Notifier
@@ -171,6 +171,10 @@ class NodeDaemon:
                                             TunnelAddresses())
         self._tunnel_pools_seen = self._pools_key(pools)
 
+        unserved = unserved_ipv6(cfg)
+        if unserved:
+            self.log.warning("ipv6_bgp_not_served", items=list(unserved),
+                             why="BGP ipv6 unicast is not implemented yet (issue 15)")
         first_config = speaker_config(cfg)
         self.speaker = Speaker(first_config,
                                import_policy(cfg, (), frozenset(), first_config),

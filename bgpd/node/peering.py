@@ -10,11 +10,26 @@ from bgpd.node.registry import MeshPeer
 from config import Config
 
 
+def unserved_ipv6(cfg: Config) -> tuple[str, ...]:
+    """What of the config's IPv6 the speaker does not serve yet: the config accepts IPv6
+    peers and IPv6 import filters (issue 15), but the speaker and its import policy are
+    IPv4-only until BGP ipv6 unicast lands, so these are left out and the daemon says so."""
+    return (tuple(f"peer {p.address}" for p in cfg.bgp.peers if p.address.version == 6)
+            + tuple(f"import_allow {n} of peer {p.address}" for p in cfg.bgp.peers
+                    if p.address.version == 4 for n in p.import_allow if n.version == 6))
+
+
+def _ipv4(texts: Iterable[str]) -> tuple[str, ...]:
+    return tuple(t for t in texts if ":" not in t)
+
+
 def speaker_config(cfg: Config, mesh: Iterable[MeshPeer] = ()) -> SpeakerConfig:
-    """The configured peers, then the mesh peers the config does not name already."""
+    """The configured IPv4 peers, then the mesh peers the config does not name already."""
     b = cfg.bgp
     peers = []
     for p in b.peers:
+        if p.address.version == 6:
+            continue    # see unserved_peers
         peers.append(SpeakerPeer(
             address=str(p.address), asn=p.as_number,
             hold_time=p.hold_time if p.hold_time is not None else b.hold_time,
@@ -24,7 +39,7 @@ def speaker_config(cfg: Config, mesh: Iterable[MeshPeer] = ()) -> SpeakerConfig:
                                                 is not None else b.graceful_restart) else None,
             max_prefix=p.max_prefix or b.max_prefix,
             max_prefix_teardown=p.max_prefix_teardown,
-            allowed=tuple(PrefixFilter(str(n)) for n in p.import_allow),
+            allowed=tuple(PrefixFilter(str(n)) for n in p.import_allow if n.version == 4),
             description=p.description))
     explicit = {x.address for x in peers}
     for m in mesh:
@@ -44,8 +59,10 @@ def import_policy(cfg: Config, pools: Iterable[str], own_blocks: frozenset[str],
                   speaker: SpeakerConfig) -> ImportPolicy:
     """Accept pool prefixes (the datastore's pools, the config's until etcd answered) and
     each peer's configured extras; never our own blocks nor anything inside them."""
+    # IPv4 only, like the speaker (see unserved_ipv6): an IPv6 pool or block must not
+    # reach the IPv4 prefix arithmetic of the import policy.
     return ImportPolicy(local_as=cfg.node.as_number,
-                        pools=tuple(sorted(pools)) or tuple(str(p.cidr) for p in cfg.pools),
-                        own_blocks=own_blocks,
+                        pools=tuple(sorted(_ipv4(pools))) or _ipv4(str(p.cidr) for p in cfg.pools),
+                        own_blocks=frozenset(_ipv4(own_blocks)),
                         own_addresses=frozenset({str(cfg.underlay.address)}),
                         allowed=peer_filters(speaker.peers))

@@ -35,6 +35,11 @@ class NodeInfo:
     tunnel_address: str | None = None   # tunl0 address (IPIP), from the pool
     vtep_address: str | None = None     # VXLAN device address, from the pool
     vtep_mac: str | None = None
+    # Dual stack (issue 15): the node's global IPv6 underlay address and subnet, both or
+    # neither. Records of older daemons lack them (from_json takes known keys only), and
+    # older daemons ignore them.
+    ipv6_address: str | None = None
+    ipv6_subnet: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -50,10 +55,28 @@ class NodeInfo:
             raise RegistryError(f"node {self.name}: {exc}") from None
         if addr not in net:
             raise RegistryError(f"node {self.name}: address {addr} is not in subnet {net}")
+        self._check_ipv6()
         if not 1 <= int(self.as_number) <= 4294967295:
             raise RegistryError(f"node {self.name}: AS {self.as_number} out of range")
         if self.vtep_mac is not None and not _MAC.fullmatch(self.vtep_mac):
             raise RegistryError(f"node {self.name}: VTEP MAC {self.vtep_mac!r} is not aa:bb:..")
+
+    def _check_ipv6(self) -> None:
+        if (self.ipv6_address is None) != (self.ipv6_subnet is None):
+            raise RegistryError(f"node {self.name}: ipv6_address and ipv6_subnet go together "
+                                f"(got {self.ipv6_address!r}, {self.ipv6_subnet!r})")
+        if self.ipv6_address is None:
+            return
+        try:
+            addr6 = ipaddress.IPv6Address(self.ipv6_address)
+            net6 = ipaddress.IPv6Network(self.ipv6_subnet)
+        except ValueError as exc:
+            raise RegistryError(f"node {self.name}: {exc}") from None
+        if addr6 not in net6:
+            raise RegistryError(f"node {self.name}: IPv6 address {addr6} is not in subnet {net6}")
+        if addr6.is_link_local or addr6.is_multicast or addr6.is_loopback or addr6.is_unspecified:
+            raise RegistryError(f"node {self.name}: IPv6 address {addr6} is not a global "
+                                f"unicast address")
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -53,7 +53,7 @@ class WorkloadDir:
         return tuple(Workload(r.container_id, r.ip, r.host_ifname,
                               namespace=r.attrs.get("namespace") or "default",
                               pod=r.attrs.get("pod") or r.container_id,
-                              endpoint_revision=r.endpoint_revision)
+                              endpoint_revision=r.endpoint_revision, ip6=r.ip6)
                      for r in self.records)
 
     def live_handles(self) -> set[str]:

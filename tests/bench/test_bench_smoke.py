@@ -36,3 +36,24 @@ def test_bench_quick_writes_results(tmp_path):
     except ImportError:
         return  # plots need the bench extra; the table and JSON do not
     assert "routes.png" in pngs and "scale.png" in pngs
+
+
+@pytest.mark.integration
+def test_churn_bench_tiny_run(tmp_path):
+    """``bench.bench_churn`` end to end on a tiny rolling update (4 pods, 2 at a time,
+    50 learned routes): every call succeeds, every phase has its counts, and each of
+    our new pods' host routes was seen appearing. No timing is asserted."""
+    res = subprocess.run([sys.executable, "-m", "bench.bench_churn", "--pods", "4", "--wave",
+                          "2", "--routes", "50", "--json"], cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    data = json.loads(res.stdout)
+    assert (data["pods"], data["wave"], data["learned_routes"]) == (4, 2, 50)
+    ours = data["noderouter-cni"]
+    assert ours["scale_out_add"]["n"] == 4
+    assert ours["rolling_add"]["n"] == 4 and ours["rolling_del"]["n"] == 4
+    assert ours["rolling_all"]["n"] == 8
+    assert ours["rolling_time_to_route"]["n"] == 4
+    ref = data["bridge+host-local"]
+    if isinstance(ref, dict):
+        assert ref["rolling_all"]["n"] == 8 and "rolling_time_to_route" not in ref

@@ -18,6 +18,15 @@ BIRD announces 2000 /30s plus /21../26s in the same UPDATEs, a route with a comm
 with ORIGIN incomplete; then withdraws most and changes the community; FRR shuts our
 session down administratively with a message (Cease 6/2 + RFC 8203 text), so does BIRD
 (``birdc disable ... "going away"``); the speaker stops.
+
+``--pairs6`` (issue 15; same two forms per message): the speaker peers over IPv6
+(2001:2:0:fb::/64 in the test's namespaces) with BIRD 2 (eBGP) and FRR (eBGP, IPv6 unicast
+only), ``family { ipv6 unicast; }``. Both are directly connected and send global +
+link-local next hops (32 bytes); BIRD announces /122s inside the IPv6 pool, a /64, a /128
+and a prefix outside the pool, FRR two /122s and a /48; then BIRD withdraws some (an
+MP_UNREACH), FRR withdraws one, both end the session with an RFC 8203 message.
+
+    .venv/bin/python -m tests.bgp.capture_samples --pairs6 tests/bgp/samples/exabgp-5.0.15-pairs-v6.jsonl
 """
 
 from __future__ import annotations
@@ -211,6 +220,71 @@ def main_pairs(out: str) -> None:
     _write(trace, out, wd)
 
 
+# ------------------------------------------------------------------ --pairs6
+
+PAIRS6_BIRD = ["2001:2:0:1900::40/122", "2001:2:0:1900::80/122", "2001:2:0:1901::/64",
+               "2001:2:0:1900::c5/128", "2001:2:0:fe00::/64"]
+PAIRS6_BIRD_KEEP = ["2001:2:0:1900::40/122", "2001:2:0:1900::c5/128"]
+PAIRS6_FRR = ["2001:2:0:1900::100/122", "2001:2:0:1900::140/122", "2001:2:0:ff00::/56"]
+OWN6 = "2001:2:0:1900::/122"
+
+
+def build_fabric6(owned: NetnsSet, workdir: str) -> Fabric:
+    """build_fabric plus the IPv6 addresses on the same segment."""
+    from tests.bgp.v6_routers import BIRD6, FRR6, SPEAKER6, add_ipv6
+
+    fab = build_fabric(owned, workdir)
+    for ns, tag, addr in ((fab.speaker_ns, "e", SPEAKER6), (fab.bird_ns, "b", BIRD6),
+                          (fab.frr_ns, "f", FRR6)):
+        add_ipv6(ns, f"{fab.prefix}{tag}", addr)
+    return fab
+
+
+def main_pairs6(out: str) -> None:
+    from tests.bgp.v6_routers import BIRD6, FRR6, POOL6, SPEAKER6, Bird6, Frr6
+
+    owned, wd, trace = _workspace()
+    items = []
+    try:
+        fab = build_fabric6(owned, wd)
+        b = Bird6(fab.bird_ns, f"{wd}/bird", BIRD, BIRD_AS, peers6=[(SPEAKER6, LOCAL_AS)],
+                  routes6=PAIRS6_BIRD).start()
+        items.append(b)
+        f = Frr6(fab.frr_ns, f"{wd}/frr", FRR, FRR_AS, peers6=[(SPEAKER6, LOCAL_AS)],
+                 routes6=PAIRS6_FRR).start()
+        items.append(f)
+        sp = Speaker(SpeakerConfig(LOCAL_AS, SPEAKER, SPEAKER,
+                                   (SpeakerPeer(BIRD6, BIRD_AS, hold_time=9),
+                                    SpeakerPeer(FRR6, FRR_AS, hold_time=9)),
+                                   api_receive=("packets", "parsed"), local_address6=SPEAKER6),
+                     ImportPolicy(LOCAL_AS, (*POOLS, POOL6), frozenset({OWN6})),
+                     f"{wd}/speaker", netns=fab.speaker_ns, trace_path=trace)
+        sp.set_desired([OWN6], complete=True)
+        items.append(sp.start())
+        want = {"2001:2:0:1900::40/122", "2001:2:0:1900::c5/128", "2001:2:0:1900::100/122",
+                "2001:2:0:1900::140/122"}
+        wait_for(lambda: want <= set(sp.routes()), 90, what="IPv6 routes from BIRD and FRR")
+        wait_for(lambda: _eor_from(trace, BIRD6) and _eor_from(trace, FRR6), 60,
+                 what="End-of-RIB from both peers")
+        b.routes6 = PAIRS6_BIRD_KEEP
+        b.configure()
+        f.configure("router bgp 65002", "address-family ipv6 unicast",
+                    "no network 2001:2:0:1900::140/122")
+        wait_for(lambda: "2001:2:0:1900::80/122" not in sp.routes()
+                 and "2001:2:0:1900::140/122" not in sp.routes(), 60, what="IPv6 withdrawals")
+        f.configure("router bgp 65002", f"neighbor {SPEAKER6} shutdown message maintenance")
+        wait_for(lambda: sp.peer(FRR6).state == "down", 30, what="FRR shut our session down")
+        said = b._run([BIRDC, "-s", b.socket, "disable", b.proto_name(SPEAKER6), '"going away"'])
+        if "disabled" not in said:
+            raise LabError(f"birdc disable: {said}")
+        wait_for(lambda: sp.peer(BIRD6).state == "down", 30, what="BIRD disabled our session")
+        sp.stop(withdraw=False)
+        items.remove(sp)
+    finally:
+        _finish(items, owned)
+    _write(trace, out, wd)
+
+
 def _workspace() -> tuple[NetnsSet, str, str]:
     """The namespaces we make (deleted by _finish), a work dir, the trace file in it."""
     wd = tempfile.mkdtemp(prefix="nr-capture-")
@@ -236,5 +310,7 @@ def _write(trace: str, out: str, wd: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--pairs"]:
         main_pairs(sys.argv[2])
+    elif sys.argv[1:2] == ["--pairs6"]:
+        main_pairs6(sys.argv[2])
     else:
         main(sys.argv[1])

@@ -282,12 +282,13 @@ def test_mp_reach_and_unreach_for_ipv4_unicast():
     assert ev.announced == ((PEER, ("198.19.1.0/26",)),
                             ("198.18.251.7", ("198.19.3.0/26", "198.19.1.0/26")))
     assert ev.withdrawn == ("198.19.9.0/24", "198.19.8.0/24")
-    # Other families are not ours (and, not negotiated, end the session in ExaBGP).
+    # ipv6 unicast not negotiated ends the session in ExaBGP; negotiated, it is decoded
+    # (issue 15; tests/bgp/test_wire_contract_v6.py has real ones).
     mp6 = attr(14, b"\x00\x02\x01\x10" + bytes(16) + b"\x00" + b"\x40" + bytes(8))
     assert isinstance(same_as_exabgp(2, update(b"", basic(b"", mp6))), str)
     ev = same_as_exabgp(2, update(b"", basic(b"", mp6), nlri("198.19.1.0/26")),
                         families=(V4, (2, 1)))
-    assert ev.announced == ((PEER, ("198.19.1.0/26",)),)
+    assert ev.announced == ((PEER, ("198.19.1.0/26",)), ("::", ("::/64",)))
 
 
 def test_add_path_prefixes():
@@ -334,6 +335,8 @@ def test_open_four_byte_asn_and_graceful_restart():
     body = open_body(23456, 90, "198.18.251.1", MP_V4 + cap(65, (4200000001).to_bytes(4, "big")) + gr)
     assert same_as_exabgp(1, body) == PeerOpen(PEER, 4200000001, 90, "198.18.251.1", 120)
     body = open_body(65001, 9, "10.0.0.1", cap(64, b"\x00\x78\x00\x02\x01\x00"))  # GR, ipv6 only
+    assert same_as_exabgp(1, body) == PeerOpen(PEER, 65001, 9, "10.0.0.1", 120)  # issue 15
+    body = open_body(65001, 9, "10.0.0.1", cap(64, b"\x00\x78\x00\x02\x02\x00"))  # multicast
     assert same_as_exabgp(1, body) == PeerOpen(PEER, 65001, 9, "10.0.0.1", None)
     body = open_body(65001, 0, "10.0.0.1", MP_V4 + gr, extended=True)  # RFC 9072
     assert same_as_exabgp(1, body) == PeerOpen(PEER, 65001, 0, "10.0.0.1", 120)
@@ -425,6 +428,23 @@ def _prefixes(max_size):
     return st.lists(_prefix_bytes(), max_size=max_size).map(b"".join)
 
 
+def _prefix6_bytes():
+    return _mostly(st.builds(lambda m, a: bytes([m]) + a.to_bytes(16, "big")[:(m + 7) // 8],
+                             st.integers(0, 128), st.sampled_from([
+                                 0, 0x20010002000019000000000000000040, 2**128 - 1])),
+                   st.binary(min_size=1, max_size=18), one_in=40)
+
+
+def _prefixes6(max_size):
+    return st.lists(_prefix6_bytes(), max_size=max_size).map(b"".join)
+
+
+# ipv6 unicast next hops (issue 15): global, global + link-local (RFC 2545), link-local +
+# global, two link-locals, zeros.
+_G6, _LL6 = (socket.inet_pton(socket.AF_INET6, a) for a in ("2001:2:0:fb::1", "fe80::1"))
+_NH6 = [_G6, _G6 + _LL6, _LL6 + _G6, _LL6 + _LL6, _LL6, bytes(32)]
+
+
 def _path(width):
     seg = st.tuples(_mostly(st.sampled_from([2, 2, 2, 1, 3, 4]), st.sampled_from([0, 5, 255])),
                     st.lists(st.sampled_from([1, 65001, 23456, 4200000001 % 2**(8 * width)]),
@@ -454,10 +474,13 @@ ATTR_VALUES = {
         st.builds(lambda nh, p: b"\x00\x01\x01" + bytes([len(nh)]) + nh + b"\x00" + p,
                   st.sampled_from([socket.inet_aton("198.18.251.7"), socket.inet_aton(PEER),
                                    bytes(16), bytes(32), b"\x01\x02"]),
-                  _prefixes(3)),
+                  _prefixes(3))
+        | st.builds(lambda nh, p: b"\x00\x02\x01" + bytes([len(nh)]) + nh + b"\x00" + p,
+                    st.sampled_from(_NH6), _prefixes6(3)),
         st.sampled_from([b"\x00\x02\x01\x10" + bytes(16) + b"\x00\x40" + bytes(8), b"\x00\x01"]),
         one_in=4),
-    15: _mostly(_prefixes(3).map(lambda p: b"\x00\x01\x01" + p),
+    15: _mostly(_prefixes(3).map(lambda p: b"\x00\x01\x01" + p)
+                | _prefixes6(3).map(lambda p: b"\x00\x02\x01" + p),
                 st.sampled_from([b"\x00\x02\x01", b"\x00\x02\x01\x40" + bytes(8), b"\x00"]),
                 one_in=4),
     17: _mostly(_path(4), st.binary(max_size=6)),

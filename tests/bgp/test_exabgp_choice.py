@@ -1,4 +1,5 @@
-"""Which ExaBGP the speaker runs (PyPy first, CPython fallback, $PATH last) and the
+"""Which ExaBGP the speaker runs (PyPy's venv first -- the brief's fixed default --, CPython
+next to our interpreter when that is missing, $PATH last) and the
 environment PyPy gets. Unit tests on fake venv layouts in temp dirs (no root, no daemons)."""
 
 from __future__ import annotations

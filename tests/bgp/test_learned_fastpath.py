@@ -146,6 +146,7 @@ def _check(learned: LearnedRoutes, table: RouteTable, blocks: Blocks, best, ctx)
     assert blocks.blocks == remote
     assert dict(learned.pending()) == pending
     assert {b.cidr for b in learned.remote_blocks()} == set(remote)
+    assert len(learned) == len(plain) + len(remote) + len(pending)
 
 
 @settings(max_examples=200, deadline=None)
@@ -330,6 +331,7 @@ def test_rib_matches_a_reference_model(ops):
             assert rib.paths(p) == model.get(p, {})
         for peer in PEERS:
             assert rib.count(peer) == sum(1 for paths in model.values() if peer in paths)
+            assert rib.prefixes_of(peer) == {p for p, paths in model.items() if peer in paths}
     for p, r in rib.take_changes().items():
         if r is None:
             seen.pop(p, None)

@@ -11,8 +11,9 @@ import time
 import pytest
 
 from bgpd.bgp.exabgp_config import PrefixFilter, SpeakerConfig, SpeakerPeer
+from bgpd.bgp.exabgp_launch import NLRI_ENV
 from bgpd.bgp.import_policy import ImportPolicy
-from bgpd.bgp.speaker import PYPY_GC_ENV, Speaker, default_exabgp, is_pypy
+from bgpd.bgp.speaker import LAUNCHER, PYPY_GC_ENV, Speaker, default_exabgp, is_pypy
 from lab.procs import wait_for
 from lab.routers import BgpNeighbor, BirdRouter, FrrRouter
 from tests.bgp.conftest import BIRD, BIRD_AS, FRR, FRR_AS, LOCAL_AS, OWN_BLOCK, POOLS, SPEAKER
@@ -324,23 +325,32 @@ def _exe_and_env(pid: int) -> tuple[str, dict[str, str]]:
     return exe, dict(kv.split("=", 1) for kv in items if "=" in kv)
 
 
-def test_default_exabgp_runs_under_pypy(fabric, cleanup):
-    """scripts/setup installs ExaBGP under PyPy in our venv; the speaker picks it by default,
-    so every other test here runs PyPy's ExaBGP."""
+def _cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode() for a in f.read().split(b"\0") if a]
+
+
+def test_default_exabgp_runs_under_pypy_through_the_launcher(fabric, cleanup):
+    """scripts/setup installs ExaBGP under PyPy in our venv; the speaker picks it by default
+    (so every other test here runs PyPy's ExaBGP), with PyPy's GC settings, started through
+    exabgp_launch.py with validate-only NLRI decoding (issue 17)."""
     assert "exabgp-pypy" in default_exabgp(), "scripts/setup did not create .venv/exabgp-pypy"
     b, sp = bird_and_speaker(fabric, cleanup)
     wait_for(lambda: established(sp, BIRD), T, what="session with BIRD")
     exe, env = _exe_and_env(sp.exabgp_pid)
     assert os.path.basename(exe).startswith("pypy"), exe
     assert is_pypy(sp.exabgp_interpreter)
+    assert _cmdline(sp.exabgp_pid)[1] == LAUNCHER
+    assert env.get(NLRI_ENV) == "validate"
     assert {k: env.get(k) for k in PYPY_GC_ENV} == PYPY_GC_ENV
     b.wait_route(OWN_BLOCK, timeout=T)
     wait_for(lambda: "198.19.10.0/26" in sp.routes(), T, what="learned route")
 
 
-def test_cpython_exabgp_fallback_peers_with_bird(fabric, cleanup):
-    """The CPython ExaBGP (setup.cfg's dependency, the fallback when PyPy's is missing) still
-    works end to end: MD5 session, routes both ways, filters, withdrawals both ways."""
+def test_cpython_exabgp_peers_with_bird(fabric, cleanup):
+    """The CPython ExaBGP (setup.cfg's dependency: the fallback, and the small-footprint
+    choice through bgp.exabgp_path, issue 17) works end to end through the launcher: MD5
+    session, routes both ways, filters, withdrawals both ways."""
     cpython_exabgp = os.path.join(os.path.dirname(sys.executable), "exabgp")
     b = bird(fabric, ["198.19.10.0/26", "198.19.11.0/26", "198.19.1.5/32"])
     cleanup.append(b.start())
@@ -354,6 +364,8 @@ def test_cpython_exabgp_fallback_peers_with_bird(fabric, cleanup):
     exe, env = _exe_and_env(sp.exabgp_pid)
     assert os.path.basename(exe).startswith("python"), exe
     assert not is_pypy(sp.exabgp_interpreter)
+    assert _cmdline(sp.exabgp_pid)[1] == LAUNCHER
+    assert env.get(NLRI_ENV) == "validate"
     assert not any(k.startswith("PYPY_GC_") for k in env)
 
     b.wait_route(OWN_BLOCK, timeout=T)

@@ -29,8 +29,8 @@ SAMPLE = Path(__file__).parent / "samples" / "exabgp-5.0.15-pairs.jsonl"
 BIRD, FRR = "198.18.251.1", "198.18.251.2"
 
 
-def json_lines() -> list[tuple[bytes, dict]]:
-    return [(raw, json.loads(raw)) for raw in SAMPLE.read_bytes().splitlines()
+def json_lines(sample: Path = SAMPLE) -> list[tuple[bytes, dict]]:
+    return [(raw, json.loads(raw)) for raw in sample.read_bytes().splitlines()
             if raw.startswith(b"{")]
 
 
@@ -39,8 +39,8 @@ def is_packet(msg: dict) -> bool:
     return isinstance(m, dict) and "body" in m and "category" in m
 
 
-def pairs() -> list[tuple[bytes, dict, bytes, dict]]:
-    lines = json_lines()
+def pairs(sample: Path = SAMPLE) -> list[tuple[bytes, dict, bytes, dict]]:
+    lines = json_lines(sample)
     out = []
     for k, (raw, msg) in enumerate(lines):
         if not is_packet(msg):

@@ -9,7 +9,12 @@ import json
 import pytest
 
 from bgpd.cni.protocol import CniError, Code, PodIdentity, parse_conf, pod_identity
-from config.policy_layout import encode, endpoint_container_id, endpoint_document
+from config.policy_layout import (
+    dns_subdomain_problem,
+    encode,
+    endpoint_container_id,
+    endpoint_document,
+)
 from felix_like.policy_model import NamedPort, load_documents
 
 BASE = {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "noderouter-cni",
@@ -88,10 +93,22 @@ def test_container_id_that_is_no_pod_name_gets_a_stable_hashed_one():
     assert pod_identity({}, "pod_a") != a                      # never folded together
 
 
+def test_a_runtime_pod_name_kubernetes_would_refuse_gets_a_stable_valid_one():
+    # podman's CNI backend passes the container's name as K8S_POD_NAME; its generated
+    # names have '_' (seen: "vibrant_goldstine" refused with code 4, every podman run failed).
+    a = pod_identity({"K8S_POD_NAME": "vibrant_goldstine"}, "c1")
+    assert a.namespace == "default" and a.pod.startswith("vibrant-goldstine-")
+    assert not dns_subdomain_problem(a.pod)
+    assert pod_identity({"K8S_POD_NAME": "vibrant_goldstine"}, "c2") == a   # DEL finds it
+    assert pod_identity({"K8S_POD_NAME": "vibrant-goldstine"}, "c1").pod == "vibrant-goldstine"
+    assert pod_identity({"K8S_POD_NAME": "Web_1"}, "c1") != \
+        pod_identity({"K8S_POD_NAME": "web_1"}, "c1")                      # never folded
+    assert not dns_subdomain_problem(pod_identity({"K8S_POD_NAME": "_" * 300}, "c1").pod)
+
+
 @pytest.mark.parametrize("args, key", [
     ({"K8S_POD_NAMESPACE": "Shop"}, "K8S_POD_NAMESPACE"),
     ({"K8S_POD_NAMESPACE": "a" * 64}, "K8S_POD_NAMESPACE"),
-    ({"K8S_POD_NAME": "web_1"}, "K8S_POD_NAME"),
 ])
 def test_bad_pod_identity_is_code_4_naming_the_key(args, key):
     e = error(pod_identity, args, "c1")

@@ -17,6 +17,7 @@ from bgpd.cni.protocol import (
     Attachment,
     CniError,
     Code,
+    NetConf,
     build_result,
     error_object,
     host_veth_name,
@@ -27,6 +28,7 @@ from bgpd.cni.protocol import (
     pod_handle,
     request_version,
     requested_address,
+    requested_addresses,
     result_ips,
     unknown_keys,
     version_answer,
@@ -482,3 +484,71 @@ def test_requested_address_errors(extra, cni_args, code, msg):
     with pytest.raises(CniError) as ei:
         _requested(extra, cni_args)
     assert (ei.value.code, ei.value.msg) == (code, msg)
+
+
+# ------------------------------------------------------------------ dual stack (issue 15)
+
+def _conf(**extra) -> NetConf:
+    return parse_conf(json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "noderouter-cni",
+                                  "etcd_endpoints": ["198.18.0.10:2379"], "node_name": "a",
+                                  **extra}))
+
+
+@pytest.mark.parametrize("ipam,want", [
+    (None, (True, False)),
+    ({"type": "calico-ipam"}, (True, False)),
+    ({"assign_ipv4": "true", "assign_ipv6": "true"}, (True, True)),
+    ({"assign_ipv6": True}, (True, True)),
+    ({"assign_ipv6": "FALSE"}, (True, False)),
+])
+def test_assign_families_from_the_ipam_section(ipam, want):
+    conf = _conf(**({"ipam": ipam} if ipam is not None else {}))
+    assert (conf.assign_ipv4, conf.assign_ipv6) == want
+
+
+@pytest.mark.parametrize("ipam,msg", [
+    ({"assign_ipv6": "yes"}, 'ipam.assign_ipv6 must be "true" or "false"'),
+    ({"assign_ipv4": "false", "assign_ipv6": "true"}, 'ipam.assign_ipv4 "false" is not supported'),
+    ("calico-ipam", "network config key 'ipam' must be an object"),
+])
+def test_assign_families_errors(ipam, msg):
+    with pytest.raises(CniError) as ei:
+        _conf(ipam=ipam)
+    assert (ei.value.code, ei.value.msg) == (Code.INVALID_CONFIG, msg)
+
+
+@pytest.mark.parametrize("ips,cni_args,want", [
+    ([], "", {}),
+    (["2001:2:0:19::7/64"], "", {6: "2001:2:0:19::7"}),
+    (["198.19.0.5/16", "2001:2:0:19::7"], "", {4: "198.19.0.5", 6: "2001:2:0:19::7"}),
+    ([], "IP=198.19.0.5,2001:2:0:19::7", {4: "198.19.0.5", 6: "2001:2:0:19::7"}),
+])
+def test_requested_addresses_by_family(ips, cni_args, want):
+    conf = _conf(ipam={"assign_ipv6": "true"}, runtimeConfig={"ips": ips})
+    assert requested_addresses(conf.requested_ips, parse_cni_args(cni_args), True, True) == want
+
+
+def test_requested_addresses_errors():
+    with pytest.raises(CniError) as ei:
+        requested_addresses(("2001:2:0:19::7", "2001:2:0:19::8"), {}, True, True)
+    assert ei.value.msg == "2 IPv6 addresses requested (2001:2:0:19::7, 2001:2:0:19::8)"
+    # An IPv4-only conf keeps its old error for an IPv6 request.
+    with pytest.raises(CniError) as ei:
+        requested_addresses(("2001:2:0:19::7",), {}, True, False)
+    assert ei.value.msg == "requested address 2001:2:0:19::7 is IPv6"
+
+
+@pytest.mark.parametrize("version,shape", [("1.0.0", False), ("0.4.0", True)])
+def test_dual_stack_result(version, shape):
+    att = Attachment(ip="198.19.0.5", host_ifname="nrw0", host_mac="ee:ee:ee:ee:ee:ee",
+                     ifname="eth0", pod_mac="02:00:00:00:00:01", netns="/run/netns/p",
+                     ip6="2001:2:0:19::7")
+    doc = build_result(version, att)
+    v4 = {"address": "198.19.0.5/32", "gateway": "169.254.1.1", "interface": 1}
+    v6 = {"address": "2001:2:0:19::7/128", "gateway": "fe80::ecee:eeff:feee:eeee",
+          "interface": 1}
+    if shape:
+        v4, v6 = {"version": "4", **v4}, {"version": "6", **v6}
+    assert doc["ips"] == [v4, v6]
+    assert doc["routes"] == [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"},
+                             {"dst": "::/0", "gw": "fe80::ecee:eeff:feee:eeee"}]

@@ -247,3 +247,59 @@ def test_template_packing_equals_packing_every_field():
             else:
                 want += _pack_single(op, form, table, metric, 73, 100 + i, plen, dst)
         assert pack_route_ops(ops, 73, 100) == want
+
+
+# ---------------------------------------------------------------- IPv6 (issue 15)
+
+def _v6(text: str) -> bytes:
+    return socket.inet_pton(socket.AF_INET6, text)
+
+
+def test_packed_v6_adds_interleaved_with_v4_parse_back_to_the_same_routes():
+    ops = [
+        (OP_ADD, (254, _v6("2001:2:0:19::40"), 122, 0),
+         (RTN_UNICAST, _v6("2001:2:0:1::12"), 2, False)),
+        (OP_ADD, (254, socket.inet_aton("198.19.1.0"), 26, 0),
+         (RTN_UNICAST, socket.inet_aton("198.18.1.12"), 2, False)),
+        (OP_REPLACE, (1000, _v6("2001:2:0:19::80"), 122, 5),
+         (RTN_UNICAST, _v6("2001:2:0:7::11"), 9, True)),
+        (OP_ADD, (254, _v6("2001:2:0:19::"), 122, 0), (RTN_BLACKHOLE, b"", 0, False)),
+        (OP_ADD, (254, _v6("2001:2:0:19::7"), 128, 0), (RTN_UNICAST, b"", 4, False)),
+        (OP_ADD, (254, _v6("2001:2:0:30::"), 64, 0),
+         (RTN_UNICAST, ((_v6("2001:2:0:1::2"), 2, False), (_v6("2001:2:0:2::2"), 3, True)),
+          MULTIPATH_OIF, False)),
+    ]
+    buf = bytes(pack_route_ops(ops, 73, first_seq=100))
+    msgs = list(split(buf))
+    assert [m[2] for m in msgs] == list(range(100, 106))
+    assert [m[3][16] for m in msgs] == [socket.AF_INET6, socket.AF_INET] + [socket.AF_INET6] * 4
+    assert msgs[0][1] & NLM_F_EXCL and msgs[2][1] & NLM_F_REPLACE
+    out: dict = {}
+    parse_route_dump(buf, len(buf), out, 73, None)
+    assert out == {op[1]: op[2] for op in ops}
+
+
+def test_v6_read_back_folds_the_kernels_metric_1024_and_blackhole_via_lo():
+    # What the kernel dumps for routes we added with metric 0 and a blackhole: metric
+    # 1024 (IP6_RT_PRIO_USER) and oif 1 (lo). Both are our plain forms.
+    def msg(rtype: int, dst: bytes, plen: int, metric: int, oif: int) -> bytes:
+        body = (struct.pack("=BBBBBBBBI", socket.AF_INET6, plen, 0, 0, 254, 73, 0, rtype, 0)
+                + struct.pack("=HHI", 8, 15, 254) + struct.pack("=HH", 20, 1) + dst
+                + struct.pack("=HHI", 8, 6, metric) + struct.pack("=HHI", 8, 4, oif))
+        return HDR.pack(16 + len(body), RTM_NEWROUTE, NLM_F_MULTI, 9, 0) + body
+    buf = (msg(RTN_BLACKHOLE, _v6("2001:2:0:19::"), 122, 1024, 1)
+           + msg(RTN_UNICAST, _v6("2001:2:0:19::7"), 128, 1024, 4)
+           + msg(RTN_UNICAST, _v6("2001:2:0:19::8"), 128, 50, 4))
+    out: dict = {}
+    parse_route_dump(buf, len(buf), out, 73, None, seq=9)
+    assert out == {(254, _v6("2001:2:0:19::"), 122, 0): (RTN_BLACKHOLE, b"", 0, False),
+                   (254, _v6("2001:2:0:19::7"), 128, 0): (RTN_UNICAST, b"", 4, False),
+                   (254, _v6("2001:2:0:19::8"), 128, 50): (RTN_UNICAST, b"", 4, False)}
+
+
+def test_v6_delete_names_our_protocol_and_the_stored_metric():
+    buf = bytes(pack_route_ops([(OP_DELETE, (254, _v6("2001:2:0:19::"), 122, 0), None)], 73,
+                               first_seq=1))
+    (mtype, _f, _s, msg), = split(buf)
+    assert mtype == RTM_DELROUTE and msg[16] == socket.AF_INET6 and msg[16 + 5] == 73
+    assert struct.pack("=HHI", 8, 6, 1024) in msg    # RTA_PRIORITY: exactly the 0/1024 route

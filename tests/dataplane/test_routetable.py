@@ -427,3 +427,44 @@ def test_explicit_withdrawal_before_in_sync_applies_at_once_read_back_routes_wai
     assert res.deleted == 0 and res.stale_kept == 1
     rt.mark_in_sync()
     assert rt.apply().deleted == 1 and not k.of_protocol(OURS)
+
+
+def test_desired_snapshot_is_shared_until_the_next_change_and_never_changes():
+    """Issue 17: the snapshot shares each class's dict (no 100k-route copy per cycle);
+    update_many/remove_many copy a shared class before changing it."""
+    rt = make(FakeKernel())
+    tmpl = Target("0.0.0.0/0", gateway="198.18.1.12", ifname="eth0")
+    rt.update_many("bgp", ["198.19.1.1/32", "198.19.1.2/32"], tmpl)
+    snap = rt.desired_snapshot()
+    assert rt.desired_snapshot() is snap  # nothing changed: the same snapshot
+    rt.update_many("bgp", ["198.19.1.3/32"], tmpl)
+    rt.remove_many("bgp", ["198.19.1.1/32"])
+    assert snap.counts() == {"bgp": 2}
+    assert set(snap.winners()) == {"198.19.1.1/32", "198.19.1.2/32"}
+    later = rt.desired_snapshot()
+    assert set(later.winners()) == {"198.19.1.2/32", "198.19.1.3/32"}
+    rt.remove_many("bgp", ["198.19.1.2/32"])
+    rt.set_routes("bgp", [Target("198.19.9.0/26", type="blackhole")])
+    assert set(later.winners()) == {"198.19.1.2/32", "198.19.1.3/32"}
+
+
+def test_v6_targets_round_trip_and_metric_1024_is_the_kernels_0():
+    # issue 15: both families in one table; an IPv6 metric 1024 is the key's 0 (the
+    # kernel stores 0 as 1024), so asking for either is one route, not two.
+    k = FakeKernel()
+    rt = make(k)
+    targets = [Target("2001:2:0:19::40/122", gateway="2001:2:0:1::12", ifname="eth0"),
+               Target("2001:2:0:19::/122", type="blackhole"),
+               Target("2001:2:0:30::/64", nexthops=(NextHop("2001:2:0:1::2", "eth0"),
+                                                  NextHop("2001:2:0:2::2", "eth0"))),
+               Target("198.19.1.0/26", gateway="198.18.1.12", ifname="eth0")]
+    rt.set_routes("bgp", targets)
+    assert sorted(rt.desired_targets("bgp"), key=lambda t: t.dst) == sorted(
+        targets, key=lambda t: t.dst)
+    assert rt.apply().added == 4
+    rt.set_routes("bgp", [Target("2001:2:0:19::40/122", gateway="2001:2:0:1::12", ifname="eth0",
+                                 metric=1024)])
+    res = rt.apply()
+    assert (res.added, res.replaced, res.deleted) == (0, 0, 3)
+    rt.remove_many("bgp", ["2001:2:0:19::40/122"], metric=1024)
+    assert rt.apply().deleted == 1 and k.of_protocol(OURS) == {}

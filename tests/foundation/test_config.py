@@ -246,3 +246,88 @@ def test_fuzzed_input_gives_a_clean_error_or_a_valid_config(text):
         assert exc.problems and all(str(p) for p in exc.problems)
     else:
         assert cfg.underlay.address in cfg.underlay.subnet
+
+
+# ---------------------------------------------------------------- IPv6 (issue 15)
+
+DUAL = BASE.replace("  subnet: 198.18.1.0/24\n", "  subnet: 198.18.1.0/24\n"
+                    "  ipv6_address: 2001:2:0:1::11\n  ipv6_subnet: 2001:2:0:1::/64\n")
+
+
+def test_dual_stack_config_with_ipv6_peers_and_pools():
+    cfg = load_text(DUAL + "bgp:\n  peers:\n    - {address: 2001:2:0:1::1, as_number: 65001, "
+                           "import_allow: ['::/0']}\n"
+                           "    - {address: 198.18.1.1, as_number: 65001}\n"
+                           "pools:\n  - cidr: 198.19.0.0/16\n  - cidr: 2001:2:0:19::/64\n"
+                           "    vxlan_mode: CrossSubnet\n  - cidr: 2001:2:0:20::/64\n"
+                           "    block_size: 116\n",
+                    source="node.yaml", environ={})
+    assert cfg.underlay.ipv6_address == ipaddress.IPv6Address("2001:2:0:1::11")
+    assert cfg.underlay.ipv6_subnet == ipaddress.IPv6Network("2001:2:0:1::/64")
+    assert [p.address for p in cfg.bgp.peers] == [ipaddress.ip_address("2001:2:0:1::1"),
+                                                   ipaddress.ip_address("198.18.1.1")]
+    assert cfg.bgp.peers[0].import_allow == (ipaddress.IPv6Network("::/0"),)
+    # The block size default follows the family.
+    assert [(str(p.cidr), p.block_size) for p in cfg.pools] == [
+        ("198.19.0.0/16", 26), ("2001:2:0:19::/64", 122), ("2001:2:0:20::/64", 116)]
+    # An IPv4-only config is what it was.
+    v4 = load_text(BASE, environ={})
+    assert v4.underlay.ipv6_address is None and v4.underlay.ipv6_subnet is None
+
+
+def test_ipv6_underlay_from_the_environment():
+    cfg = load_text(BASE, environ={"NODEROUTER_UNDERLAY_IPV6_ADDRESS": "2001:2:0:1::12",
+                                   "NODEROUTER_UNDERLAY_IPV6_SUBNET": "2001:2:0:1::/64"})
+    assert str(cfg.underlay.ipv6_address) == "2001:2:0:1::12"
+    problems = problems_of(BASE, environ={"NODEROUTER_UNDERLAY_IPV6_ADDRESS": "2001:2:0:1::zz",
+                                          "NODEROUTER_UNDERLAY_IPV6_SUBNET": "2001:2:0:1::/64"})
+    assert problems == ["environment NODEROUTER_UNDERLAY_IPV6_ADDRESS: underlay.ipv6_address: "
+                        "'2001:2:0:1::zz' is not an IPv6 address such as 2001:2:0:1::11"]
+
+
+BAD6 = [
+    ("v6 address not an address", DUAL.replace("2001:2:0:1::11", "2001:2:0:1::g"), 7,
+     "underlay.ipv6_address: '2001:2:0:1::g' is not an IPv6 address such as 2001:2:0:1::11"),
+    ("v4 address as v6", DUAL.replace("ipv6_address: 2001:2:0:1::11", "ipv6_address: 198.18.1.11"), 7,
+     "underlay.ipv6_address: '198.18.1.11' is not an IPv6 address"),
+    ("v6 subnet host bits", DUAL.replace("2001:2:0:1::/64", "2001:2:0:1::1/64"), 8,
+     "underlay.ipv6_subnet: '2001:2:0:1::1/64' is not an IPv6 CIDR such as 2001:2:0:1::/64 (no host "
+     "bits set) (2001:2:0:1::1/64 has host bits set)"),
+    ("v6 address without subnet", DUAL.replace("  ipv6_subnet: 2001:2:0:1::/64\n", ""), 3,
+     "underlay.ipv6_subnet: ipv6_address and ipv6_subnet go together"),
+    ("v6 address outside subnet", DUAL.replace("2001:2:0:1::11", "2001:2:0:2::11"), 7,
+     "underlay.ipv6_address: 2001:2:0:2::11 is not inside underlay.ipv6_subnet 2001:2:0:1::/64"),
+    ("v6 link-local underlay", DUAL.replace("2001:2:0:1::11", "fe80::11").replace(
+        "2001:2:0:1::/64", "fe80::/64"), 7,
+     "underlay.ipv6_address: fe80::11 is not a global unicast address"),
+    ("v6 peer without v6 underlay", BASE + "bgp:\n  peers:\n    - {address: 2001:2:0:1::1, "
+                                          "as_number: 1}\n", 11,
+     "bgp.peers[0].address: IPv6 peer 2001:2:0:1::1 needs underlay.ipv6_address"),
+    ("v6 peer is self", DUAL + "bgp:\n  peers:\n    - {address: 2001:2:0:1::11, as_number: 1}\n", 13,
+     "bgp.peers[0].address: 2001:2:0:1::11 is this node's own address"),
+    ("v6 peer link-local", DUAL + "bgp:\n  peers:\n    - {address: 'fe80::1', as_number: 1}\n", 13,
+     "bgp.peers[0].address: fe80::1 is link-local"),
+    ("peer address garbage", BASE + "bgp:\n  peers:\n    - {address: 2001:2::x, as_number: 1}\n",
+     11, "bgp.peers[0].address: '2001:2::x' is not an IPv4 or IPv6 address"),
+    ("v6 import filter host bits", DUAL + "bgp:\n  peers:\n    - {address: 2001:2:0:1::1, "
+                                          "as_number: 1, import_allow: ['2001:2::1/48']}\n", 13,
+     "bgp.peers[0].import_allow[0]: '2001:2::1/48' is not an IPv4 or IPv6 CIDR"),
+    ("v6 block size too big", DUAL + "pools:\n  - cidr: 2001:2:0:19::/64\n    block_size: 112\n", 13,
+     "pools[0].block_size: 112 is wrong; expected a number from 116 to 128 (IPv6 blocks)"),
+    ("v4 block size on a v6 pool", DUAL + "pools:\n  - cidr: 2001:2:0:19::/64\n    block_size: 26\n",
+     13, "pools[0].block_size: 26 is wrong; expected a number from 116 to 128"),
+    ("ipip on a v6 pool", DUAL + "pools:\n  - cidr: 2001:2:0:19::/64\n    ipip_mode: CrossSubnet\n",
+     13, "pools[0].ipip_mode: CrossSubnet is not possible for the IPv6 pool 2001:2:0:19::/64"),
+    ("v6 pools overlap", DUAL + "pools:\n  - cidr: 2001:2:0:19::/64\n  - cidr: 2001:2:0:19::/96\n", 13,
+     "pools[1].cidr: 2001:2:0:19::/96 overlaps pools[0] 2001:2:0:19::/64"),
+    ("v6 pool overlaps v6 underlay", DUAL + "pools:\n  - cidr: 2001:2:0:1::/112\n", 12,
+     "pools[0].cidr: 2001:2:0:1::/112 overlaps the underlay 2001:2:0:1::/64"),
+]
+
+
+@pytest.mark.parametrize("name,text,line,fragment", BAD6, ids=[b[0] for b in BAD6])
+def test_bad_ipv6_config_names_file_line_key_and_expectation(name, text, line, fragment):
+    problems = problems_of(text)
+    matching = [p for p in problems if fragment in p]
+    assert matching, f"{name}: expected {fragment!r} in {problems}"
+    assert matching[0].startswith(f"node.yaml:{line}:"), matching[0]

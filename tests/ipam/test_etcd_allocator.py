@@ -229,9 +229,9 @@ def test_snapshot_then_watch_sees_the_claim_pending_then_confirmed(make_ipam):
 def test_ipv6_pool_and_dual_stack_handle(make_ipam):
     a = make_ipam("node-a")
     a.add_pool(POOL)
-    a.add_pool("2001:2:19::/112")
+    a.add_pool("2001:2:0:19::/112")
     v4 = a.allocate("k8s-pod-network.ds", pool=POOL)
-    v6 = a.allocate("k8s-pod-network.ds", pool="2001:2:19::/112")
+    v6 = a.allocate("k8s-pod-network.ds", pool="2001:2:0:19::/112")
     assert ipaddress.ip_address(v6).version == 6 and ipaddress.ip_address(v4).version == 4
     assert a.handle_ips("k8s-pod-network.ds") == sorted([v4, v6])
     assert any(ipaddress.ip_network(b).version == 6 for b in confirmed_blocks(a))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
 import pytest
 
@@ -21,6 +22,7 @@ from ipam.model import (
     key_cidr,
     overlapping,
     pod_handle,
+    request_family,
     reserved_ordinals,
     selector_matches,
     tunnel_handle,
@@ -42,9 +44,9 @@ def test_pool_defaults_and_block_math():
 
 
 def test_pool_v6_default_block_size():
-    p = Pool.new("2001:2:10::/116")
+    p = Pool.new("2001:2:0:10::/116")
     assert p.block_size == 122 and p.n_blocks == 64
-    assert p.block_for(ip("2001:2:10::105")) == net("2001:2:10::100/122")
+    assert p.block_for(ip("2001:2:0:10::105")) == net("2001:2:0:10::100/122")
 
 
 @pytest.mark.parametrize("cidr,size,msg", [
@@ -220,3 +222,73 @@ def test_eligible_pools_gives_each_excluded_pool_its_reason():
     ok, why = eligible_pools(pools, net("198.18.9.0/24"), "n1", {})
     assert ok == [] and why == ["pool 198.18.9.0/24: does not exist"]
 
+
+
+# ---------------------------------------------------------------- IPv6 (issue 15)
+
+@pytest.mark.parametrize("size", [115, 112, 64, 48])
+def test_v6_block_size_below_116_is_refused_naming_the_range(size):
+    with pytest.raises(IpamInvalid) as e:
+        Pool.new("2001:2::/48", size)
+    assert f"IPv6 block size /{size}" in str(e.value) and "/116 and /128" in str(e.value)
+    assert "2001:2::/48" in str(e.value)
+
+
+@pytest.mark.parametrize("size", [116, 122, 128])
+def test_v6_block_sizes_116_to_128_are_accepted(size):
+    p = Pool.new("2001:2::/48", size)
+    assert p.block_size == size and p.block_len == 1 << (128 - size)
+
+
+def test_v6_pool_defaults_to_122_blocks_of_64():
+    p = Pool.new("2001:2:0:1::/64")
+    assert p.block_size == 122 and p.block_len == 64
+    assert p.block_at(1) == net("2001:2:0:1::40/122")
+    assert p.block_for(ip("2001:2:0:1::7f")) == net("2001:2:0:1::40/122")
+
+
+@pytest.mark.parametrize("mode", ["Always", "CrossSubnet"])
+def test_ipip_is_refused_on_v6_pools_vxlan_is_not(mode):
+    with pytest.raises(IpamInvalid, match="not possible for an IPv6 pool") as e:
+        Pool.new("2001:2::/48", ipip_mode=mode)
+    assert "vxlan_mode" in str(e.value)
+    assert Pool.new("2001:2::/48", vxlan_mode=mode).vxlan_mode == mode
+    assert Pool.new("198.19.0.0/16", ipip_mode=mode).ipip_mode == mode    # IPv4 unchanged
+
+
+def test_claim_order_of_a_huge_v6_pool_is_lazy_and_spread():
+    # 2001:2::/48 in /122 blocks: 2**74 of them; a list would never fit in memory.
+    p = Pool.new("2001:2::/48")
+    assert p.n_blocks == 1 << 74
+    walk = claim_order(p, "node-a")
+    first = list(itertools.islice(iter(walk), 3))
+    assert first == [walk[0], (walk[0] + 1) % (1 << 74), (walk[0] + 2) % (1 << 74)]
+    starts = {claim_order(p, f"n{i}")[0] for i in range(32)}
+    assert len(starts) == 32 and max(starts) > 1 << 64    # the seed reaches the whole pool
+    assert p.block_at(walk[0]).subnet_of(p.cidr)
+
+
+def test_claim_order_of_v4_pools_keeps_its_start():
+    # The seed width grew for huge IPv6 pools only; an IPv4 node keeps its first block.
+    import hashlib
+    p = Pool.new("198.19.0.0/16")
+    seed = int.from_bytes(hashlib.sha256(b"node-a").digest()[:8], "big")
+    assert claim_order(p, "node-a")[0] == seed % 1024
+
+
+def test_request_family_defaults_to_v4_and_follows_the_pool():
+    assert request_family(None, None) == 4
+    assert request_family(None, 6) == 6
+    assert request_family(net("2001:2::/48"), None) == 6
+    with pytest.raises(IpamInvalid, match="family 4"):
+        request_family(net("2001:2::/48"), 4)
+    with pytest.raises(IpamInvalid, match="must be 4 or 6"):
+        request_family(None, 5)
+
+
+def test_eligible_pools_by_family():
+    pools = [(Pool.new("198.19.0.0/16"), 1), (Pool.new("2001:2::/48"), 2)]
+    v6, _ = eligible_pools(pools, None, "n1", {}, 6)
+    v4, _ = eligible_pools(pools, None, "n1", {}, 4)
+    assert [str(p.cidr) for p, _ in v6] == ["2001:2::/48"]
+    assert [str(p.cidr) for p, _ in v4] == ["198.19.0.0/16"]

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-blocks", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=20.0)
     ap.add_argument("--tag", default=None, help="handle name part (default: the node name)")
+    ap.add_argument("--family", type=int, choices=(4, 6), default=None,
+                    help="IP version to allocate (default: IPAM's default, IPv4)")
     args = ap.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
                         logger_factory=structlog.PrintLoggerFactory(sys.stderr))
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     emit(op="start", node=args.node)
     for i in range(args.count):
         handle = f"k8s-pod-network.{args.tag or args.node}-{i}"
-        lease = ipam.allocate_lease(handle, {"namespace": "bench", "pod": f"p{i}"})
+        lease = ipam.allocate_lease(handle, {"namespace": "bench", "pod": f"p{i}"},
+                                    family=args.family)
         held.append((handle, lease.ip, lease.seq))
         emit(op="alloc", h=handle, ip=lease.ip, seq=lease.seq, block=lease.block)
         if held and rng.random() < args.release_ratio:

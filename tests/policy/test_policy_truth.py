@@ -17,6 +17,7 @@ from tests.policy import model
 from tests.policy.model import k8s, ours
 from tests.policy.nft_eval import Packet, Ruleset
 from tests.policy.oracle import PORTS, PROTOCOLS, Oracle, Pod, explain_mismatch, grid
+from tests.policy.strategies import policy, port_spec
 
 pytestmark = pytest.mark.unit
 
@@ -239,53 +240,13 @@ def _peer(draw):
     return peer
 
 
-@st.composite
-def _port(draw):
-    proto = draw(st.sampled_from([None, "TCP", "UDP", "SCTP"]))
-    kind = draw(st.sampled_from(["none", "80", "81", "range", "named"]))
-    spec = {}
-    if proto:
-        spec["protocol"] = proto
-    if kind in ("80", "81"):
-        spec["port"] = int(kind)
-    elif kind == "range":
-        spec["port"], spec["endPort"] = 80, 81
-    elif kind == "named":
-        spec["port"] = draw(st.sampled_from(["web", "serve-80-tcp", "serve-81-udp",
-                                             "serve-80-udp", "missing"]))
-    return spec
+_port = port_spec([None, "TCP", "UDP", "SCTP"],
+                  ["web", "serve-80-tcp", "serve-81-udp", "serve-80-udp", "missing"])
 
 
-@st.composite
-def _rule(draw, peer_key, extended):
-    rule = {}
-    if draw(st.booleans()):
-        rule[peer_key] = draw(st.lists(_peer(), min_size=1, max_size=2))
-    if draw(st.booleans()):
-        rule["ports"] = draw(st.lists(_port(), min_size=1, max_size=2))
-    if extended and draw(st.booleans()):
-        rule["action"] = draw(st.sampled_from(["Allow", "Deny"]))
-    return rule
-
-
-@st.composite
-def _policy(draw, index):
-    extended = draw(st.booleans())
-    spec = {"podSelector": draw(_pod_sel)}
-    if draw(st.booleans()):
-        spec["ingress"] = draw(st.lists(_rule("from", extended), max_size=2))
-    if draw(st.booleans()):
-        spec["egress"] = draw(st.lists(_rule("to", extended), max_size=2))
-    types = draw(st.sampled_from([None, ["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
-    if types:
-        spec["policyTypes"] = types
-    ns = draw(st.sampled_from(["x", "y", "z"]))
-    if extended:
-        order = draw(st.sampled_from([None, 1, 500, 1000, 1500]))
-        if order is not None:
-            spec["order"] = order
-        return ours(f"p{index}", ns, spec)
-    return k8s(f"p{index}", ns, spec)
+def _policy(index):
+    return policy(f"p{index}", _pod_sel, _peer(), _port, ["x", "y", "z"],
+                  [None, 1, 500, 1000, 1500])
 
 
 @st.composite
