@@ -529,6 +529,9 @@ class RecordingNft(NftCli):
     def list_table_json(self):
         return None          # never the real nft: this test's "kernel" is the recording
 
+    def generation(self):
+        return None          # nor the real ruleset generation (that of this, the root, netns)
+
 
 class NoConntrack(ConntrackCutter):
     def __init__(self) -> None:
