@@ -535,7 +535,7 @@ def _add_locked(env: CniEnv, conf: NetConf, ds: Datastore, pod_fd: int,
             mark("record")
             k.add_host_route(ip, host_link.index, conf.route_protocol)
             if ip6:
-                k.add_host_route6(ip6, host_link.index, conf.route_protocol)
+                k.add_host_route(ip6, host_link.index, conf.route_protocol)
             mark("route")
         except BaseException as exc:
             _undo(undo, blog, exc)

@@ -399,24 +399,17 @@ class Kernel:
         return link
 
     def add_host_route(self, ip: str, host_index: int, protocol: int) -> None:
-        """``ip/32 dev <host veth> proto <ours> scope link``: the daemon owns it."""
+        """``ip/32 dev <host veth> proto <ours> scope link``, or for an IPv6 address
+        ``ip/128 dev <host veth> proto <ours>`` (issue 15): the daemon owns it."""
         from pyroute2.netlink.exceptions import NetlinkError
 
+        dst = f"{ip}/128" if ":" in ip else f"{ip}/32"
+        # IPv6 routes carry no scope of their own (the kernel keeps them universe).
+        family = {"family": AF_INET6} if ":" in ip else {"scope": RT_SCOPE_LINK}
         try:
-            self.node.route("replace", dst=f"{ip}/32", oif=host_index, proto=protocol,
-                            scope=RT_SCOPE_LINK)
+            self.node.route("replace", dst=dst, oif=host_index, proto=protocol, **family)
         except NetlinkError as exc:
-            raise _kernel_error(f"adding host route {ip}/32", exc) from None
-
-    def add_host_route6(self, ip6: str, host_index: int, protocol: int) -> None:
-        """``ip6/128 dev <host veth> proto <ours>``: the daemon owns it (issue 15)."""
-        from pyroute2.netlink.exceptions import NetlinkError
-
-        try:
-            self.node.route("replace", dst=f"{ip6}/128", oif=host_index, proto=protocol,
-                            family=AF_INET6)
-        except NetlinkError as exc:
-            raise _kernel_error(f"adding host route {ip6}/128", exc) from None
+            raise _kernel_error(f"adding host route {dst}", exc) from None
 
     # ----------------------------------------------------------- DEL
 
