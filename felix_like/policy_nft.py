@@ -66,9 +66,11 @@ def _address_elements(items, fam: str) -> list[str]:
 
 
 def _named_elements(items, fam: str) -> list[str]:
+    # Filter before sorting: a dual-stack pod's named port puts both families in one set,
+    # and IPv4 and IPv6 addresses do not compare (TypeError, found by hypothesis).
+    mine = [t for t in items if _family_of(t[0]) == fam]
     return [f"{ip} . {proto} . {port}" for ip, proto, port in
-            sorted(items, key=lambda t: (ipaddress.ip_address(t[0]), t[1], t[2]))
-            if _family_of(ip) == fam]
+            sorted(mine, key=lambda t: (ipaddress.ip_address(t[0]), t[1], t[2]))]
 
 
 def _set_decl(name: str, type_: str, elements: list[str], interval: bool) -> str:

@@ -125,3 +125,25 @@ def test_manager_cuts_conntrack_in_its_nft_namespace():
     assert PolicyManager("n1", netns="nrp-node").conntrack.netns == "nrp-node"
     with pytest.raises(ValueError, match="netns 'a' differs from its nft's namespace 'b'"):
         PolicyManager("n1", netns="a", nft=NftCli("b"))
+
+
+def test_a_dual_stack_pods_named_port_renders_in_both_families():
+    """A dual-stack pod (issue 15) puts an IPv4 and an IPv6 address into one named-port set;
+    the renderer sorted the set before splitting it by family and raised TypeError (IPv4 and
+    IPv6 addresses do not compare), found by the incremental-render hypothesis test."""
+    from felix_like.policy_model import NamedPort
+
+    [pol] = load_documents([{
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "p0", "namespace": "x"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                 "ingress": [{"ports": [{"protocol": "TCP", "port": "web"}]}]}}])
+    ep = WorkloadEndpoint(namespace="x", pod="a", labels=(("pod", "a"),),
+                          ips=("2001:2::7", "198.19.200.1"), host_interface="nrw1", node="n1",
+                          named_ports=(NamedPort(name="web", protocol="TCP", port=80),))
+    plan = calculate([pol], [], [ep], node="n1")
+    script = render_full(plan)
+    assert "198.19.200.1 . tcp . 80" in script and "2001:2::7 . tcp . 80" in script
+    empty = calculate([pol], [], [], node="n1")
+    update = render_update(empty, plan)
+    assert "198.19.200.1 . tcp . 80" in update and "2001:2::7 . tcp . 80" in update
